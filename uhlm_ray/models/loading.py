@@ -1,0 +1,134 @@
+"""Load an SLM/LLM pair that shares one vocabulary: from a Hugging Face id, a local folder or a GGUF file."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from uhlm_ray.config import ModelConfig
+from uhlm_ray.models.embedded import cache_root, convert_gguf, ensure_embedded
+from uhlm_ray.models.presets import resolve_pair
+from uhlm_ray.validation import ConfigError
+
+EMBEDDED_PREFIX = "embedded:"
+
+
+@dataclass
+class LoadedModel:
+    source: str
+    model: torch.nn.Module
+    tokenizer: object  # a transformers PreTrainedTokenizerBase
+    vocab_size: int  # rows of the output layer: the length of every distribution the model produces
+    eos_token_ids: frozenset[int]
+
+
+@dataclass
+class ModelPair:
+    slm: LoadedModel
+    llm: LoadedModel
+
+    @property
+    def vocab_size(self) -> int:
+        return self.slm.vocab_size
+
+    @property
+    def tokenizer(self):
+        return self.slm.tokenizer
+
+    @property
+    def eos_token_ids(self) -> frozenset[int]:
+        return self.slm.eos_token_ids | self.llm.eos_token_ids
+
+
+def resolve_dtype(name: str, *, device: str) -> torch.dtype:
+    """"auto" is bfloat16 where the device supports it and float32 otherwise; arithmetic on outputs is float32."""
+    if name != "auto":
+        return getattr(torch, name)
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    # x86 CPUs with AVX2 or better run bf16 matmuls through oneDNN; older ones would emulate them slowly
+    return torch.bfloat16 if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512", "AVX512_BF16") else torch.float32
+
+
+def _gguf_cache_folder(gguf: Path) -> Path:
+    """A GGUF file given by path is dequantized once into the cache, keyed by its content hash."""
+    digest = hashlib.sha256()
+    with gguf.open("rb") as f:
+        while chunk := f.read(1 << 24):
+            digest.update(chunk)
+    out_dir = cache_root() / "models" / f"{gguf.stem}-{digest.hexdigest()[:12]}-bf16"
+    if not out_dir.is_dir():
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        convert_gguf(gguf_path=gguf, out_dir=out_dir)
+    return out_dir
+
+
+def resolve_source(source: str) -> str:
+    """A loadable Hugging Face id or folder for `source` (embedded name, folder, .gguf path or hub id)."""
+    if source.startswith(EMBEDDED_PREFIX):
+        return str(ensure_embedded(source[len(EMBEDDED_PREFIX) :]))
+    path = Path(source).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ConfigError(f"model source {source!r}: no such GGUF file")
+        return str(_gguf_cache_folder(path))
+    return str(path) if path.is_dir() else source
+
+
+def load_model(source: str, *, dtype: torch.dtype, device: str = "cpu") -> LoadedModel:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    where = resolve_source(source)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(where)
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype)
+    except OSError as err:
+        raise ConfigError(
+            f"model source {source!r} is neither an embedded model, a local folder, a .gguf file, nor a Hugging Face "
+            f"id available offline ({err.__class__.__name__}: {str(err).splitlines()[0]})"
+        ) from err
+    model.to(device).eval()
+    eos = model.generation_config.eos_token_id if model.generation_config is not None else None
+    eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    if tokenizer.eos_token_id is not None:
+        eos_ids.add(tokenizer.eos_token_id)
+    vocab_size = model.get_output_embeddings().weight.shape[0]
+    return LoadedModel(
+        source=source, model=model, tokenizer=tokenizer, vocab_size=vocab_size, eos_token_ids=frozenset(eos_ids)
+    )
+
+
+def check_same_vocabulary(*, slm: LoadedModel, llm: LoadedModel) -> None:
+    """The pair must produce distributions over the same tokens, in the same order; name the first difference."""
+    if slm.vocab_size != llm.vocab_size:
+        raise ConfigError(
+            f"vocabulary size differs: SLM {slm.source!r} has {slm.vocab_size} output rows, "
+            f"LLM {llm.source!r} has {llm.vocab_size}"
+        )
+    slm_vocab = slm.tokenizer.get_vocab()
+    llm_vocab = llm.tokenizer.get_vocab()
+    for token, index in sorted(slm_vocab.items(), key=lambda kv: kv[1]):
+        if llm_vocab.get(token) != index:
+            raise ConfigError(
+                f"vocabularies differ: token {token!r} has id {index} in the SLM but "
+                f"{llm_vocab.get(token)} in the LLM (first difference by id)"
+            )
+    extra = sorted(set(llm_vocab) - set(slm_vocab), key=llm_vocab.get)
+    if extra:
+        raise ConfigError(f"vocabularies differ: token {extra[0]!r} (id {llm_vocab[extra[0]]}) is only in the LLM")
+
+
+def load_pair(cfg: ModelConfig) -> ModelPair:
+    slm_source, llm_source = resolve_pair(cfg)
+    if cfg.num_threads is not None:
+        torch.set_num_threads(cfg.num_threads)
+    dtype = resolve_dtype(cfg.dtype, device=cfg.device)
+    pair = ModelPair(
+        slm=load_model(slm_source, dtype=dtype, device=cfg.device),
+        llm=load_model(llm_source, dtype=dtype, device=cfg.device),
+    )
+    check_same_vocabulary(slm=pair.slm, llm=pair.llm)
+    return pair

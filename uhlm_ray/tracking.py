@@ -1,0 +1,65 @@
+"""MLflow helpers: the default local store, experiments with artifacts beside it, flat params from a config.
+
+MLflow 3 no longer accepts a plain folder as the tracking store, so the default is a sqlite file,
+`./mlruns/mlflow.db`, with run artifacts in `./mlruns/artifacts/` next to it. MLFLOW_TRACKING_URI overrides both
+the default and `tracking.tracking_uri`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from uhlm_ray.config import TrackingConfig
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+def default_store_dir() -> Path:
+    return Path.cwd() / "mlruns"
+
+
+def resolve_tracking_uri(cfg: TrackingConfig) -> str:
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    if cfg.tracking_uri:
+        return cfg.tracking_uri
+    return f"sqlite:///{default_store_dir() / 'mlflow.db'}"
+
+
+def artifact_location(tracking_uri: str) -> str | None:
+    """For a sqlite store, artifacts go in an `artifacts/` folder beside the database file."""
+    if tracking_uri.startswith("sqlite:///"):
+        return (Path(tracking_uri[len("sqlite:///") :]).parent / "artifacts").resolve().as_uri()
+    return None
+
+
+def setup_experiment(cfg: TrackingConfig) -> str:
+    """Point MLflow at the store and return the experiment id, creating the experiment if needed."""
+    import mlflow
+
+    uri = resolve_tracking_uri(cfg)
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    existing = mlflow.get_experiment_by_name(cfg.experiment)
+    if existing is not None:
+        return existing.experiment_id
+    return mlflow.create_experiment(cfg.experiment, artifact_location=artifact_location(uri))
+
+
+def flat_params(cfg: object) -> dict[str, str]:
+    """A structured config as dotted MLflow params (`policy.u_th` -> "0.431")."""
+    container = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+
+    def walk(prefix: str, node: object, out: dict[str, str]) -> dict[str, str]:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), value, out)
+        else:
+            out[prefix] = str(node)[:6000]  # MLflow's param value limit
+        return out
+
+    return walk("", container, {})

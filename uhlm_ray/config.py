@@ -77,7 +77,7 @@ class ClockConfig:
 
 @dataclass
 class DecodeConfig:
-    max_new_tokens: int = 48  # r_max
+    max_new_tokens: int = 40  # r_max
     seed: int = 0
     # Methods whose skipped rounds the LLM also scores (time kept off both clocks), so that TSR and the rejection
     # risk are measured. HLM needs none (it sends everything); adding "slm" costs an LLM forward per token.
@@ -88,7 +88,7 @@ class DecodeConfig:
 class DataConfig:
     name: str = "builtin"  # builtin, alpaca, qed, creak, strategyqa
     path: str | None = None  # folder with the public files (see ../shared/data/README.md); not needed for builtin
-    n_prompts: int = 6
+    n_prompts: int = 5
     sample_seed: int = 0  # the fixed seed that picks the prompts (the paper samples 100 at random)
 
 

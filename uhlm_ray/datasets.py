@@ -95,7 +95,11 @@ def _read_qed(path: Path) -> list[Example]:
 
 
 def read_all(*, name: str, path: str | Path | None) -> list[Example]:
-    """Every example of a data set, in file order."""
+    """Every scorable example of a data set, in file order (rows with an empty reference cannot be scored)."""
+    return [e for e in _read_rows(name=name, path=path) if e.reference.strip()]
+
+
+def _read_rows(*, name: str, path: str | Path | None) -> list[Example]:
     check_choice(name, field="data.name", allowed=DATASET_NAMES)
     if name == "builtin":
         return _read_builtin()

@@ -80,6 +80,9 @@ def resolve_source(source: str) -> str:
 
 def load_model(source: str, *, dtype: torch.dtype, device: str = "cpu") -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a per-tensor bar on every load would drown the job's own progress
 
     where = resolve_source(source)
     try:

@@ -1,0 +1,55 @@
+"""Bad input is refused with an error naming the field and the allowed range."""
+
+import pytest
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+from uhlm_ray.config import load_config
+from uhlm_ray.policies import RandomSend, UncertaintyThreshold
+from uhlm_ray.validation import ConfigError
+
+
+def test_defaults_load_and_overrides_apply(tmp_path):
+    cfg = load_config(overrides=["data.n_prompts=20", "policy.u_th=0.4"])
+    assert cfg.data.n_prompts == 20 and cfg.policy.u_th == 0.4
+    yaml = tmp_path / "c.yaml"
+    yaml.write_text("uncertainty:\n  k: 10\nchannel:\n  mean_snr_db: 5.0\n")
+    cfg = load_config(yaml_path=yaml, overrides=["uncertainty.k=12"])
+    assert cfg.uncertainty.k == 12 and cfg.channel.mean_snr_db == 5.0
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("uncertainty.theta_max=0", r"uncertainty.theta_max=0.0 is outside the allowed range \(0.0, inf\]"),
+        ("uncertainty.theta_max=-2", r"uncertainty.theta_max=-2.0 is outside the allowed range"),
+        ("uncertainty.k=0", r"uncertainty.k=0 is outside the allowed range \[1, inf\]"),
+        ("policy.u_th=1.5", r"policy.u_th=1.5 is outside the allowed range \[0.0, 1.0\]"),
+        ("policy.u_th=-0.1", r"policy.u_th=-0.1 is outside the allowed range \[0.0, 1.0\]"),
+        ("policy.send_prob=2", r"policy.send_prob=2.0 is outside the allowed range \[0.0, 1.0\]"),
+        ("data.name=squad", r"data.name='squad' is not one of \['alpaca', 'builtin', 'creak', 'qed', 'strategyqa'\]"),
+        ("methods=[hlm,foo]", r"methods\[1\]='foo' is not one of"),
+        ("uncertainty.measure=dropout", r"uncertainty.measure='dropout' is not one of"),
+        ("payload.prob_bits=8", r"payload.prob_bits='8' is not one of \['16', '32'\]"),
+        ("channel.fading=rician", r"channel.fading='rician' is not one of"),
+        ("decode.max_new_tokens=0", r"decode.max_new_tokens=0 is outside the allowed range"),
+        ("data.n_prompts=0", r"data.n_prompts=0 is outside the allowed range"),
+        ("clock.tau_slm_ms=0", r"clock.tau_slm_ms=0.0 is outside the allowed range"),
+    ],
+)
+def test_bad_settings_name_the_field(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(overrides=[override])
+
+
+def test_unknown_keys_and_wrong_types_are_refused():
+    with pytest.raises(ConfigKeyError, match="u_threshold"):
+        load_config(overrides=["policy.u_threshold=0.4"])
+    with pytest.raises(ValidationError, match="k"):
+        load_config(overrides=["uncertainty.k=many"])
+
+
+def test_policies_check_their_own_ranges():
+    with pytest.raises(ConfigError, match="policy.u_th"):
+        UncertaintyThreshold(u_th=1.01)
+    with pytest.raises(ConfigError, match="policy.send_prob"):
+        RandomSend(send_prob=float("nan"))

@@ -1,0 +1,79 @@
+"""Model loading, the vocabulary check and the KV-cache step API on a tiny random-weight pair (mechanics)."""
+
+import pytest
+import torch
+
+from tests.conftest import WORDS, save_tiny_model
+from uhlm_ray.config import ModelConfig
+from uhlm_ray.models import CausalSession, full_recompute_logits, load_pair
+from uhlm_ray.models.session import PrefillStore
+from uhlm_ray.validation import ConfigError
+
+
+def test_catch_up_equals_full_recompute(tiny_pair):
+    """Skipped tokens caught up in one forward give the same y as recomputing the whole sequence."""
+    prompt = [2, 3, 4, 5]
+    session = CausalSession(model=tiny_pair.llm, prompt_ids=prompt)
+    appended = [6, 7, 8, 9, 10]
+    session.append(appended[0])
+    session.next_logits()  # a one-token step
+    for token in appended[1:]:  # then four skipped rounds ...
+        session.append(token)
+    before = session.processed
+    caught_up = session.next_logits()  # ... caught up in one pass
+    assert session.processed - before == 4
+    reference = full_recompute_logits(model=tiny_pair.llm, token_ids=prompt + appended)
+    torch.testing.assert_close(caught_up, reference, atol=1e-4, rtol=1e-4)
+
+
+def test_step_by_step_equals_full_recompute(tiny_pair):
+    prompt = [2, 3]
+    session = CausalSession(model=tiny_pair.slm, prompt_ids=prompt)
+    seq = list(prompt)
+    for token in [4, 5, 6]:
+        session.append(token)
+        seq.append(token)
+        torch.testing.assert_close(session.next_logits(), full_recompute_logits(model=tiny_pair.slm, token_ids=seq),
+                                   atol=1e-4, rtol=1e-4)
+
+
+def test_shared_prefill_gives_the_same_logits(tiny_pair):
+    store = PrefillStore()
+    first = CausalSession(model=tiny_pair.llm, prompt_ids=[2, 3, 4], prefills=store)
+    second = CausalSession(model=tiny_pair.llm, prompt_ids=[2, 3, 4], prefills=store)
+    assert second.prefill_s == first.prefill_s  # the measured cost of the one real prefill
+    for session in (first, second):
+        session.append(7)
+    torch.testing.assert_close(first.next_logits(), second.next_logits())
+    # the copies do not share cache state
+    first.append(8)
+    first.next_logits()
+    assert second.processed == 4 and first.processed == 5
+
+
+def test_pair_reports_vocab_and_eos(tiny_pair):
+    assert tiny_pair.vocab_size == len(WORDS) + 2
+    assert 1 in tiny_pair.eos_token_ids
+
+
+def test_mismatched_vocabulary_size_is_refused(tmp_path, tiny_pair_dirs):
+    other = save_tiny_model(tmp_path / "other", words=WORDS + ["extra"], layers=1, hidden=32, seed=3)
+    with pytest.raises(ConfigError, match="vocabulary size differs"):
+        load_pair(ModelConfig(pair="custom", slm=tiny_pair_dirs[0], llm=str(other), dtype="float32"))
+
+
+def test_mismatched_token_map_names_the_first_differing_token(tmp_path, tiny_pair_dirs):
+    swapped = list(WORDS)
+    swapped[2], swapped[3] = swapped[3], swapped[2]  # "cat" and "dog" trade ids
+    other = save_tiny_model(tmp_path / "swapped", words=swapped, layers=1, hidden=32, seed=3)
+    with pytest.raises(ConfigError, match="token 'cat' has id 4 in the SLM but 5 in the LLM"):
+        load_pair(ModelConfig(pair="custom", slm=tiny_pair_dirs[0], llm=str(other), dtype="float32"))
+
+
+def test_unknown_sources_are_clear_errors(tiny_pair_dirs):
+    with pytest.raises(ConfigError, match="no such GGUF file"):
+        load_pair(ModelConfig(pair="custom", slm="/nonexistent/model.gguf", llm=tiny_pair_dirs[1]))
+    with pytest.raises(ConfigError, match="model.pair='nope' is not one of"):
+        load_pair(ModelConfig(pair="nope"))
+    with pytest.raises(ConfigError, match="needs both model.slm and model.llm"):
+        load_pair(ModelConfig(pair="custom", slm=tiny_pair_dirs[0]))

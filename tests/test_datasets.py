@@ -32,7 +32,7 @@ def test_public_sets_load_with_references(name, rows):
 
 @needs_data
 def test_paper_sampling_is_fixed_by_seed():
-    first = load_examples(DataConfig(name="alpaca", path=str(SHARED_DATA), n_prompts=100, sample_seed=0))
+    first = load_examples(DataConfig(name="alpaca", path=str(SHARED_DATA), sample_seed=0))  # the paper's 100
     again = load_examples(DataConfig(name="alpaca", path=str(SHARED_DATA), n_prompts=100, sample_seed=0))
     other = load_examples(DataConfig(name="alpaca", path=str(SHARED_DATA), n_prompts=100, sample_seed=1))
     assert len(first) == 100 and len({e.id for e in first}) == 100

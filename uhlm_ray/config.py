@@ -88,7 +88,8 @@ class DecodeConfig:
 class DataConfig:
     name: str = "builtin"  # builtin, alpaca, qed, creak, strategyqa
     path: str | None = None  # folder with the public files (see ../shared/data/README.md); not needed for builtin
-    n_prompts: int = 5
+    # None: the data set's default, 5 built-in prompts (a quick laptop run) or the paper's 100 for the public sets
+    n_prompts: int | None = None
     sample_seed: int = 0  # the fixed seed that picks the prompts (the paper samples 100 at random)
 
 
@@ -150,7 +151,8 @@ def validate_config(cfg: EvaluateConfig) -> None:
         check_range(cfg.policy.send_prob, field="policy.send_prob", low=0.0, high=1.0)
     check_choice(str(cfg.payload.prob_bits), field="payload.prob_bits", allowed=("16", "32"))
     check_range(cfg.decode.max_new_tokens, field="decode.max_new_tokens", low=1)
-    check_range(cfg.data.n_prompts, field="data.n_prompts", low=1)
+    if cfg.data.n_prompts is not None:
+        check_range(cfg.data.n_prompts, field="data.n_prompts", low=1)
     for name in ("tau_slm_ms", "tau_llm_ms"):
         value = getattr(cfg.clock, name)
         if value is not None:

@@ -115,10 +115,16 @@ def _read_rows(*, name: str, path: str | Path | None) -> list[Example]:
     return _read_flan_cot_tsv(file, name=name)
 
 
+def default_prompt_count(name: str) -> int:
+    """5 built-in prompts keep the default run short on a laptop; the public sets use the paper's 100."""
+    return 5 if name == "builtin" else 100
+
+
 def load_examples(cfg: DataConfig) -> list[Example]:
     """`cfg.n_prompts` examples drawn without replacement by `cfg.sample_seed` (all of them if fewer exist)."""
-    check_range(cfg.n_prompts, field="data.n_prompts", low=1)
+    requested = cfg.n_prompts if cfg.n_prompts is not None else default_prompt_count(cfg.name)
+    check_range(requested, field="data.n_prompts", low=1)
     examples = read_all(name=cfg.name, path=cfg.path)
-    n = min(cfg.n_prompts, len(examples))
+    n = min(requested, len(examples))
     picked = np.random.default_rng(cfg.sample_seed).choice(len(examples), size=n, replace=False)
     return [examples[i] for i in sorted(picked)]

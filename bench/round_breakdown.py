@@ -3,8 +3,9 @@
     .venv/bin/python bench/round_breakdown.py [overrides...]      # e.g. data.n_prompts=4 decode.max_new_tokens=32
 
 Prints, per method, median milliseconds per round of the SLM forward, the uncertainty measure, the LLM forward
-(incl. catch-up) and the rest (sampling, verification, bookkeeping), the LLM forward on sent rounds alone with its mean
-catch-up length, the share of round time outside model forward passes, and each method's wall time per token as a ratio to the LLM alone, measured in the same run.
+(incl. catch-up) and the rest (sampling, verification, bookkeeping); the LLM forward on sent rounds alone with the
+mean catch-up length; the share of round time outside model forward passes; and each method's wall time per token as
+a ratio to the LLM alone, measured in the same run.
 """
 
 from __future__ import annotations
@@ -46,14 +47,16 @@ def main(argv: list[str]) -> int:
             "wall_per_token": wall / len(records),
         }
     base = rows["llm"]["wall_per_token"] if "llm" in rows else None
-    print(f"median ms per round (round 1 excluded), {len(examples)} prompts, max_new_tokens={cfg.decode.max_new_tokens}")
-    print("| method | rounds | SLM fwd | uncertainty | LLM fwd | LLM fwd, sent rounds | catch-up tokens (mean) | rest "
-          "| round | not forward (share of wall) | wall/token vs LLM |")
+    print(f"median ms per round (round 1 excluded), {len(examples)} prompts, "
+          f"max_new_tokens={cfg.decode.max_new_tokens}")
+    print("| method | rounds | SLM fwd | uncertainty | LLM fwd | LLM fwd, sent rounds | catch-up tokens (mean) "
+          "| rest | round | not forward (share of wall) | wall/token vs LLM |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for method, r in rows.items():
         ratio = f"{r['wall_per_token'] / base:.2f}" if base else "-"
         print(f"| {METHOD_LABELS[method]} | {r['rounds']} | {r['slm']:.1f} | {r['uncert']:.1f} | {r['llm']:.1f} | "
-              f"{r['llm_per_sent']:.1f} | {r['catch_up']:.2f} | {r['rest']:.2f} | {r['round']:.1f} | {r['non_forward_share']:.1%} | {ratio} |")
+              f"{r['llm_per_sent']:.1f} | {r['catch_up']:.2f} | {r['rest']:.2f} | {r['round']:.1f} | "
+              f"{r['non_forward_share']:.1%} | {ratio} |")
     return 0
 
 

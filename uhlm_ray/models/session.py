@@ -80,14 +80,15 @@ class CausalSession:
 
     @torch.inference_mode()
     def next_logits(self) -> torch.Tensor:
-        """Next-token logits [V] (float32) given everything appended so far; catches up in one forward pass."""
+        """Next-token logits [V] (float32, CPU) given everything appended so far; catches up in one forward pass."""
         if self._logits is None:
             if not self._pending:
                 raise RuntimeError("next_logits() on a session with nothing to process")
             ids = torch.tensor([self._pending], dtype=torch.long, device=self._device)  # [1, n]
             out = self._model(input_ids=ids, past_key_values=self._cache, use_cache=True, logits_to_keep=1)
             self._cache = out.past_key_values
-            self._logits = out.logits[0, -1].float()  # [V]
+            # sampling and verification run on the CPU in float32, wherever the model runs
+            self._logits = out.logits[0, -1].float().cpu()  # [V]
             self.processed += len(self._pending)
             self._pending = []
         return self._logits
@@ -98,4 +99,4 @@ def full_recompute_logits(*, model: LoadedModel, token_ids: list[int]) -> torch.
     """Next-token logits [V] (float32) from one cache-free forward over the whole sequence; the reference in tests."""
     device = next(model.model.parameters()).device
     ids = torch.tensor([token_ids], dtype=torch.long, device=device)  # [1, n]
-    return model.model(input_ids=ids, use_cache=False).logits[0, -1].float()
+    return model.model(input_ids=ids, use_cache=False).logits[0, -1].float().cpu()

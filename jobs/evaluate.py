@@ -11,9 +11,7 @@ finish under output_dir (an interrupted run resumes), and each method becomes an
 
 from __future__ import annotations
 
-import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -21,7 +19,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from uhlm_ray.channel import mean_snr_db
-from uhlm_ray.config import EvaluateConfig, load_config
+from uhlm_ray.config import EvaluateConfig, config_from_argv
 from uhlm_ray.datasets import load_examples
 from uhlm_ray.evaluate import (
     METHOD_LABELS,
@@ -34,7 +32,7 @@ from uhlm_ray.evaluate import (
 from uhlm_ray.models import load_pair
 from uhlm_ray.records import PromptResult
 from uhlm_ray.similarity import load_encoder
-from uhlm_ray.tracking import flat_params, setup_experiment
+from uhlm_ray.tracking import finite_metrics, flat_params, log_prompt_results, setup_experiment
 from uhlm_ray.validation import ConfigError
 
 
@@ -42,7 +40,6 @@ def log_to_mlflow(
     *, cfg: EvaluateConfig, results: dict[str, list[PromptResult]], summaries: dict, table: str, folder: Path
 ) -> str:
     import mlflow
-    import pandas as pd
 
     experiment_id = setup_experiment(cfg.tracking)
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"evaluate-{run_key(cfg)}") as parent:
@@ -52,23 +49,14 @@ def log_to_mlflow(
         for method, method_results in results.items():
             with mlflow.start_run(experiment_id=experiment_id, run_name=METHOD_LABELS[method], nested=True):
                 mlflow.log_params({**flat_params(cfg), "method": method})
-                mlflow.log_metrics({k: float(v) for k, v in summaries[method].items()
-                                    if v is not None and math.isfinite(float(v))})
-                records = pd.DataFrame([r.to_dict() for res in method_results for r in res.records])
-                records_path = folder / f"{method}_records.parquet"
-                records.to_parquet(records_path)
-                mlflow.log_artifact(str(records_path), "records")
-                mlflow.log_artifact(str(folder / f"{method}.jsonl"), "responses")
+                mlflow.log_metrics(finite_metrics(summaries[method]))
+                log_prompt_results(results=method_results, folder=folder, name=method)
         return parent.info.run_id
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML file merged over the defaults, before the overrides")
-    parser.add_argument("overrides", nargs="*", help="dotted omegaconf overrides, e.g. policy.u_th=0.4")
-    args = parser.parse_args(argv)
     try:
-        cfg = load_config(overrides=args.overrides, yaml_path=args.config)
+        cfg = config_from_argv(argv, description=__doc__)
         examples = load_examples(cfg.data)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)

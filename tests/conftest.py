@@ -53,3 +53,12 @@ def tiny_pair(tiny_pair_dirs):
 
     slm, llm = tiny_pair_dirs
     return load_pair(ModelConfig(pair="custom", slm=slm, llm=llm, dtype="float32"))
+
+
+@pytest.fixture(scope="session")
+def real_pair():
+    """The embedded Qwen2.5-Coder pair (assembled and converted on first use)."""
+    from uhlm_ray.config import ModelConfig
+    from uhlm_ray.models import load_pair
+
+    return load_pair(ModelConfig())

@@ -41,11 +41,15 @@ def test_bad_settings_name_the_field(override, message):
         load_config(overrides=[override])
 
 
-def test_unknown_keys_and_wrong_types_are_refused():
-    with pytest.raises(ConfigKeyError, match="u_threshold"):
+def test_unknown_keys_and_wrong_types_are_refused_naming_the_key():
+    with pytest.raises(ConfigError, match=r"policy.u_threshold: Key 'u_threshold' not in 'PolicyConfig'") as err:
         load_config(overrides=["policy.u_threshold=0.4"])
-    with pytest.raises(ValidationError, match="k"):
+    assert isinstance(err.value.__cause__, ConfigKeyError)
+    with pytest.raises(ConfigError, match=r"uncertainty.k: Value 'many' .* could not be converted") as err:
         load_config(overrides=["uncertainty.k=many"])
+    assert isinstance(err.value.__cause__, ValidationError)
+    with pytest.raises(ConfigError, match="--config file not found"):
+        load_config(yaml_path="/nonexistent.yaml")
 
 
 def test_policies_check_their_own_ranges():

@@ -77,3 +77,34 @@ def test_unknown_sources_are_clear_errors(tiny_pair_dirs):
         load_pair(ModelConfig(pair="nope"))
     with pytest.raises(ConfigError, match="needs both model.slm and model.llm"):
         load_pair(ModelConfig(pair="custom", slm=tiny_pair_dirs[0]))
+
+
+def test_batched_forward_equals_each_session_alone(tiny_pair):
+    """Sessions of different lengths, with different catch-ups, padded into one pass: same logits, same caches."""
+    from uhlm_ray.models.session import forward_sessions
+
+    prompts = [[2, 3], [4, 5, 6, 7, 8], [9]]
+    appended = [[10, 11, 12], [13], [14, 15]]  # catch-ups of 3, 1 and 2 tokens
+    batched = [CausalSession(model=tiny_pair.llm, prompt_ids=p) for p in prompts]
+    for session, tokens in zip(batched, appended, strict=True):
+        for token in tokens:
+            session.append(token)
+    forward_sessions(batched, score=True)
+    assert {s.timing.batch_size for s in batched} == {3}
+    for session, prompt, tokens in zip(batched, prompts, appended, strict=True):
+        seq = prompt + tokens
+        torch.testing.assert_close(session.next_logits(), full_recompute_logits(model=tiny_pair.llm, token_ids=seq),
+                                   atol=1e-4, rtol=1e-4)
+        # scoring: y of each caught-up token given its prefix
+        for offset, token in enumerate(tokens):
+            prefix = seq[: len(prompt) + offset]
+            y = torch.softmax(full_recompute_logits(model=tiny_pair.llm, token_ids=prefix), -1)
+            assert session.pending_probs[offset] == pytest.approx(float(y[token]), abs=1e-5)
+    # the unpadded caches stay right for the next, again batched, step
+    for session in batched:
+        session.append(3)
+    forward_sessions(batched)
+    for session, prompt, tokens in zip(batched, prompts, appended, strict=True):
+        torch.testing.assert_close(session.next_logits(),
+                                   full_recompute_logits(model=tiny_pair.llm, token_ids=prompt + tokens + [3]),
+                                   atol=1e-4, rtol=1e-4)

@@ -6,19 +6,14 @@ The first run in a fresh cache assembles and converts both GGUF files (about 3-4
 import pytest
 import torch
 
-from uhlm_ray.config import EvaluateConfig, ModelConfig
+from uhlm_ray.config import EvaluateConfig
 from uhlm_ray.datasets import Example
 from uhlm_ray.evaluate import evaluate_methods, summarize_methods
-from uhlm_ray.models import CausalSession, full_recompute_logits, load_pair
+from uhlm_ray.models import CausalSession, full_recompute_logits
 from uhlm_ray.models.embedded import EMBEDDED_MODELS, ensure_embedded
 from uhlm_ray.similarity import load_encoder
 
 pytestmark = pytest.mark.real_models
-
-
-@pytest.fixture(scope="module")
-def real_pair():
-    return load_pair(ModelConfig())
 
 
 def test_embedded_pair_loads_in_bf16_with_one_vocabulary(real_pair):

@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-from uhlm_ray.validation import check_choice, check_range
+from uhlm_ray.validation import ConfigError, check_choice, check_range
 
 METHODS = ("llm", "slm", "hlm", "rand_hlm", "u_hlm")
 UNCERTAINTY_MEASURES = ("temperature", "entropy", "confidence")
@@ -107,6 +108,46 @@ class TrackingConfig:
     experiment: str = "uhlm-evaluate"
 
 
+BANDWIDTH_SHARING = ("equal",)
+CELL_METHODS = ("slm", "hlm", "rand_hlm", "u_hlm")
+
+
+@dataclass
+class CellConfig:
+    """Many devices, one base station (jobs/cell.py). The channel section's p, N, alpha and W apply to each device."""
+
+    n_devices: int = 8
+    method: str = "u_hlm"  # one of CELL_METHODS (the LLM alone has no device side)
+    prompts_per_device: int = 1
+    # One distance per device (m); None draws them uniformly over the disc min_distance_m <= r <= radius_m.
+    distances_m: list[float] | None = None
+    radius_m: float = 2500.0
+    min_distance_m: float = 100.0
+    placement_seed: int = 0
+    # Devices transmitting in the same slot (their k-th round) split W equally; noise scales with the share.
+    bandwidth_sharing: str = "equal"
+    devices_per_actor: int = 8  # simulated devices sharing one SLM copy, decoded in lockstep with batched forwards
+
+
+@dataclass
+class RuntimeConfig:
+    """Ray and Ray Serve settings of the distributed runtime (actors/)."""
+
+    address: str | None = None  # None: $RAY_ADDRESS (set by `ray job submit`), else a new local Ray
+    device_actor_num_cpus: float = 1.0
+    device_actor_resources: dict[str, float] = field(default_factory=dict)  # e.g. {device: 1} from cluster.yaml
+    verifier_num_gpus: float = 0.0  # > 0 places verifier replicas on GPU nodes
+    verifier_resources: dict[str, float] = field(default_factory=dict)  # e.g. {verifier: 1} from cluster.yaml
+    verifier_device: str = "auto"  # "auto": cuda when the replica sees a GPU, else cpu
+    max_batch_size: int = 16  # @serve.batch
+    batch_wait_timeout_s: float = 0.005
+    max_ongoing_requests: int | None = None  # None: 2 x max_batch_size; must be >= max_batch_size
+    max_sessions: int = 1024
+    http_host: str = "127.0.0.1"  # the verifier's HTTP route; loopback unless you mean to expose it
+    http_port: int = 8000
+    actor_max_restarts: int = 3
+
+
 @dataclass
 class EvaluateConfig:
     methods: list[str] = field(default_factory=lambda: list(METHODS))
@@ -122,16 +163,24 @@ class EvaluateConfig:
     data: DataConfig = field(default_factory=DataConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    cell: CellConfig = field(default_factory=CellConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
 
 def load_config(*, overrides: list[str] | None = None, yaml_path: str | Path | None = None) -> EvaluateConfig:
     """Defaults <- YAML file <- dotted overrides; returns a validated EvaluateConfig object."""
     merged = OmegaConf.structured(EvaluateConfig)
-    if yaml_path is not None:
-        merged = OmegaConf.merge(merged, OmegaConf.load(yaml_path))
-    if overrides:
-        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
-    cfg: EvaluateConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    try:
+        if yaml_path is not None:
+            merged = OmegaConf.merge(merged, OmegaConf.load(yaml_path))
+        if overrides:
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+        cfg: EvaluateConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    except OmegaConfBaseException as err:  # unknown keys, wrong types: omegaconf's message names the key
+        where = f"{err.full_key}: " if getattr(err, "full_key", None) else ""
+        raise ConfigError(f"{where}{str(err).splitlines()[0]} ({type(err).__name__})") from err
+    except FileNotFoundError as err:
+        raise ConfigError(f"--config file not found: {yaml_path}") from err
     validate_config(cfg)
     return cfg
 
@@ -162,3 +211,53 @@ def validate_config(cfg: EvaluateConfig) -> None:
     check_range(cfg.channel.path_loss_exponent, field="channel.path_loss_exponent", low=0.0, low_open=True)
     check_choice(cfg.channel.fading, field="channel.fading", allowed=FADING_MODELS)
     check_choice(cfg.data.name, field="data.name", allowed=DATASET_NAMES)
+    validate_cell(cfg)
+
+
+def validate_cell(cfg: EvaluateConfig) -> None:
+    cell, runtime = cfg.cell, cfg.runtime
+    check_range(cell.n_devices, field="cell.n_devices", low=1)
+    check_choice(cell.method, field="cell.method", allowed=CELL_METHODS)
+    check_range(cell.prompts_per_device, field="cell.prompts_per_device", low=1)
+    check_range(cell.min_distance_m, field="cell.min_distance_m", low=0.0, low_open=True)
+    check_range(cell.radius_m, field="cell.radius_m", low=cell.min_distance_m)
+    if cell.distances_m is not None:
+        if len(cell.distances_m) != cell.n_devices:
+            raise ConfigError(f"cell.distances_m has {len(cell.distances_m)} entries; it needs one per device "
+                              f"(cell.n_devices={cell.n_devices}) or null to draw them")
+        for i, d in enumerate(cell.distances_m):
+            check_range(d, field=f"cell.distances_m[{i}]", low=0.0, low_open=True)
+    check_choice(cell.bandwidth_sharing, field="cell.bandwidth_sharing", allowed=BANDWIDTH_SHARING)
+    check_range(cell.devices_per_actor, field="cell.devices_per_actor", low=1)
+    check_range(runtime.max_batch_size, field="runtime.max_batch_size", low=1)
+    check_range(runtime.batch_wait_timeout_s, field="runtime.batch_wait_timeout_s", low=0.0)
+    if runtime.max_ongoing_requests is not None:
+        check_range(runtime.max_ongoing_requests, field="runtime.max_ongoing_requests", low=runtime.max_batch_size)
+    check_range(runtime.verifier_num_gpus, field="runtime.verifier_num_gpus", low=0.0)
+    check_range(runtime.device_actor_num_cpus, field="runtime.device_actor_num_cpus", low=0.0)
+    check_range(runtime.max_sessions, field="runtime.max_sessions", low=1)
+    check_range(runtime.http_port, field="runtime.http_port", low=1, high=65535)
+    check_range(runtime.actor_max_restarts, field="runtime.actor_max_restarts", low=-1)
+    check_choice(runtime.verifier_device, field="runtime.verifier_device", allowed=("auto", "cpu", "cuda"))
+
+
+def config_from_argv(argv: list[str], *, description: str) -> EvaluateConfig:
+    """A job's command line: `[--config file.yaml] [dotted.override=value ...]`."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="YAML file merged over the defaults, before the overrides")
+    parser.add_argument("overrides", nargs="*", help="dotted omegaconf overrides, e.g. policy.u_th=0.4")
+    args = parser.parse_args(argv)
+    return load_config(overrides=args.overrides, yaml_path=args.config)
+
+
+def config_to_dict(cfg: EvaluateConfig) -> dict:
+    """Plain data, to ship a config to Ray actors and Serve replicas."""
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[return-value]
+
+
+def config_from_dict(data: dict) -> EvaluateConfig:
+    cfg: EvaluateConfig = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(EvaluateConfig), data))
+    validate_config(cfg)
+    return cfg

@@ -1,38 +1,43 @@
-"""The decoding loop for one prompt and one method, emitting one RoundRecord per round.
+"""The decoding loop: devices (device.py) and the verifier (verifier.py) wired together, one record per round.
 
-A round of a hybrid method (HLM, Rand-HLM, U-HLM, SLM), as the U-HLM paper's Steps 1-3:
-  SLM forward -> x = softmax(z), draft d ~ x, u from the same z -> policy: send? -> if sent: payload over the
-  modelled uplink, LLM catch-up forward -> y, verify (accept / resample) -> both sides append r(t).
-The LLM-alone reference samples r(t) ~ y every round.
-
-Evaluation mode scores skipped rounds too, on a separate LLM session so that the verifier's catch-up is timed as it
-would really happen; that work is kept off both clocks.
+`decode_lockstep` runs several device decoders that share one SLM in lockstep: one batched SLM forward per round for
+every unfinished device, then one verification call carrying every sent draft. It does not know how requests reach
+the verifier: the core passes an in-process `Verifier`, the Ray device actor passes a Serve client, so the one-device
+cell and the core loop are the same code. `decode_prompt` is the single-device, single-prompt case, plus the
+LLM-alone reference (r(t) ~ y every round).
 """
 
 from __future__ import annotations
 
-import math
 import time
+from dataclasses import dataclass
+from typing import Protocol
 
-import numpy as np
 import torch
 
-from uhlm_ray.channel import draw_fading_gain, linear_to_db, mean_snr, uplink_seconds
+from uhlm_ray.channel import mean_snr
 from uhlm_ray.config import METHODS, EvaluateConfig
-from uhlm_ray.models.loading import ModelPair
-from uhlm_ray.models.session import CausalSession, PrefillStore
-from uhlm_ray.payload import full_payload_bits
+from uhlm_ray.device import DeviceDecoder, keyed_uniform
+from uhlm_ray.models.loading import LoadedModel, ModelPair
+from uhlm_ray.models.session import CausalSession, PrefillStore, forward_sessions
 from uhlm_ray.policies import AlwaysSend, NeverSend, RandomSend, SkipPolicy, UncertaintyThreshold
 from uhlm_ray.records import NAN, RoundRecord
-from uhlm_ray.rng import Purpose, keyed_rng
-from uhlm_ray.uncertainty import (
-    confidence_uncertainty,
-    draw_temperatures,
-    entropy_uncertainty,
-    temperature_perturbation,
-)
+from uhlm_ray.rng import Purpose
 from uhlm_ray.validation import ConfigError
-from uhlm_ray.verify import rejection_probability, sample_inverse_cdf, verify_draft
+from uhlm_ray.verifier import SessionKey, Verifier, VerifyRequest, VerifyResult
+from uhlm_ray.verify import sample_inverse_cdf
+
+
+class VerifierClient(Protocol):
+    """What the loop needs of a verifier, in-process or remote."""
+
+    def open(self, *, session_id: str, prompt_ids: list[int], key: SessionKey) -> float: ...
+
+    def verify(self, requests: list[VerifyRequest]) -> list[VerifyResult]: ...
+
+    def score(self, *, session_id: str, new_tokens: list[int]) -> tuple[list[float], float]: ...
+
+    def close(self, *, session_id: str) -> bool: ...
 
 
 def make_policy(*, method: str, cfg: EvaluateConfig, send_prob: float | None = None) -> SkipPolicy | None:
@@ -61,29 +66,76 @@ def chat_prompt_ids(*, tokenizer, prompt: str) -> list[int]:
     return tokenizer(prompt)["input_ids"]
 
 
-def measure_uncertainty(
-    *, logits: torch.Tensor, probs: torch.Tensor, draft: int, cfg: EvaluateConfig, rng: np.random.Generator
-) -> float:
-    """u(t) by the configured measure, from the logits z [V] and x [V] that produced the draft."""
-    measure = cfg.uncertainty.measure
-    if measure == "entropy":
-        return float(entropy_uncertainty(probs=probs.unsqueeze(0))[0])
-    if measure == "confidence":
-        return float(confidence_uncertainty(probs=probs.unsqueeze(0))[0])
-    thetas = draw_temperatures(rng=rng, k=cfg.uncertainty.k, theta_max=cfg.uncertainty.theta_max)  # [1, K]
-    uniforms = rng.random(size=thetas.shape)  # [1, K]
-    u = temperature_perturbation(
-        logits=logits.unsqueeze(0),
-        draft=torch.tensor([draft]),
-        thetas=torch.from_numpy(thetas),
-        uniforms=torch.from_numpy(uniforms),
-    )
-    return float(u[0])
+def evaluates(*, method: str, cfg: EvaluateConfig) -> bool:
+    """Whether skipped rounds are scored by the LLM too (HLM sends all; the LLM alone has no drafts)."""
+    return method in cfg.decode.evaluation_methods and method not in ("llm", "hlm")
 
 
-def _uniform(*, seed: int, device: int, prompt: int, round_index: int, purpose: Purpose) -> torch.Tensor:
-    rng = keyed_rng(seed=seed, device=device, prompt=prompt, round_index=round_index, purpose=purpose)
-    return torch.tensor([rng.random()])
+@dataclass
+class DeviceJob:
+    """One prompt for one device: what `decode_lockstep` needs to start it."""
+
+    session_id: str
+    key: SessionKey
+    prompt_ids: list[int]
+    method: str
+    policy: SkipPolicy
+    mean_snr: float  # the device's average SNR (its distance in a cell)
+
+
+@dataclass
+class DeviceOutcome:
+    tokens: list[int]
+    records: list[RoundRecord]
+    stop_reason: str
+    prefill_s: float  # SLM + LLM prompt prefill, off both clocks
+
+
+def decode_lockstep(
+    *,
+    slm: LoadedModel,
+    verifier: VerifierClient,
+    jobs: list[DeviceJob],
+    cfg: EvaluateConfig,
+    eos_token_ids: frozenset[int],
+    prefills: PrefillStore | None = None,
+) -> list[DeviceOutcome]:
+    """Decode every job to the end, a round at a time for all of them together."""
+    sessions, decoders, prefill_s = [], [], []
+    for job in jobs:
+        session = CausalSession(model=slm, prompt_ids=job.prompt_ids, prefills=prefills)
+        llm_prefill = verifier.open(session_id=job.session_id, prompt_ids=job.prompt_ids, key=job.key)
+        sessions.append(session)
+        prefill_s.append(session.prefill_s + llm_prefill)
+        decoders.append(DeviceDecoder(
+            key=job.key, method=job.method, cfg=cfg, policy=job.policy, mean_snr=job.mean_snr,
+            vocab_size=slm.vocab_size, eos_token_ids=eos_token_ids, evaluate=evaluates(method=job.method, cfg=cfg),
+        ))
+    active = list(range(len(jobs)))
+    while active:
+        start = time.perf_counter()
+        forward_sessions([sessions[i] for i in active])  # Step 1's SLM forward, batched over devices
+        drafts = {i: decoders[i].draft(logits=sessions[i].next_logits(), tau_slm_s=sessions[i].timing.forward_s)
+                  for i in active}
+        sent = [i for i in active if drafts[i].sent]
+        verify_start = time.perf_counter()
+        replies = verifier.verify([decoders[i].request(session_id=jobs[i].session_id, draft=drafts[i])
+                                   for i in sent]) if sent else []
+        verify_wall = time.perf_counter() - verify_start
+        results: dict[int, VerifyResult] = dict(zip(sent, replies, strict=True))
+        wall = time.perf_counter() - start  # the round of every device in lockstep ends together
+        for i in active:
+            record = decoders[i].commit(draft=drafts[i], result=results.get(i), wall_s=wall)
+            record.verify_wall_s = verify_wall if i in results else 0.0
+            sessions[i].append(record.token)
+        for i in [i for i in active if decoders[i].done]:
+            if decoders[i].evaluate and decoders[i].unscored_tokens():
+                probs, _ = verifier.score(session_id=jobs[i].session_id, new_tokens=decoders[i].unscored_tokens())
+                decoders[i].finish_scoring(probs)
+            verifier.close(session_id=jobs[i].session_id)
+        active = [i for i in active if not decoders[i].done]
+    return [DeviceOutcome(tokens=d.tokens, records=d.records, stop_reason=d.stop_reason or "", prefill_s=p)
+            for d, p in zip(decoders, prefill_s, strict=True)]
 
 
 def decode_prompt(
@@ -96,123 +148,45 @@ def decode_prompt(
     policy: SkipPolicy | None,
     device_index: int = 0,
     prefills: PrefillStore | None = None,
+    verifier: Verifier | None = None,
 ) -> tuple[list[int], list[RoundRecord], str, float]:
-    """Decode one prompt; returns (response tokens, records, stop reason, prefill seconds)."""
-    seed = cfg.decode.seed
-    keys = dict(seed=seed, device=device_index, prompt=prompt_index)
-    snr_mean = mean_snr(cfg.channel)
-    bits = full_payload_bits(vocab_size=pair.vocab_size, cfg=cfg.payload)
-    evaluate = method in cfg.decode.evaluation_methods and method not in ("llm", "hlm")
+    """Decode one prompt in-process; returns (response tokens, records, stop reason, prefill seconds)."""
+    key = SessionKey(seed=cfg.decode.seed, device=device_index, prompt=prompt_index)
+    if method == "llm":
+        return _decode_llm_alone(pair=pair, prompt_ids=prompt_ids, key=key, cfg=cfg, prefills=prefills)
+    if policy is None:
+        raise ConfigError(f"method={method!r} needs a skip policy")
+    job = DeviceJob(session_id=f"local-{device_index}-{prompt_index}", key=key, prompt_ids=prompt_ids,
+                    method=method, policy=policy, mean_snr=mean_snr(cfg.channel))
+    verifier = verifier or Verifier(model=pair.llm, prefills=prefills)
+    (outcome,) = decode_lockstep(slm=pair.slm, verifier=verifier, jobs=[job], cfg=cfg,
+                                 eos_token_ids=pair.eos_token_ids, prefills=prefills)
+    return outcome.tokens, outcome.records, outcome.stop_reason, outcome.prefill_s
 
-    # the prompt reaches the base station once, before the first round; prefills are kept off both clocks
-    slm = CausalSession(model=pair.slm, prompt_ids=prompt_ids, prefills=prefills) if method != "llm" else None
+
+def _decode_llm_alone(
+    *, pair: ModelPair, prompt_ids: list[int], key: SessionKey, cfg: EvaluateConfig, prefills: PrefillStore | None
+) -> tuple[list[int], list[RoundRecord], str, float]:
+    """The reference: the LLM samples r(t) ~ y every round."""
     llm = CausalSession(model=pair.llm, prompt_ids=prompt_ids, prefills=prefills)
-    prefill_s = llm.prefill_s + (slm.prefill_s if slm is not None else 0.0)
-    oracle = CausalSession(model=pair.llm, prompt_ids=prompt_ids, prefills=prefills) if evaluate else None
-
     tokens: list[int] = []
     records: list[RoundRecord] = []
     stop_reason = "max_new_tokens"
     for t in range(1, cfg.decode.max_new_tokens + 1):
-        round_start = time.perf_counter()
-        if slm is None:
-            record = _llm_round(llm=llm, t=t, keys=keys, method=method)
-        else:
-            record, oracle_s = _hybrid_round(
-                slm=slm, llm=llm, oracle=oracle, t=t, keys=keys, method=method, cfg=cfg, policy=policy,
-                snr_mean=snr_mean, bits=bits,
-            )
-            record.wall_s -= oracle_s
-        record.wall_s += time.perf_counter() - round_start
-        records.append(record)
-        tokens.append(record.token)
-        for session in (slm, llm, oracle):
-            if session is not None:
-                session.append(record.token)
-        if record.token in pair.eos_token_ids:
+        start = time.perf_counter()
+        y = torch.softmax(llm.next_logits(), dim=-1)  # [V] float32
+        uniform = keyed_uniform(key=key, round_index=t, purpose=Purpose.LLM_SAMPLE)
+        token = int(sample_inverse_cdf(probs=y.unsqueeze(0), uniform=uniform)[0])
+        records.append(RoundRecord(
+            method="llm", prompt_index=key.prompt, round=t, draft=token, token=token, uncertainty=NAN, sent=False,
+            x_d=NAN, y_d=float(y[token]), beta=NAN, accepted=None, resampled=None, payload_bits=0,
+            catch_up_tokens=llm.timing.tokens, fading_gain=NAN, snr_db=NAN, tau_up_s=0.0,
+            tau_slm_s=0.0, tau_uncertainty_s=0.0, tau_llm_s=llm.timing.forward_s,
+            wall_s=time.perf_counter() - start,
+        ))
+        tokens.append(token)
+        llm.append(token)
+        if token in pair.eos_token_ids:
             stop_reason = "eos"
             break
-    return tokens, records, stop_reason, prefill_s
-
-
-def _llm_round(*, llm: CausalSession, t: int, keys: dict, method: str) -> RoundRecord:
-    """The LLM alone: r(t) ~ y."""
-    forward_start, seen_before = time.perf_counter(), llm.processed
-    z = llm.next_logits()  # [V]
-    tau_llm = time.perf_counter() - forward_start
-    y = torch.softmax(z, dim=-1)  # [V] float32
-    token = int(sample_inverse_cdf(probs=y.unsqueeze(0), uniform=_uniform(**keys, round_index=t,
-                                                                          purpose=Purpose.LLM_SAMPLE))[0])
-    return RoundRecord(
-        method=method, prompt_index=keys["prompt"], round=t, draft=token, token=token, uncertainty=NAN,
-        sent=False, x_d=NAN, y_d=float(y[token]), beta=NAN, accepted=None, resampled=None, payload_bits=0,
-        catch_up_tokens=llm.processed - seen_before, fading_gain=NAN, snr_db=NAN, tau_up_s=0.0, tau_slm_s=0.0,
-        tau_uncertainty_s=0.0, tau_llm_s=tau_llm, wall_s=0.0,
-    )
-
-
-def _hybrid_round(
-    *,
-    slm: CausalSession,
-    llm: CausalSession,
-    oracle: CausalSession | None,
-    t: int,
-    keys: dict,
-    method: str,
-    cfg: EvaluateConfig,
-    policy: SkipPolicy,
-    snr_mean: float,
-    bits: int,
-) -> tuple[RoundRecord, float]:
-    """One round of Steps 1-2; returns the record and the evaluation-only seconds spent inside it."""
-    # Step 1: the SLM drafts d ~ x from its logits z
-    forward_start = time.perf_counter()
-    z = slm.next_logits()  # [V] float32
-    tau_slm = time.perf_counter() - forward_start
-    x = torch.softmax(z, dim=-1)  # [V] eq. 1
-    draft = int(sample_inverse_cdf(probs=x.unsqueeze(0), uniform=_uniform(**keys, round_index=t,
-                                                                          purpose=Purpose.DRAFT))[0])
-
-    # u(t) from the same logits, recorded for every method (Fig. 3 and 5 need it) but on the clocks only for
-    # policies that use it
-    u_start = time.perf_counter()
-    rng = keyed_rng(**keys, round_index=t, purpose=Purpose.TEMPERATURES)
-    u = measure_uncertainty(logits=z, probs=x, draft=draft, cfg=cfg, rng=rng)
-    spent = time.perf_counter() - u_start
-    tau_u, eval_s = (spent, 0.0) if policy.needs_uncertainty else (0.0, spent)
-
-    sent = policy.should_send(uncertainty=u, rng=keyed_rng(**keys, round_index=t, purpose=Purpose.POLICY))
-    gain = draw_fading_gain(rng=keyed_rng(**keys, round_index=t, purpose=Purpose.FADING), fading=cfg.channel.fading)
-    snr = snr_mean * gain
-
-    x_d = float(x[draft])
-    y_d, beta, accepted, resampled, tau_llm, catch_up, token = NAN, NAN, None, None, 0.0, 0, draft
-    if sent:
-        # Step 2: the LLM catches up on every token it has not seen, in one forward pass, then verifies d
-        forward_start, seen_before = time.perf_counter(), llm.processed
-        y = torch.softmax(llm.next_logits(), dim=-1)  # [V]
-        tau_llm = time.perf_counter() - forward_start
-        catch_up = llm.processed - seen_before  # 0 in round 1: the prompt prefill already gave y
-        verdict = verify_draft(
-            x=x.unsqueeze(0), y=y.unsqueeze(0), draft=torch.tensor([draft]),
-            u_accept=_uniform(**keys, round_index=t, purpose=Purpose.ACCEPT),
-            u_resample=_uniform(**keys, round_index=t, purpose=Purpose.RESAMPLE),
-            validate=False,  # softmax outputs: finite, normalised, right length by construction
-        )
-        token, accepted, resampled = int(verdict.token[0]), bool(verdict.accepted[0]), bool(verdict.recovered[0])
-        y_d, beta = float(y[draft]), float(verdict.beta[0])
-    elif oracle is not None:
-        eval_start = time.perf_counter()
-        y_d = float(torch.softmax(oracle.next_logits(), dim=-1)[draft])
-        beta = float(rejection_probability(x_d=torch.tensor([x_d]), y_d=torch.tensor([y_d]))[0])
-        eval_s += time.perf_counter() - eval_start
-
-    record = RoundRecord(
-        method=method, prompt_index=keys["prompt"], round=t, draft=draft, token=token, uncertainty=u, sent=sent,
-        x_d=x_d, y_d=y_d, beta=beta, accepted=accepted, resampled=resampled,
-        payload_bits=bits if sent else 0, catch_up_tokens=catch_up, fading_gain=gain,
-        snr_db=linear_to_db(snr) if snr > 0 else -math.inf,
-        tau_up_s=uplink_seconds(bits=bits, bandwidth_hz=cfg.channel.bandwidth_hz, snr=snr) if sent else 0.0,
-        tau_slm_s=tau_slm, tau_uncertainty_s=tau_u, tau_llm_s=tau_llm, wall_s=0.0,
-    )
-    return record, eval_s
+    return tokens, records, stop_reason, llm.prefill_s

@@ -25,11 +25,12 @@ from uhlm_ray.models.session import PrefillStore
 from uhlm_ray.records import PromptResult
 from uhlm_ray.similarity import Encoder, response_similarity
 
+DECODE_SECTIONS = ("model", "uncertainty", "policy", "channel", "payload", "decode", "data", "metrics")
 
-def run_key(cfg: EvaluateConfig) -> str:
+
+def run_key(cfg: EvaluateConfig, *, sections: tuple[str, ...] = DECODE_SECTIONS) -> str:
     """A short hash of the settings that determine the decoded tokens and their scores."""
-    relevant = {k: OmegaConf.to_container(OmegaConf.structured(getattr(cfg, k))) for k in
-                ("model", "uncertainty", "policy", "channel", "payload", "decode", "data", "metrics")}
+    relevant = {k: OmegaConf.to_container(OmegaConf.structured(getattr(cfg, k))) for k in sections}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -43,8 +44,9 @@ class ResultStore:
     def _file(self, method: str) -> Path:
         return self.folder / f"{method}.jsonl"
 
-    def load(self, method: str) -> dict[int, PromptResult]:
-        done: dict[int, PromptResult] = {}
+    def load(self, method: str) -> dict[tuple[int, int], PromptResult]:
+        """Finished prompts by (device index, prompt index); a key written twice counts once."""
+        done: dict[tuple[int, int], PromptResult] = {}
         if self._file(method).is_file():
             for line in self._file(method).read_text().splitlines():
                 if line.strip():  # a torn last line from an interrupted write is skipped and redone
@@ -52,7 +54,7 @@ class ResultStore:
                         result = PromptResult.from_dict(json.loads(line))
                     except (json.JSONDecodeError, TypeError):
                         continue
-                    done[result.prompt_index] = result
+                    done[(result.device_index, result.prompt_index)] = result
         return done
 
     def append(self, result: PromptResult) -> None:
@@ -89,8 +91,8 @@ def run_method(
     policy = make_policy(method=method, cfg=cfg, send_prob=send_prob)
     results = []
     for index, example in enumerate(examples):
-        if index in done:
-            result = done[index]
+        if (0, index) in done:
+            result = done[(0, index)]
         else:
             prompt_ids = chat_prompt_ids(tokenizer=pair.tokenizer, prompt=example.prompt)
             tokens, records, stop_reason, prefill_s = decode_prompt(
@@ -161,6 +163,12 @@ def summarize_methods(*, results: dict[str, list[PromptResult]], cfg: EvaluateCo
     return summaries
 
 
+def format_value(value: float | None, fmt: str) -> str:
+    """A table cell: "-" for a metric that does not apply (None or NaN)."""
+    missing = value is None or (isinstance(value, float) and math.isnan(value))
+    return "-" if missing else fmt.format(value)
+
+
 METHOD_LABELS = {"llm": "LLM", "slm": "SLM", "hlm": "HLM", "rand_hlm": "Rand-HLM", "u_hlm": "U-HLM"}
 
 
@@ -183,10 +191,6 @@ def format_table(summaries: dict[str, dict[str, float]]) -> str:
     rule = "|---|" + "---:|" * len(columns)
     lines = [header, rule]
     for method, s in summaries.items():
-        cells = []
-        for key, _, fmt in columns:
-            value = s.get(key, math.nan)
-            missing = value is None or (isinstance(value, float) and math.isnan(value))
-            cells.append("-" if missing else fmt.format(value))
+        cells = [format_value(s.get(key), fmt) for key, _, fmt in columns]
         lines.append(f"| {METHOD_LABELS.get(method, method)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -39,6 +39,8 @@ class RoundRecord:
     tau_uncertainty_s: float
     tau_llm_s: float
     wall_s: float
+    verify_batch_size: int = 0  # requests in the verifier batch that scored this draft (0: not sent)
+    verify_wall_s: float = 0.0  # the verification call's round trip (transport, batching wait, LLM forward)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -57,6 +59,7 @@ class PromptResult:
     prefill_s: float  # SLM and LLM prompt prefill (wall), not part of any round
     records: list[RoundRecord] = field(default_factory=list)
     similarity: float = NAN
+    device_index: int = 0  # the simulated device in a cell; 0 in single-device runs
 
     def to_dict(self) -> dict:
         out = asdict(self)

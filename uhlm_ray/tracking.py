@@ -7,6 +7,7 @@ the default and `tracking.tracking_uri`.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -63,3 +64,25 @@ def flat_params(cfg: object) -> dict[str, str]:
         return out
 
     return walk("", container, {})
+
+
+def finite_metrics(values: dict) -> dict[str, float]:
+    """The numeric, finite entries: MLflow rejects NaN and has no use for metrics that do not apply."""
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(float(value)):
+            out[key] = float(value)
+    return out
+
+
+def log_prompt_results(*, results: list, folder: Path, name: str) -> None:
+    """Into the active run: per-round records as Parquet (records/) and the stored responses (responses/)."""
+    import mlflow
+    import pandas as pd
+
+    records = pd.DataFrame([{**r.to_dict(), "device_index": res.device_index}
+                            for res in results for r in res.records])
+    records_path = folder / f"{name}_records.parquet"
+    records.to_parquet(records_path)
+    mlflow.log_artifact(str(records_path), "records")
+    mlflow.log_artifact(str(folder / f"{name}.jsonl"), "responses")

@@ -5,6 +5,14 @@ round (one-token forward). The base station's LLM also appends every response to
 to verify: it then processes, in a single forward pass against its cache, every token it has not seen yet (the
 skipped rounds' tokens and the previous response token). The cost of a round therefore grows with the text only
 through attention over the cache, never through re-encoding the prefix.
+
+`forward_sessions` runs that step for several sessions of one model in one batched forward pass (the Serve
+verifier's batch, or the simulated devices sharing one SLM): the caches are left-padded to a common length for the
+pass and each session keeps only its own new keys and values afterwards. A batch of one is exactly the solo path.
+
+Scoring (evaluation mode): a catch-up forward already computes hidden states at every new position, so the LLM's
+probability of each caught-up token (a skipped draft's y_d) costs only the output projection of those positions,
+which is done after the timed part and reported as evaluation time.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import torch
 from transformers import DynamicCache
 
 from uhlm_ray.models.loading import LoadedModel
+from uhlm_ray.validation import ConfigError
 
 
 @dataclass
@@ -44,16 +53,31 @@ class PrefillStore:
         self._entries[(id(model), tuple(prompt_ids))] = entry
 
 
+@dataclass
+class StepTiming:
+    """What the last forward of a session cost: `forward_s` on the clocks, `scoring_s` evaluation-only."""
+
+    forward_s: float = 0.0
+    scoring_s: float = 0.0
+    tokens: int = 0  # tokens processed in that forward (the catch-up count)
+    batch_size: int = 1
+
+
 class CausalSession:
     """Created with its prompt already processed (the prefill), timed in `prefill_s`."""
 
     def __init__(self, *, model: LoadedModel, prompt_ids: list[int], prefills: PrefillStore | None = None) -> None:
+        if not prompt_ids:
+            raise ConfigError("prompt_ids is empty: a session needs at least one prompt token")
         self._model = model.model
         self._device = next(model.model.parameters()).device
         self._cache = DynamicCache(config=model.model.config)
         self._pending: list[int] = list(prompt_ids)  # tokens the model has not processed yet
         self._logits: torch.Tensor | None = None  # [V] float32, next-token logits after every processed token
+        self._last_logits: torch.Tensor | None = None  # [V] the logits that predicted _pending[0]
         self.processed = 0  # tokens in the KV cache
+        self.pending_probs: list[float] = []  # with score=True: the model's probability of each caught-up token
+        self.timing = StepTiming()
         shared = prefills.get(model=self._model, prompt_ids=prompt_ids) if prefills is not None else None
         if shared is not None:
             self._cache = copy.deepcopy(shared.cache)
@@ -68,30 +92,117 @@ class CausalSession:
             if prefills is not None:
                 prefills.put(model=self._model, prompt_ids=prompt_ids,
                              entry=_Prefill(copy.deepcopy(self._cache), self._logits, self.prefill_s))
+        self.timing = StepTiming(tokens=0)  # the prefill is reported in prefill_s, never as a round's forward
 
     @property
     def pending(self) -> int:
         return len(self._pending)
 
+    @property
+    def ready(self) -> bool:
+        """True when next_logits() needs no forward pass."""
+        return self._logits is not None
+
     def append(self, token: int) -> None:
         """A response token is final: the model will see it at its next forward pass."""
+        if self._logits is not None:
+            self._last_logits = self._logits
         self._pending.append(int(token))
         self._logits = None
 
-    @torch.inference_mode()
-    def next_logits(self) -> torch.Tensor:
-        """Next-token logits [V] (float32, CPU) given everything appended so far; catches up in one forward pass."""
+    def next_logits(self, *, score: bool = False) -> torch.Tensor:
+        """Next-token logits [V] (float32, CPU) given everything appended so far; catches up in one forward pass.
+
+        With `score`, also fills `pending_probs` with the model's probability of each token it caught up on.
+        """
         if self._logits is None:
-            if not self._pending:
-                raise RuntimeError("next_logits() on a session with nothing to process")
-            ids = torch.tensor([self._pending], dtype=torch.long, device=self._device)  # [1, n]
-            out = self._model(input_ids=ids, past_key_values=self._cache, use_cache=True, logits_to_keep=1)
-            self._cache = out.past_key_values
-            # sampling and verification run on the CPU in float32, wherever the model runs
-            self._logits = out.logits[0, -1].float().cpu()  # [V]
-            self.processed += len(self._pending)
-            self._pending = []
-        return self._logits
+            forward_sessions([self], score=score)
+        return self._logits  # type: ignore[return-value]
+
+    def _finish(self, *, hidden: torch.Tensor, score: bool, batch_size: int, forward_s: float,
+                head_start: float) -> None:
+        """Project the hidden states [n, H] of this session's new tokens to logits; score them if asked."""
+        head = self._model.get_output_embeddings()
+        self._logits = head(hidden[-1:]).float()[0].cpu()  # [V]
+        self.timing = StepTiming(forward_s=forward_s + time.perf_counter() - head_start, tokens=len(self._pending),
+                                 batch_size=batch_size)
+        self.pending_probs = []
+        if score:  # off the clocks: the output projection of the other positions
+            start = time.perf_counter()
+            earlier = head(hidden[:-1]).float().cpu() if hidden.shape[0] > 1 else hidden.new_zeros(0)  # [n-1, V]
+            predictors = [self._last_logits] if self._last_logits is not None else [None]
+            predictors += list(earlier)
+            self.pending_probs = [
+                float(torch.softmax(z, dim=-1)[tok]) if z is not None else float("nan")
+                for z, tok in zip(predictors, self._pending, strict=True)
+            ]
+            self.timing.scoring_s = time.perf_counter() - start
+        self.processed += len(self._pending)
+        self._pending = []
+
+
+@torch.inference_mode()
+def forward_sessions(sessions: list[CausalSession], *, score: bool = False) -> None:
+    """Catch every session that has pending tokens up in one forward pass of their shared model.
+
+    Sessions already `ready` are left alone. The timing each session records is the whole batched pass.
+    """
+    todo = [s for s in sessions if not s.ready]
+    if not todo:
+        return
+    if any(s._model is not todo[0]._model for s in todo):
+        raise ValueError("forward_sessions: every session must use the same model")
+    if any(not s._pending for s in todo):
+        raise RuntimeError("next_logits() on a session with nothing to process")
+    model, device = todo[0]._model, todo[0]._device
+    start = time.perf_counter()
+    if len(todo) == 1:
+        (s,) = todo
+        ids = torch.tensor([s._pending], dtype=torch.long, device=device)  # [1, n]
+        out = model.get_decoder()(input_ids=ids, past_key_values=s._cache, use_cache=True)
+        s._cache = out.past_key_values
+        hidden = out.last_hidden_state[0]  # [n, H]
+        s._finish(hidden=hidden, score=score, batch_size=1, forward_s=time.perf_counter() - start,
+                  head_start=time.perf_counter())
+        return
+
+    batch, past_len = len(todo), max(s.processed for s in todo)
+    new_len = max(len(s._pending) for s in todo)
+    # left-pad both the cache part and the new part, so every sequence's last token sits in the last column
+    ids = torch.zeros(batch, new_len, dtype=torch.long, device=device)  # [B, N]
+    positions = torch.zeros(batch, new_len, dtype=torch.long, device=device)  # [B, N]
+    mask = torch.zeros(batch, past_len + new_len, dtype=torch.long, device=device)  # [B, P + N]
+    for i, s in enumerate(todo):
+        n = len(s._pending)
+        ids[i, new_len - n:] = torch.tensor(s._pending, device=device)
+        positions[i, new_len - n:] = torch.arange(s.processed, s.processed + n, device=device)
+        mask[i, past_len - s.processed:past_len] = 1
+        mask[i, past_len + new_len - n:] = 1
+    cache = DynamicCache(config=model.config)
+    for layer in range(len(todo[0]._cache.layers)):
+        keys = [s._cache.layers[layer].keys for s in todo]  # each [1, H_kv, L_i, D]
+        values = [s._cache.layers[layer].values for s in todo]
+        cache.update(_left_pad(keys, past_len), _left_pad(values, past_len), layer)  # [B, H_kv, P, D]
+    out = model.get_decoder()(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                              use_cache=True)
+    forward_s = time.perf_counter() - start
+    for i, s in enumerate(todo):
+        n = len(s._pending)
+        for layer, batched in enumerate(out.past_key_values.layers):
+            # this session's new keys/values [1, H_kv, n, D] appended to its own unpadded cache
+            s._cache.update(batched.keys[i:i + 1, :, -n:], batched.values[i:i + 1, :, -n:], layer)
+        s._finish(hidden=out.last_hidden_state[i, -n:], score=score, batch_size=batch, forward_s=forward_s,
+                  head_start=time.perf_counter())
+
+
+def _left_pad(tensors: list[torch.Tensor], length: int) -> torch.Tensor:
+    """[1, H, L_i, D] each -> [B, H, length, D], zeros on the left."""
+    first = tensors[0]
+    out = first.new_zeros(len(tensors), first.shape[1], length, first.shape[3])
+    for i, t in enumerate(tensors):
+        if t.shape[2]:
+            out[i, :, length - t.shape[2]:] = t[0]
+    return out
 
 
 @torch.inference_mode()

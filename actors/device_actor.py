@@ -1,0 +1,90 @@
+"""A Ray actor holding one SLM copy for several simulated devices, decoding their prompts in lockstep.
+
+Each call decodes one "wave": at most one prompt per device of the actor, with one batched SLM forward per round and
+every sent draft of the round in flight to the Serve verifier at once. The actor is restartable (`max_restarts`,
+`max_task_retries`): a wave interrupted by a crash is decoded again from the start by the restarted actor, with the
+same keyed draws, so its results are the same and the driver stores each prompt exactly once.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import ray
+import torch
+
+from actors.verifier_deployment import ServeVerifierClient
+from uhlm_ray.cell import device_channel
+from uhlm_ray.channel import mean_snr
+from uhlm_ray.config import config_from_dict
+from uhlm_ray.decode import DeviceJob, chat_prompt_ids, decode_lockstep, make_policy
+from uhlm_ray.models.loading import load_model, resolve_dtype
+from uhlm_ray.models.presets import resolve_pair
+from uhlm_ray.models.session import PrefillStore
+from uhlm_ray.records import PromptResult
+from uhlm_ray.validation import ConfigError
+from uhlm_ray.verifier import SessionKey
+
+
+@dataclass
+class Assignment:
+    """One prompt for one device in a wave."""
+
+    device_index: int
+    prompt_index: int
+    example_id: str
+    reference: str
+    prompt: str
+    distance_m: float
+
+
+def session_id(*, run: str, device_index: int, prompt_index: int) -> str:
+    """Deterministic, so a retried wave reopens (and so replaces) the sessions its crashed attempt left."""
+    return f"{run}:d{device_index}:p{prompt_index}"
+
+
+@ray.remote(max_restarts=3, max_task_retries=3)
+class DeviceActor:
+    def __init__(self, config: dict, run: str) -> None:
+        self.cfg = config_from_dict(config)
+        self.run = run
+        if self.cfg.model.num_threads is not None:
+            torch.set_num_threads(self.cfg.model.num_threads)
+        slm_source, _ = resolve_pair(self.cfg.model)
+        self.slm = load_model(slm_source, dtype=resolve_dtype(self.cfg.model.dtype, device="cpu"), device="cpu")
+        self.client = ServeVerifierClient()
+        info = self.client.info()
+        if info["vocab_size"] != self.slm.vocab_size:
+            raise ConfigError(f"vocabulary size differs: SLM {slm_source!r} has {self.slm.vocab_size} output rows, "
+                              f"the verifier's LLM {info['vocab_size']}")
+        self.eos_token_ids = self.slm.eos_token_ids | frozenset(info["eos_token_ids"])
+        self.policy = make_policy(method=self.cfg.cell.method, cfg=self.cfg)
+        self.prefills = PrefillStore()
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def run_wave(self, assignments: list[Assignment]) -> list[PromptResult]:
+        cfg = self.cfg
+        prompt_ids = [chat_prompt_ids(tokenizer=self.slm.tokenizer, prompt=a.prompt) for a in assignments]
+        jobs = [
+            DeviceJob(
+                session_id=session_id(run=self.run, device_index=a.device_index, prompt_index=a.prompt_index),
+                key=SessionKey(seed=cfg.decode.seed, device=a.device_index, prompt=a.prompt_index),
+                prompt_ids=ids, method=cfg.cell.method, policy=self.policy,
+                mean_snr=mean_snr(device_channel(channel=cfg.channel, distance_m=a.distance_m)),
+            )
+            for a, ids in zip(assignments, prompt_ids, strict=True)
+        ]
+        outcomes = decode_lockstep(slm=self.slm, verifier=self.client, jobs=jobs, cfg=cfg,
+                                   eos_token_ids=self.eos_token_ids, prefills=self.prefills)
+        return [
+            PromptResult(
+                method=cfg.cell.method, prompt_index=a.prompt_index, example_id=a.example_id,
+                reference=a.reference, response=self.slm.tokenizer.decode(o.tokens, skip_special_tokens=True),
+                tokens=o.tokens, stop_reason=o.stop_reason, prompt_tokens=len(ids), prefill_s=o.prefill_s,
+                records=o.records, device_index=a.device_index,
+            )
+            for a, o, ids in zip(assignments, outcomes, prompt_ids, strict=True)
+        ]

@@ -1,0 +1,84 @@
+"""The Serve verifier under 1, 2, 4, 8, 16 concurrent devices on the embedded pair (or any pair: model.* overrides).
+
+    .venv/bin/python bench/verifier_scaling.py [--devices 1,2,4,8,16] [overrides...]
+
+Each point is a real cell on a local Ray: one device actor holding the SLM for all N devices (lockstep, batched SLM
+forwards), HLM so that every round is verified, one verifier replica batching with @serve.batch. Printed per N:
+verified tokens per second (wall), the mean verifier batch that actually formed, p50/p99 of the verification round
+trip and of the whole round, and the throughput ratio to one device measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from tempfile import TemporaryDirectory
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+import numpy as np  # noqa: E402
+import ray  # noqa: E402
+from ray import serve  # noqa: E402
+
+from actors.cell_runner import run_cell  # noqa: E402
+from actors.verifier_deployment import APP_NAME, start_verifier  # noqa: E402
+from uhlm_ray.config import load_config  # noqa: E402
+from uhlm_ray.datasets import load_examples  # noqa: E402
+from uhlm_ray.evaluate import ResultStore  # noqa: E402
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--devices", default="1,2,4,8,16")
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args(argv)
+    counts = [int(n) for n in args.devices.split(",")]
+    base = ["cell.method=hlm", "cell.prompts_per_device=1", "decode.max_new_tokens=16", "data.n_prompts=16",
+            "tracking.enabled=false", "resume=false", f"runtime.max_batch_size={max(counts)}",
+            "runtime.device_actor_num_cpus=1"]
+    ray.init(address="local", log_to_driver=False, include_dashboard=False)
+    rows = []
+    for n in counts:
+        cfg = load_config(overrides=[*base, f"cell.n_devices={n}", f"cell.devices_per_actor={n}", *args.overrides])
+        examples = load_examples(cfg.data)
+        start_verifier(cfg)
+        with TemporaryDirectory() as tmp:
+            start = time.perf_counter()
+            results = run_cell(cfg=cfg, examples=examples, store=ResultStore(Path(tmp)), run=f"bench-{n}",
+                               encoder=lambda texts: np.ones((len(texts), 1)))  # timing only
+            elapsed = time.perf_counter() - start
+        serve.delete(APP_NAME)
+        records = [r for res in results for r in res.records if r.sent]
+        # the decoding phase only: from each prompt's first round, without actor start-up and prefills
+        decode_s = max(sum(r.wall_s for r in res.records) for res in results)
+        rounds = [r.wall_s for res in results for r in res.records]
+        rows.append({
+            "devices": n, "verified": len(records), "decode_s": decode_s, "elapsed_s": elapsed,
+            "tok_s": len(records) / decode_s,
+            "batch": float(np.mean([r.verify_batch_size for r in records])),
+            "p50_verify_ms": 1e3 * float(np.percentile([r.verify_wall_s for r in records], 50)),
+            "p99_verify_ms": 1e3 * float(np.percentile([r.verify_wall_s for r in records], 99)),
+            "p50_round_ms": 1e3 * float(np.percentile(rounds, 50)),
+            "p99_round_ms": 1e3 * float(np.percentile(rounds, 99)),
+            "llm_ms": 1e3 * float(np.median([r.tau_llm_s for r in records if r.catch_up_tokens > 0])),
+            "slm_ms": 1e3 * float(np.median([r.tau_slm_s for res in results for r in res.records if r.round > 1])),
+        })
+        print(f"[bench] {n} devices done in {elapsed:.1f} s", flush=True)
+    ray.shutdown()
+
+    one = rows[0]["tok_s"]
+    print("\n| devices | verified tokens | tok/s (wall) | x 1 device | mean batch | verify p50 ms | verify p99 ms "
+          "| round p50 ms | round p99 ms | LLM fwd ms | SLM fwd ms |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['devices']} | {r['verified']} | {r['tok_s']:.2f} | {r['tok_s'] / one:.2f} | {r['batch']:.2f} | "
+              f"{r['p50_verify_ms']:.0f} | {r['p99_verify_ms']:.0f} | {r['p50_round_ms']:.0f} | "
+              f"{r['p99_round_ms']:.0f} | {r['llm_ms']:.0f} | {r['slm_ms']:.0f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

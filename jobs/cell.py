@@ -1,0 +1,148 @@
+"""A cell: N devices with their own SLM sessions and channels, one batched LLM verifier on Ray Serve.
+
+    python jobs/cell.py                                   # local Ray, embedded pair, 8 devices, U-HLM
+    python jobs/cell.py cell.n_devices=16 cell.method=hlm runtime.max_batch_size=16
+    ray job submit --address http://127.0.0.1:8265 --working-dir . -- python jobs/cell.py \\
+        tracking.tracking_uri=sqlite:///$PWD/mlruns/mlflow.db output_dir=$PWD/outputs/evaluate
+    ray job submit ... -- python jobs/cell.py --config jobs/configs/cluster.yaml   # on `ray up cluster.yaml`
+
+Every setting is an omegaconf override (sections `cell` and `runtime` for this job). Per-prompt results are written
+as waves finish (an interrupted run resumes); the run is logged to MLflow with per-device metrics by step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+import ray  # noqa: E402
+from ray import serve  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from actors.cell_runner import run_cell  # noqa: E402
+from actors.verifier_deployment import APP_NAME, ServeVerifierClient, start_verifier  # noqa: E402
+from uhlm_ray.cell import device_channel, device_distances, summarize_cell  # noqa: E402
+from uhlm_ray.channel import mean_snr_db  # noqa: E402
+from uhlm_ray.config import EvaluateConfig, TrackingConfig, config_from_argv  # noqa: E402
+from uhlm_ray.datasets import load_examples  # noqa: E402
+from uhlm_ray.evaluate import DECODE_SECTIONS, ResultStore, format_value, run_clock, run_key  # noqa: E402
+from uhlm_ray.records import PromptResult  # noqa: E402
+from uhlm_ray.similarity import load_encoder  # noqa: E402
+from uhlm_ray.tracking import finite_metrics, flat_params, log_prompt_results, setup_experiment  # noqa: E402
+from uhlm_ray.validation import ConfigError  # noqa: E402
+
+DEVICE_COLUMNS = [
+    ("distance_m", "distance m", "{:.0f}"), ("mean_snr_db", "SNR dB", "{:.1f}"), ("accuracy", "cos sim", "{:.4f}"),
+    ("transmission_rate", "TR", "{:.2%}"), ("true_skip_rate", "TSR", "{:.2%}"),
+    ("acceptance_rate", "accept", "{:.2%}"), ("throughput_modelled", "tok/s model", "{:.3f}"),
+    ("mean_uplink_ms", "uplink ms", "{:.0f}"), ("num_tokens", "tokens", "{:.0f}"),
+]
+
+
+def format_cell_table(summary: dict) -> str:
+    header = "| device | " + " | ".join(label for _, label, _ in DEVICE_COLUMNS) + " |"
+    lines = [header, "|---|" + "---:|" * len(DEVICE_COLUMNS)]
+    rows = [(str(d), s) for d, s in sorted(summary["devices"].items())] + [("cell", summary["cell"])]
+    for name, s in rows:
+        cells = [format_value(s.get(key), fmt) for key, _, fmt in DEVICE_COLUMNS]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def connect(cfg: EvaluateConfig) -> None:
+    """The configured cluster, the one `ray job submit` runs us in ($RAY_ADDRESS), or a new local Ray."""
+    address = cfg.runtime.address or os.environ.get("RAY_ADDRESS") or "local"
+    ray.init(address=address, log_to_driver=False)
+    where = "a new local Ray" if address == "local" else f"the Ray cluster at {address}"
+    print(f"[cell] connected to {where}: {ray.cluster_resources()}")
+
+
+def log_to_mlflow(*, cfg: EvaluateConfig, summary: dict, table: str, folder: Path, results: list[PromptResult],
+                  key: str) -> str:
+    import mlflow
+
+    experiment_id = setup_experiment(cfg.tracking)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"cell-{cfg.cell.method}-{key}") as run:
+        mlflow.log_params(flat_params(cfg))
+        mlflow.log_metrics(finite_metrics(summary["cell"]))
+        # per-device metrics by step = device index: the UI plots them against the device
+        for device, s in sorted(summary["devices"].items()):
+            for name in ("throughput_modelled", "transmission_rate", "true_skip_rate", "accuracy", "distance_m"):
+                if s.get(name) is not None and math.isfinite(float(s[name])):
+                    mlflow.log_metric(f"device_{name}", float(s[name]), step=int(device))
+        mlflow.log_text(table, "cell_summary.md")
+        mlflow.log_dict(summary, "cell_summary.json")
+        log_prompt_results(results=results, folder=folder, name=cfg.cell.method)
+        return run.info.run_id
+
+
+def main(argv: list[str]) -> int:
+    try:
+        cfg = config_from_argv(argv, description=__doc__)
+        examples = load_examples(cfg.data)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if cfg.tracking.experiment == TrackingConfig.experiment:  # the evaluate job's default: keep cells apart
+        cfg.tracking.experiment = "uhlm-cell"
+    cell = cfg.cell
+    distances = device_distances(cell)
+    key = run_key(cfg, sections=(*DECODE_SECTIONS, "cell"))
+    folder = Path(cfg.output_dir) / f"cell-{key}"
+    print(f"[cell] {cell.n_devices} devices x {cell.prompts_per_device} prompts, method={cell.method}, "
+          f"{cell.devices_per_actor} devices per actor; distances {min(distances):.0f}-{max(distances):.0f} m "
+          f"(average SNR {mean_snr_db(device_channel(channel=cfg.channel, distance_m=min(distances))):.1f} to "
+          f"{mean_snr_db(device_channel(channel=cfg.channel, distance_m=max(distances))):.1f} dB); "
+          f"bandwidth sharing: {cell.bandwidth_sharing}")
+    start = time.perf_counter()
+    connect(cfg)
+    start_verifier(cfg)
+    info = ServeVerifierClient().info()
+    print(f"[cell] verifier up in {time.perf_counter() - start:.1f} s on {info['device']} "
+          f"(node {info['node_id'][:12]}),"
+          f" |V|={info['vocab_size']}, max batch {info['max_batch_size']}; HTTP route "
+          f"http://{cfg.runtime.http_host}:{cfg.runtime.http_port}/verifier/v1/health")
+    encoder = load_encoder(cfg.metrics.encoder)
+    store = ResultStore(folder)
+    decode_start = time.perf_counter()
+    with tqdm(total=cell.n_devices * cell.prompts_per_device, desc="prompts", unit="prompt", file=sys.stdout) as bar:
+        def progress(result: PromptResult) -> None:
+            bar.set_postfix_str(f"device {result.device_index} prompt {result.prompt_index} {len(result.tokens)} tok")
+            bar.update(1)
+
+        results = run_cell(cfg=cfg, examples=examples, store=store, encoder=encoder, run=f"cell-{key}",
+                           on_result=progress)
+    decode_s = time.perf_counter() - decode_start
+    serve.delete(APP_NAME)  # frees the verifier (and its GPU) on a shared cluster
+
+    clock = run_clock(results={cell.method: results}, cfg=cfg)
+    summary = summarize_cell(results=results, distances_m=distances, channel=cfg.channel, clock=clock)
+    summary["cell"]["decode_wall_s"] = decode_s
+    summary["cell"]["cell_throughput_wall"] = summary["cell"]["num_tokens"] / decode_s
+    batch_sizes = [r.verify_batch_size for res in results for r in res.records if r.sent]
+    summary["cell"]["mean_verify_batch_size"] = sum(batch_sizes) / len(batch_sizes) if batch_sizes else math.nan
+    table = format_cell_table(summary)
+    (folder / "cell_summary.md").write_text(table + "\n")
+    (folder / "cell_summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    c = summary["cell"]
+    print(f"\n[cell] modelled clock tau_SLM={c['tau_slm_ms']:.1f} ms tau_LLM={c['tau_llm_ms']:.1f} ms (per device "
+          f"batch); uplink shared equally by up to {c['max_transmitters_per_slot']} devices per slot")
+    print(table)
+    print(f"\n[cell] cell throughput: {c['cell_throughput_modelled']:.3f} tok/s modelled, "
+          f"{c['cell_throughput_wall']:.2f} tok/s wall ({c['num_tokens']} tokens in {decode_s:.1f} s); "
+          f"mean verifier batch {c['mean_verify_batch_size']:.2f}")
+    print(f"[cell] results in {folder}")
+    if cfg.tracking.enabled:
+        run_id = log_to_mlflow(cfg=cfg, summary=summary, table=table, folder=folder, results=results, key=key)
+        print(f"[cell] MLflow run {run_id} in experiment {cfg.tracking.experiment!r}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,192 @@
+"""The distributed runtime on a real local Ray with a real Serve deployment (tiny random-weight pair: mechanics).
+
+One Ray instance and one verifier deployment for the module: the one-device cell against the core loop, an 8-device
+cell against solo runs, a device actor killed mid-run, and the HTTP route.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import pytest
+import requests
+
+from uhlm_ray.cell import summarize_cell
+from uhlm_ray.config import EvaluateConfig, ModelConfig
+from uhlm_ray.datasets import Example
+from uhlm_ray.decode import chat_prompt_ids, decode_prompt, make_policy
+from uhlm_ray.evaluate import ResultStore
+from uhlm_ray.metrics import ModelledClock
+from uhlm_ray.similarity import load_encoder
+
+ray = pytest.importorskip("ray")
+
+EXAMPLES = [
+    Example(id=f"ex{i}", prompt=prompt, reference="the cat sat on the mat")
+    for i, prompt in enumerate(["the cat sat", "a dog is big", "red and blue", "the mat is small", "the dog sat"])
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _cfg(tiny_pair_dirs, **cell) -> EvaluateConfig:
+    slm, llm = tiny_pair_dirs
+    cfg = EvaluateConfig(model=ModelConfig(pair="custom", slm=slm, llm=llm, dtype="float32", num_threads=1))
+    cfg.decode.max_new_tokens = 10
+    cfg.policy.u_th = 0.3
+    cfg.tracking.enabled = False
+    cfg.runtime.device_actor_num_cpus = 0.5
+    for key, value in cell.items():
+        setattr(cfg.cell, key, value)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def verifier(tiny_pair_dirs):
+    from ray import serve
+
+    from actors.verifier_deployment import start_verifier
+
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+    cfg = _cfg(tiny_pair_dirs)
+    cfg.runtime.http_port = _free_port()
+    start_verifier(cfg)
+    yield cfg
+    serve.shutdown()
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return load_encoder("use")
+
+
+def _core_tokens(tiny_pair, cfg, *, device, prompt_index, example):
+    ids = chat_prompt_ids(tokenizer=tiny_pair.tokenizer, prompt=example.prompt)
+    policy = make_policy(method=cfg.cell.method, cfg=cfg)
+    return decode_prompt(pair=tiny_pair, prompt_ids=ids, prompt_index=prompt_index, method=cfg.cell.method, cfg=cfg,
+                         policy=policy, device_index=device)
+
+
+def test_one_device_cell_equals_the_core_loop(verifier, tiny_pair, tiny_pair_dirs, tmp_path, encoder):
+    from actors.cell_runner import run_cell
+
+    cfg = _cfg(tiny_pair_dirs, n_devices=1, prompts_per_device=3)
+    results = run_cell(cfg=cfg, examples=EXAMPLES, store=ResultStore(tmp_path), encoder=encoder, run="one")
+    assert [(r.device_index, r.prompt_index) for r in results] == [(0, 0), (0, 1), (0, 2)]
+    for result in results:
+        tokens, records, _, _ = _core_tokens(tiny_pair, cfg, device=0, prompt_index=result.prompt_index,
+                                             example=EXAMPLES[result.prompt_index])
+        assert result.tokens == tokens
+        for cell_r, core_r in zip(result.records, records, strict=True):
+            assert (cell_r.draft, cell_r.sent, cell_r.accepted, cell_r.resampled) == \
+                   (core_r.draft, core_r.sent, core_r.accepted, core_r.resampled)
+            assert cell_r.y_d == pytest.approx(core_r.y_d, abs=1e-5, nan_ok=True)
+            assert cell_r.fading_gain == core_r.fading_gain
+
+
+def test_eight_devices_complete_and_match_their_solo_runs(verifier, tiny_pair, tiny_pair_dirs, tmp_path, encoder):
+    from actors.cell_runner import run_cell
+
+    cfg = _cfg(tiny_pair_dirs, n_devices=8, prompts_per_device=2, devices_per_actor=4, method="hlm")
+    results = run_cell(cfg=cfg, examples=EXAMPLES, store=ResultStore(tmp_path), encoder=encoder, run="eight")
+    keys = [(r.device_index, r.prompt_index) for r in results]
+    assert sorted(keys) == sorted((d, k * 8 + d) for d in range(8) for k in range(2))
+    lines = (tmp_path / "hlm.jsonl").read_text().splitlines()
+    assert len(lines) == 16  # each prompt stored once
+    # the verifier really batched requests from different devices
+    assert max(r.verify_batch_size for res in results for r in res.records) > 1
+    # draws keyed by (device, prompt, round): the same tokens as each device decoding alone in the core loop
+    for result in results:
+        tokens, _, _, _ = _core_tokens(tiny_pair, cfg, device=result.device_index, prompt_index=result.prompt_index,
+                                       example=EXAMPLES[result.prompt_index % len(EXAMPLES)])
+        assert result.tokens == tokens, (result.device_index, result.prompt_index)
+    summary = summarize_cell(results=results, distances_m=[500.0 + 100 * d for d in range(8)],
+                             channel=cfg.channel, clock=ModelledClock(tau_slm=0.02, tau_llm=0.1))
+    assert summary["cell"]["num_devices"] == 8 and summary["cell"]["transmission_rate"] == 1.0
+    assert summary["cell"]["max_transmitters_per_slot"] == 8
+    assert set(summary["devices"]) == set(range(8))
+
+
+def test_killed_device_actor_restarts_and_no_prompt_is_lost_or_doubled(verifier, tiny_pair_dirs, tmp_path, encoder):
+    from actors.cell_runner import run_cell
+
+    cfg = _cfg(tiny_pair_dirs, n_devices=4, prompts_per_device=3, devices_per_actor=2, method="u_hlm")
+    pids: list[int] = []
+
+    def kill_first_actor_once(group: int, actors: list) -> None:
+        if group != 0:
+            return
+        pids.append(ray.get(actors[0].pid.remote()))
+        if len(pids) == 1:  # its second wave is in flight now: kill the process under it
+            ray.kill(actors[0], no_restart=False)
+
+    results = run_cell(cfg=cfg, examples=EXAMPLES, store=ResultStore(tmp_path), encoder=encoder, run="kill",
+                       on_wave=kill_first_actor_once)
+    assert len(pids) >= 2 and pids[-1] != pids[0], "the actor was restarted in a new process"
+    keys = [(r.device_index, r.prompt_index) for r in results]
+    assert len(keys) == len(set(keys)) == 12
+    stored = [json.loads(line) for line in (tmp_path / "u_hlm.jsonl").read_text().splitlines()]
+    assert sorted((s["device_index"], s["prompt_index"]) for s in stored) == sorted(keys)
+
+
+def _url(cfg, path: str) -> str:
+    return f"http://127.0.0.1:{cfg.runtime.http_port}/verifier{path}"
+
+
+def test_http_route_verifies_and_rejects_bad_input_naming_the_field(verifier, tiny_pair):
+    import torch
+
+    from uhlm_ray.verifier import SessionKey, Verifier, VerifyRequest
+
+    cfg = verifier
+    health = requests.get(_url(cfg, "/v1/health"), timeout=30).json()
+    vocab = health["vocab_size"]
+    assert vocab == tiny_pair.vocab_size
+    prompt = [2, 3, 4, 5]
+    opened = requests.post(_url(cfg, "/v1/sessions"), json={"session_id": "http-1", "prompt_token_ids": prompt,
+                                                            "seed": 7, "device_index": 2, "prompt_index": 1},
+                           timeout=30)
+    assert opened.status_code == 200, opened.text
+    x = torch.softmax(torch.linspace(-2, 2, vocab), 0)
+    body = {"round": 1, "draft_token_id": 9, "new_token_ids": [],
+            "distribution": {"format": "full", "probs": x.tolist()}}
+    answer = requests.post(_url(cfg, "/v1/sessions/http-1/verify"), json=body, timeout=30)
+    assert answer.status_code == 200, answer.text
+    # the same verdict as the in-process verifier with the same key
+    local = Verifier(model=tiny_pair.llm)
+    local.open(session_id="s", prompt_ids=prompt, key=SessionKey(seed=7, device=2, prompt=1))
+    (expected,) = local.verify([VerifyRequest(session_id="s", round_index=1, draft=9, new_tokens=[], draft_probs=x)])
+    assert answer.json()["token_id"] == expected.token
+    assert answer.json()["y_d"] == pytest.approx(expected.y_d, abs=1e-6)
+
+    truncated = {"round": 2, "draft_token_id": 3, "new_token_ids": [answer.json()["token_id"]],
+                 "distribution": {"format": "truncated", "token_ids": [3, 4], "probs": [0.75, 0.25]}}
+    assert requests.post(_url(cfg, "/v1/sessions/http-1/verify"), json=truncated, timeout=30).status_code == 200
+
+    def rejected(payload, status=422, session="http-1"):
+        reply = requests.post(_url(cfg, f"/v1/sessions/{session}/verify"), json=payload, timeout=30)
+        assert reply.status_code == status, reply.text
+        return reply.json()["detail"]
+
+    def names(detail, field):
+        return any(field in [str(part) for part in err["loc"]] for err in detail)
+
+    assert names(rejected({k: v for k, v in body.items() if k != "draft_token_id"}), "draft_token_id")
+    assert names(rejected({**body, "round": 0}), "round")
+    assert names(rejected({**body, "draft_token_id": vocab}), "draft_token_id")
+    assert names(rejected({**body, "distribution": {"format": "full", "probs": [1.0]}}), "probs")
+    assert names(rejected({**body, "distribution": {"format": "full", "probs": [0.5] * vocab}}), "probs")
+    assert names(rejected({**body, "distribution": {"format": "zip", "probs": [1.0]}}), "distribution")
+    assert names(rejected({**body, "extra": 1}), "extra")
+    assert "not open" in rejected(body, status=404, session="nobody")
+    too_big = requests.post(_url(cfg, "/v1/sessions/http-1/verify"), data=b"[" + b"0," * 5_000_000 + b"0]",
+                            headers={"content-type": "application/json"}, timeout=60)
+    assert too_big.status_code == 413
+    assert requests.delete(_url(cfg, "/v1/sessions/http-1"), timeout=30).json() == {"closed": True}
+    assert requests.get(_url(cfg, "/v1/health"), timeout=30).json()["sessions"] == 0

@@ -1,0 +1,183 @@
+"""The device's side of a hybrid round (the U-HLM paper's Step 1 and the bookkeeping of Step 3).
+
+A `DeviceDecoder` decodes one prompt with one method on one (simulated) device. Each round it takes the SLM's
+logits z, draws the draft d ~ x, measures u(t), asks its policy whether to send, draws the round's fading, and, when
+it sends, builds the `VerifyRequest` (the draft, x, and every response token the LLM has not seen yet). `commit`
+turns the round into a RoundRecord. Evaluation mode asks the verifier to score the caught-up tokens as well, so a
+skipped round's y_d arrives with the next catch-up (or with the final `score` call) at no extra forward pass.
+
+It holds no model and no transport: the caller runs the SLM forward (alone or batched over devices) and delivers
+requests to a `Verifier` in-process or through Ray Serve.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from uhlm_ray.channel import draw_fading_gain, linear_to_db, uplink_seconds
+from uhlm_ray.config import EvaluateConfig
+from uhlm_ray.payload import full_payload_bits
+from uhlm_ray.policies import SkipPolicy
+from uhlm_ray.records import NAN, RoundRecord
+from uhlm_ray.rng import Purpose, keyed_rng
+from uhlm_ray.uncertainty import (
+    confidence_uncertainty,
+    draw_temperatures,
+    entropy_uncertainty,
+    temperature_perturbation,
+)
+from uhlm_ray.verifier import SessionKey, VerifyRequest, VerifyResult
+from uhlm_ray.verify import rejection_probability, sample_inverse_cdf
+
+
+def measure_uncertainty(
+    *, logits: torch.Tensor, probs: torch.Tensor, draft: int, cfg: EvaluateConfig, rng: np.random.Generator
+) -> float:
+    """u(t) by the configured measure, from the logits z [V] and x [V] that produced the draft."""
+    measure = cfg.uncertainty.measure
+    if measure == "entropy":
+        return float(entropy_uncertainty(probs=probs.unsqueeze(0))[0])
+    if measure == "confidence":
+        return float(confidence_uncertainty(probs=probs.unsqueeze(0))[0])
+    thetas = draw_temperatures(rng=rng, k=cfg.uncertainty.k, theta_max=cfg.uncertainty.theta_max)  # [1, K]
+    uniforms = rng.random(size=thetas.shape)  # [1, K]
+    u = temperature_perturbation(
+        logits=logits.unsqueeze(0),
+        draft=torch.tensor([draft]),
+        thetas=torch.from_numpy(thetas),
+        uniforms=torch.from_numpy(uniforms),
+    )
+    return float(u[0])
+
+
+def keyed_uniform(*, key: SessionKey, round_index: int, purpose: Purpose) -> torch.Tensor:
+    rng = keyed_rng(seed=key.seed, device=key.device, prompt=key.prompt, round_index=round_index, purpose=purpose)
+    return torch.tensor([rng.random()])
+
+
+@dataclass
+class Draft:
+    """Step 1 of a round, before the LLM answers."""
+
+    round_index: int
+    draft: int
+    probs: torch.Tensor  # x [V] float32
+    uncertainty: float
+    sent: bool
+    fading_gain: float
+    snr: float  # linear, this round
+    tau_slm_s: float
+    tau_uncertainty_s: float  # on the clocks only when the policy uses u
+    eval_s: float  # evaluation-only seconds spent in Step 1
+
+
+class DeviceDecoder:
+    """One prompt, one method, one device; the LLM-alone reference is not a device method (see decode.py)."""
+
+    def __init__(
+        self,
+        *,
+        key: SessionKey,
+        method: str,
+        cfg: EvaluateConfig,
+        policy: SkipPolicy,
+        mean_snr: float,
+        vocab_size: int,
+        eos_token_ids: frozenset[int],
+        evaluate: bool,
+    ) -> None:
+        self.key, self.method, self.cfg, self.policy = key, method, cfg, policy
+        self.mean_snr = mean_snr
+        self.eos_token_ids = eos_token_ids
+        self.evaluate = evaluate
+        self.bits = full_payload_bits(vocab_size=vocab_size, cfg=cfg.payload)
+        self.tokens: list[int] = []
+        self.records: list[RoundRecord] = []
+        self.llm_seen = 0  # response tokens the verifier has processed (or been sent)
+        self.stop_reason: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.stop_reason is not None
+
+    @property
+    def next_round(self) -> int:
+        return len(self.tokens) + 1
+
+    def draft(self, *, logits: torch.Tensor, tau_slm_s: float) -> Draft:
+        """Step 1 from the SLM's logits z [V] (float32): d ~ x, u(t), delta(t), the round's fading."""
+        t, key = self.next_round, self.key
+        x = torch.softmax(logits, dim=-1)  # [V] eq. 1
+        draft = int(sample_inverse_cdf(probs=x.unsqueeze(0),
+                                       uniform=keyed_uniform(key=key, round_index=t, purpose=Purpose.DRAFT))[0])
+        # u(t) is recorded for every method (Fig. 3 and 5 need it) but is on the clocks only for policies using it
+        start = time.perf_counter()
+        u = measure_uncertainty(logits=logits, probs=x, draft=draft, cfg=self.cfg,
+                                rng=self._rng(t, Purpose.TEMPERATURES))
+        spent = time.perf_counter() - start
+        tau_u, eval_s = (spent, 0.0) if self.policy.needs_uncertainty else (0.0, spent)
+        sent = self.policy.should_send(uncertainty=u, rng=self._rng(t, Purpose.POLICY))
+        gain = draw_fading_gain(rng=self._rng(t, Purpose.FADING), fading=self.cfg.channel.fading)
+        return Draft(round_index=t, draft=draft, probs=x, uncertainty=u, sent=sent, fading_gain=gain,
+                     snr=self.mean_snr * gain, tau_slm_s=tau_slm_s, tau_uncertainty_s=tau_u, eval_s=eval_s)
+
+    def _rng(self, round_index: int, purpose: Purpose) -> np.random.Generator:
+        return keyed_rng(seed=self.key.seed, device=self.key.device, prompt=self.key.prompt,
+                         round_index=round_index, purpose=purpose)
+
+    def request(self, *, session_id: str, draft: Draft) -> VerifyRequest:
+        """Step 2's upload: the draft, x, and the response tokens the LLM has not seen yet."""
+        return VerifyRequest(session_id=session_id, round_index=draft.round_index, draft=draft.draft,
+                             new_tokens=self.tokens[self.llm_seen:], draft_probs=draft.probs, score=self.evaluate)
+
+    def commit(self, *, draft: Draft, result: VerifyResult | None, wall_s: float) -> RoundRecord:
+        """Step 3: the response token is final; one RoundRecord for the round.
+
+        `wall_s` is the round's measured wall time; evaluation-only seconds are taken out here.
+        """
+        x_d = float(draft.probs[draft.draft])
+        record = RoundRecord(
+            method=self.method, prompt_index=self.key.prompt, round=draft.round_index, draft=draft.draft,
+            token=draft.draft, uncertainty=draft.uncertainty, sent=draft.sent, x_d=x_d, y_d=NAN, beta=NAN,
+            accepted=None, resampled=None, payload_bits=self.bits if draft.sent else 0, catch_up_tokens=0,
+            fading_gain=draft.fading_gain, snr_db=linear_to_db(draft.snr) if draft.snr > 0 else -math.inf,
+            tau_up_s=uplink_seconds(bits=self.bits, bandwidth_hz=self.cfg.channel.bandwidth_hz, snr=draft.snr)
+            if draft.sent else 0.0,
+            tau_slm_s=draft.tau_slm_s, tau_uncertainty_s=draft.tau_uncertainty_s, tau_llm_s=0.0,
+            wall_s=wall_s - draft.eval_s - (result.scoring_s if result is not None else 0.0),
+        )
+        if result is not None:
+            self._fill_scores(result.new_token_probs)
+            self.llm_seen = len(self.tokens)
+            record.token, record.accepted, record.resampled = result.token, result.accepted, result.resampled
+            record.y_d, record.beta = result.y_d, result.beta
+            record.tau_llm_s, record.catch_up_tokens = result.tau_llm_s, result.catch_up_tokens
+            record.verify_batch_size = result.batch_size
+        self.records.append(record)
+        self.tokens.append(record.token)
+        if record.token in self.eos_token_ids:
+            self.stop_reason = "eos"
+        elif len(self.tokens) >= self.cfg.decode.max_new_tokens:
+            self.stop_reason = "max_new_tokens"
+        return record
+
+    def unscored_tokens(self) -> list[int]:
+        """Response tokens the LLM has not processed: evaluation mode scores them once the prompt is done."""
+        return self.tokens[self.llm_seen:]
+
+    def finish_scoring(self, probs: list[float]) -> None:
+        self._fill_scores(probs)
+        self.llm_seen = len(self.tokens)
+
+    def _fill_scores(self, probs: list[float]) -> None:
+        """y of the tokens from index llm_seen on; a skipped round's token is its draft, so that is its y_d."""
+        for offset, y in enumerate(probs):
+            record = self.records[self.llm_seen + offset]
+            if not record.sent and not math.isnan(y):
+                record.y_d = y
+                record.beta = float(rejection_probability(x_d=torch.tensor([record.x_d]), y_d=torch.tensor([y]))[0])

@@ -81,6 +81,15 @@ class VerifierDeployment:
             raise result
         return result
 
+    async def verify_group(self, requests: list[VerifyRequest]) -> list[VerifyResult]:
+        """A device actor's drafts of one round in one call: queued together, so they share a batch (with other
+        actors' drafts that arrive meanwhile) instead of trickling in one handle call at a time."""
+        results = await asyncio.gather(*[self._verify_batch(r) for r in requests])
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+        return list(results)
+
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
     async def _verify_batch(self, requests: list[VerifyRequest]) -> list[VerifyResult | Exception]:
         return await asyncio.to_thread(self._verify_valid, requests)
@@ -110,8 +119,8 @@ class VerifierDeployment:
     async def score(self, session_id: str, new_tokens: list[int]) -> tuple[list[float], float]:
         return await asyncio.to_thread(self.core.score, session_id=session_id, new_tokens=new_tokens)
 
-    def close(self, session_id: str) -> bool:
-        return self.core.close(session_id=session_id)
+    async def close(self, session_id: str) -> bool:
+        return await asyncio.to_thread(self.core.close, session_id=session_id)
 
     # --- the HTTP route (JSON only) ---
 
@@ -146,8 +155,8 @@ class VerifierDeployment:
                             new_token_probs=r.new_token_probs)
 
     @app.delete("/v1/sessions/{session_id}")
-    def http_close(self, session_id: str) -> dict:
-        return {"closed": self.close(session_id)}
+    async def http_close(self, session_id: str) -> dict:
+        return {"closed": await self.close(session_id)}
 
 
 def verifier_app(cfg: EvaluateConfig):
@@ -184,8 +193,7 @@ class ServeVerifierClient:
         return self.handle.open.remote(session_id, prompt_ids, key).result()
 
     def verify(self, requests: list[VerifyRequest]) -> list[VerifyResult]:
-        responses = [self.handle.verify.remote(r) for r in requests]  # all in flight before waiting on any
-        return [r.result() for r in responses]
+        return self.handle.verify_group.remote(requests).result() if requests else []
 
     def score(self, *, session_id: str, new_tokens: list[int]) -> tuple[list[float], float]:
         return tuple(self.handle.score.remote(session_id, new_tokens).result())  # type: ignore[return-value]

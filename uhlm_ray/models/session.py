@@ -69,6 +69,7 @@ class CausalSession:
     def __init__(self, *, model: LoadedModel, prompt_ids: list[int], prefills: PrefillStore | None = None) -> None:
         if not prompt_ids:
             raise ConfigError("prompt_ids is empty: a session needs at least one prompt token")
+        _check_plain_output_head(model.model)
         self._model = model.model
         self._device = next(model.model.parameters()).device
         self._cache = DynamicCache(config=model.model.config)
@@ -119,16 +120,16 @@ class CausalSession:
             forward_sessions([self], score=score)
         return self._logits  # type: ignore[return-value]
 
-    def _finish(self, *, hidden: torch.Tensor, score: bool, batch_size: int, forward_s: float,
-                head_start: float) -> None:
-        """Project the hidden states [n, H] of this session's new tokens to logits; score them if asked."""
-        head = self._model.get_output_embeddings()
-        self._logits = head(hidden[-1:]).float()[0].cpu()  # [V]
-        self.timing = StepTiming(forward_s=forward_s + time.perf_counter() - head_start, tokens=len(self._pending),
-                                 batch_size=batch_size)
+    def _finish(self, *, hidden: torch.Tensor, logits: torch.Tensor, score: bool, batch_size: int,
+                forward_s: float) -> None:
+        """Take the pass's results: hidden states [n, H] of this session's new tokens and the next-token logits
+        [V] (float32, CPU) from the last one; score the new tokens if asked."""
+        self._logits = logits
+        self.timing = StepTiming(forward_s=forward_s, tokens=len(self._pending), batch_size=batch_size)
         self.pending_probs = []
         if score:  # off the clocks: the output projection of the other positions
             start = time.perf_counter()
+            head = self._model.get_output_embeddings()
             earlier = head(hidden[:-1]).float().cpu() if hidden.shape[0] > 1 else hidden.new_zeros(0)  # [n-1, V]
             predictors = [self._last_logits] if self._last_logits is not None else [None]
             predictors += list(earlier)
@@ -139,6 +140,17 @@ class CausalSession:
             self.timing.scoring_s = time.perf_counter() - start
         self.processed += len(self._pending)
         self._pending = []
+
+
+def _check_plain_output_head(model: torch.nn.Module) -> None:
+    """The step API applies the output embedding itself (to score caught-up tokens off the clock); a model that
+    post-processes its logits would be scored wrongly, so it is refused, naming the setting."""
+    config = model.config
+    for name, neutral in (("final_logit_softcapping", None), ("logit_scale", None), ("logits_scaling", 1.0)):
+        value = getattr(config, name, neutral)
+        if value is not None and value != neutral:
+            raise ConfigError(f"{type(model).__name__} sets config.{name}={value}: models that post-process their "
+                              "logits are not supported by the step API (uhlm_ray.models.session)")
 
 
 @torch.inference_mode()
@@ -162,8 +174,8 @@ def forward_sessions(sessions: list[CausalSession], *, score: bool = False) -> N
         out = model.get_decoder()(input_ids=ids, past_key_values=s._cache, use_cache=True)
         s._cache = out.past_key_values
         hidden = out.last_hidden_state[0]  # [n, H]
-        s._finish(hidden=hidden, score=score, batch_size=1, forward_s=time.perf_counter() - start,
-                  head_start=time.perf_counter())
+        logits = model.get_output_embeddings()(hidden[-1:]).float()[0].cpu()  # [V]
+        s._finish(hidden=hidden, logits=logits, score=score, batch_size=1, forward_s=time.perf_counter() - start)
         return
 
     batch, past_len = len(todo), max(s.processed for s in todo)
@@ -185,14 +197,16 @@ def forward_sessions(sessions: list[CausalSession], *, score: bool = False) -> N
         cache.update(_left_pad(keys, past_len), _left_pad(values, past_len), layer)  # [B, H_kv, P, D]
     out = model.get_decoder()(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
                               use_cache=True)
+    # every sequence's last token sits in the last column: one output projection for the batch
+    logits = model.get_output_embeddings()(out.last_hidden_state[:, -1]).float().cpu()  # [B, V]
     forward_s = time.perf_counter() - start
     for i, s in enumerate(todo):
         n = len(s._pending)
         for layer, batched in enumerate(out.past_key_values.layers):
             # this session's new keys/values [1, H_kv, n, D] appended to its own unpadded cache
             s._cache.update(batched.keys[i:i + 1, :, -n:], batched.values[i:i + 1, :, -n:], layer)
-        s._finish(hidden=out.last_hidden_state[i, -n:], score=score, batch_size=batch, forward_s=forward_s,
-                  head_start=time.perf_counter())
+        s._finish(hidden=out.last_hidden_state[i, -n:], logits=logits[i], score=score, batch_size=batch,
+                  forward_s=forward_s)
 
 
 def _left_pad(tensors: list[torch.Tensor], length: int) -> torch.Tensor:

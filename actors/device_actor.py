@@ -22,6 +22,7 @@ from uhlm_ray.decode import DeviceJob, chat_prompt_ids, decode_lockstep, make_po
 from uhlm_ray.models.loading import load_model, resolve_dtype
 from uhlm_ray.models.presets import resolve_pair
 from uhlm_ray.models.session import PrefillStore
+from uhlm_ray.paraphrase import paraphrase_prompt_ids
 from uhlm_ray.records import PromptResult
 from uhlm_ray.validation import ConfigError
 from uhlm_ray.verifier import SessionKey
@@ -74,6 +75,9 @@ class DeviceActor:
                 key=SessionKey(seed=cfg.decode.seed, device=a.device_index, prompt=a.prompt_index),
                 prompt_ids=ids, method=cfg.cell.method, policy=self.policy,
                 mean_snr=mean_snr(device_channel(channel=cfg.channel, distance_m=a.distance_m)),
+                paraphrase_ids=paraphrase_prompt_ids(tokenizer=self.slm.tokenizer, prompt=a.prompt, cfg=cfg,
+                                                     seed=cfg.decode.seed, prompt_index=a.prompt_index)
+                if cfg.uncertainty.measure == "prompt_perturbation" else None,
             )
             for a, ids in zip(assignments, prompt_ids, strict=True)
         ]

@@ -48,8 +48,10 @@ def test_rates_and_counts_by_hand():
 def test_both_clocks_by_hand():
     s = summarize(results=[_result(RECORDS)], clock=ModelledClock(tau_slm=0.05, tau_llm=0.1), base_mean_snr=1.0,
                   snr_sweep_db=[0.0, 10 * math.log10(3)])
-    # modelled (eq. 4): 4 x tau_SLM + 2 x tau_LLM + uplinks 1.0 + 3.0 = 0.2 + 0.2 + 4.0
-    assert s["throughput_modelled"] == pytest.approx(4 / 4.4)
+    # modelled (eq. 4): 4 x tau_SLM + 2 x tau_LLM + uplinks 1.0 + 3.0 = 0.2 + 0.2 + 4.0, plus the measure's own
+    # 4 x 0.01 s (U-HLM's policy uses u)
+    assert s["throughput_modelled"] == pytest.approx(4 / 4.44)
+    assert s["mean_uncertainty_ms"] == pytest.approx(10.0)
     # wall: the rounds' measured time only (the 1 s prefill is reported apart)
     assert s["throughput_wall"] == pytest.approx(4 / 0.8)
     assert s["mean_prefill_s"] == 1.0
@@ -59,7 +61,7 @@ def test_both_clocks_by_hand():
     # at an average SNR of 3 (4.77 dB), eq. 3 with the same gains: round 1 log2(2)/log2(4) = 1/2 of 1.0 s,
     # round 4 log2(1.5)/log2(2.5) of 3.0 s
     up = 1.0 * 0.5 + 3.0 * math.log2(1.5) / math.log2(2.5)
-    assert s[f"throughput_modelled_snr_{10 * math.log10(3):g}dB"] == pytest.approx(4 / (0.4 + up))
+    assert s[f"throughput_modelled_snr_{10 * math.log10(3):g}dB"] == pytest.approx(4 / (0.44 + up))
 
 
 def test_measured_clock_skips_round_one_and_catch_ups():

@@ -16,7 +16,7 @@ from omegaconf.errors import OmegaConfBaseException
 from uhlm_ray.validation import ConfigError, check_choice, check_range
 
 METHODS = ("llm", "slm", "hlm", "rand_hlm", "u_hlm")
-UNCERTAINTY_MEASURES = ("temperature", "entropy", "confidence")
+UNCERTAINTY_MEASURES = ("temperature", "entropy", "confidence", "mc_dropout", "prompt_perturbation")
 DATASET_NAMES = ("builtin", "alpaca", "qed", "creak", "strategyqa")
 FADING_MODELS = ("rayleigh", "none")
 
@@ -39,6 +39,11 @@ class UncertaintyConfig:
     measure: str = "temperature"  # one of UNCERTAINTY_MEASURES
     k: int = 20  # eq. 6: number of sampled temperatures
     theta_max: float = 2.0  # eq. 6: temperatures ~ U[0, theta_max]
+    # mc_dropout: K passes, dropout probability ~ U[0, dropout_max] each, on every decoder block's output
+    dropout_max: float = 0.1
+    # prompt_perturbation: K WordNet paraphrases, each content word swapped for a synonym with this probability
+    substitution_rate: float = 0.3
+    wordnet_dir: str | None = None  # None: nltk's data folder, then Debian's /usr/share/wordnet
 
 
 @dataclass
@@ -195,6 +200,8 @@ def validate_config(cfg: EvaluateConfig) -> None:
     check_choice(cfg.uncertainty.measure, field="uncertainty.measure", allowed=UNCERTAINTY_MEASURES)
     check_range(cfg.uncertainty.k, field="uncertainty.k", low=1)
     check_range(cfg.uncertainty.theta_max, field="uncertainty.theta_max", low=0.0, low_open=True)
+    check_range(cfg.uncertainty.dropout_max, field="uncertainty.dropout_max", low=0.0, high=1.0, high_open=True)
+    check_range(cfg.uncertainty.substitution_rate, field="uncertainty.substitution_rate", low=0.0, high=1.0)
     check_range(cfg.policy.u_th, field="policy.u_th", low=0.0, high=1.0)
     if cfg.policy.send_prob is not None:
         check_range(cfg.policy.send_prob, field="policy.send_prob", low=0.0, high=1.0)

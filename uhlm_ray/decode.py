@@ -13,16 +13,18 @@ import time
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
 import torch
 
 from uhlm_ray.channel import mean_snr
 from uhlm_ray.config import METHODS, EvaluateConfig
-from uhlm_ray.device import DeviceDecoder, keyed_uniform
+from uhlm_ray.device import DeviceDecoder, PerturbedLogits, keyed_uniform
 from uhlm_ray.models.loading import LoadedModel, ModelPair
-from uhlm_ray.models.session import CausalSession, PrefillStore, forward_sessions
+from uhlm_ray.models.session import CausalSession, PrefillStore, forward_sessions, mc_dropout_logits
 from uhlm_ray.policies import AlwaysSend, NeverSend, RandomSend, SkipPolicy, UncertaintyThreshold
 from uhlm_ray.records import NAN, RoundRecord
 from uhlm_ray.rng import Purpose
+from uhlm_ray.uncertainty import draw_dropout_probs
 from uhlm_ray.validation import ConfigError
 from uhlm_ray.verifier import SessionKey, Verifier, VerifyRequest, VerifyResult
 from uhlm_ray.verify import sample_inverse_cdf
@@ -81,6 +83,7 @@ class DeviceJob:
     method: str
     policy: SkipPolicy
     mean_snr: float  # the device's average SNR (its distance in a cell)
+    paraphrase_ids: list[list[int]] | None = None  # prompt perturbation's K paraphrased prompts, chat-templated
 
 
 @dataclass
@@ -101,12 +104,14 @@ def decode_lockstep(
     prefills: PrefillStore | None = None,
 ) -> list[DeviceOutcome]:
     """Decode every job to the end, a round at a time for all of them together."""
-    sessions, decoders, prefill_s = [], [], []
+    measure = cfg.uncertainty.measure
+    sessions, decoders, prefill_s, paraphrased = [], [], [], []
     for job in jobs:
         session = CausalSession(model=slm, prompt_ids=job.prompt_ids, prefills=prefills)
         llm_prefill = verifier.open(session_id=job.session_id, prompt_ids=job.prompt_ids, key=job.key)
         sessions.append(session)
-        prefill_s.append(session.prefill_s + llm_prefill)
+        paraphrased.append(_paraphrase_sessions(slm=slm, job=job, measure=measure))
+        prefill_s.append(session.prefill_s + llm_prefill + sum(p.prefill_s for p in paraphrased[-1]))
         decoders.append(DeviceDecoder(
             key=job.key, method=job.method, cfg=cfg, policy=job.policy, mean_snr=job.mean_snr,
             vocab_size=slm.vocab_size, eos_token_ids=eos_token_ids, evaluate=evaluates(method=job.method, cfg=cfg),
@@ -115,7 +120,9 @@ def decode_lockstep(
     while active:
         start = time.perf_counter()
         forward_sessions([sessions[i] for i in active])  # Step 1's SLM forward, batched over devices
-        drafts = {i: decoders[i].draft(logits=sessions[i].next_logits(), tau_slm_s=sessions[i].timing.forward_s)
+        drafts = {i: decoders[i].draft(logits=sessions[i].next_logits(), tau_slm_s=sessions[i].timing.forward_s,
+                                       perturbed=_perturbed_passes(measure=measure, session=sessions[i],
+                                                                   paraphrased=paraphrased[i], cfg=cfg))
                   for i in active}
         sent = [i for i in active if drafts[i].sent]
         verify_start = time.perf_counter()
@@ -127,7 +134,8 @@ def decode_lockstep(
         for i in active:
             record = decoders[i].commit(draft=drafts[i], result=results.get(i), wall_s=wall)
             record.verify_wall_s = verify_wall if i in results else 0.0
-            sessions[i].append(record.token)
+            for session in (sessions[i], *paraphrased[i]):
+                session.append(record.token)
         for i in [i for i in active if decoders[i].done]:
             if decoders[i].evaluate and decoders[i].unscored_tokens():
                 probs, _ = verifier.score(session_id=jobs[i].session_id, new_tokens=decoders[i].unscored_tokens())
@@ -136,6 +144,33 @@ def decode_lockstep(
         active = [i for i in active if not decoders[i].done]
     return [DeviceOutcome(tokens=d.tokens, records=d.records, stop_reason=d.stop_reason or "", prefill_s=p)
             for d, p in zip(decoders, prefill_s, strict=True)]
+
+
+def _paraphrase_sessions(*, slm: LoadedModel, job: DeviceJob, measure: str) -> list[CausalSession]:
+    """Prompt perturbation: one SLM session per paraphrased prompt, fed the same response tokens."""
+    if measure != "prompt_perturbation":
+        return []
+    if not job.paraphrase_ids:
+        raise ConfigError("uncertainty.measure='prompt_perturbation' needs the paraphrased prompts "
+                          "(uhlm_ray.paraphrase.paraphrase_prompt_ids) in DeviceJob.paraphrase_ids")
+    return [CausalSession(model=slm, prompt_ids=ids) for ids in job.paraphrase_ids]
+
+
+def _perturbed_passes(
+    *, measure: str, session: CausalSession, paraphrased: list[CausalSession], cfg: EvaluateConfig
+) -> PerturbedLogits | None:
+    """The K extra SLM passes a sampling measure needs, run when the decoder measures u (so they are timed)."""
+    if measure == "mc_dropout":
+        def mc_dropout(rng: np.random.Generator) -> torch.Tensor:
+            probs = draw_dropout_probs(rng=rng, k=cfg.uncertainty.k, p_max=cfg.uncertainty.dropout_max)
+            return mc_dropout_logits(session, dropout_probs=probs.tolist(), seed=int(rng.integers(2**63 - 1)))
+        return mc_dropout
+    if measure == "prompt_perturbation":
+        def prompt_perturbation(rng: np.random.Generator) -> torch.Tensor:
+            forward_sessions(paraphrased)  # K paraphrased contexts, one batched pass
+            return torch.stack([s.next_logits() for s in paraphrased])  # [K, V]
+        return prompt_perturbation
+    return None
 
 
 def decode_prompt(
@@ -149,6 +184,7 @@ def decode_prompt(
     device_index: int = 0,
     prefills: PrefillStore | None = None,
     verifier: Verifier | None = None,
+    paraphrase_ids: list[list[int]] | None = None,
 ) -> tuple[list[int], list[RoundRecord], str, float]:
     """Decode one prompt in-process; returns (response tokens, records, stop reason, prefill seconds)."""
     key = SessionKey(seed=cfg.decode.seed, device=device_index, prompt=prompt_index)
@@ -157,7 +193,7 @@ def decode_prompt(
     if policy is None:
         raise ConfigError(f"method={method!r} needs a skip policy")
     job = DeviceJob(session_id=f"local-{device_index}-{prompt_index}", key=key, prompt_ids=prompt_ids,
-                    method=method, policy=policy, mean_snr=mean_snr(cfg.channel))
+                    method=method, policy=policy, mean_snr=mean_snr(cfg.channel), paraphrase_ids=paraphrase_ids)
     verifier = verifier or Verifier(model=pair.llm, prefills=prefills)
     (outcome,) = decode_lockstep(slm=pair.slm, verifier=verifier, jobs=[job], cfg=cfg,
                                  eos_token_ids=pair.eos_token_ids, prefills=prefills)

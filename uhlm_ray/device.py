@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,17 +30,37 @@ from uhlm_ray.uncertainty import (
     confidence_uncertainty,
     draw_temperatures,
     entropy_uncertainty,
+    sample_disagreement,
     temperature_perturbation,
 )
+from uhlm_ray.validation import ConfigError
 from uhlm_ray.verifier import SessionKey, VerifyRequest, VerifyResult
 from uhlm_ray.verify import rejection_probability, sample_inverse_cdf
 
+PerturbedLogits = Callable[[np.random.Generator], torch.Tensor]  # rng -> [K, V] logits of K perturbed passes
+
 
 def measure_uncertainty(
-    *, logits: torch.Tensor, probs: torch.Tensor, draft: int, cfg: EvaluateConfig, rng: np.random.Generator
+    *,
+    logits: torch.Tensor,
+    probs: torch.Tensor,
+    draft: int,
+    cfg: EvaluateConfig,
+    rng: np.random.Generator,
+    perturbed: PerturbedLogits | None = None,
 ) -> float:
-    """u(t) by the configured measure, from the logits z [V] and x [V] that produced the draft."""
+    """u(t) by the configured measure, from the logits z [V] and x [V] that produced the draft.
+
+    MC dropout and prompt perturbation need K extra SLM passes, which the caller supplies as `perturbed`; eq. 7's
+    disagreement is then counted over one sample from each pass.
+    """
     measure = cfg.uncertainty.measure
+    if measure in ("mc_dropout", "prompt_perturbation"):
+        if perturbed is None:
+            raise ConfigError(f"uncertainty.measure={measure!r} needs the model's perturbed passes")
+        z_k = perturbed(rng)  # [K, V]
+        uniforms = torch.from_numpy(rng.random(size=z_k.shape[0]))  # [K]
+        return sample_disagreement(probs=torch.softmax(z_k.float(), dim=-1), draft=draft, uniforms=uniforms)
     if measure == "entropy":
         return float(entropy_uncertainty(probs=probs.unsqueeze(0))[0])
     if measure == "confidence":
@@ -109,7 +130,7 @@ class DeviceDecoder:
     def next_round(self) -> int:
         return len(self.tokens) + 1
 
-    def draft(self, *, logits: torch.Tensor, tau_slm_s: float) -> Draft:
+    def draft(self, *, logits: torch.Tensor, tau_slm_s: float, perturbed: PerturbedLogits | None = None) -> Draft:
         """Step 1 from the SLM's logits z [V] (float32): d ~ x, u(t), delta(t), the round's fading."""
         t, key = self.next_round, self.key
         x = torch.softmax(logits, dim=-1)  # [V] eq. 1
@@ -118,7 +139,7 @@ class DeviceDecoder:
         # u(t) is recorded for every method (Fig. 3 and 5 need it) but is on the clocks only for policies using it
         start = time.perf_counter()
         u = measure_uncertainty(logits=logits, probs=x, draft=draft, cfg=self.cfg,
-                                rng=self._rng(t, Purpose.TEMPERATURES))
+                                rng=self._rng(t, Purpose.TEMPERATURES), perturbed=perturbed)
         spent = time.perf_counter() - start
         tau_u, eval_s = (spent, 0.0) if self.policy.needs_uncertainty else (0.0, spent)
         sent = self.policy.should_send(uncertainty=u, rng=self._rng(t, Purpose.POLICY))

@@ -22,6 +22,7 @@ from uhlm_ray.decode import chat_prompt_ids, decode_prompt, make_policy
 from uhlm_ray.metrics import ModelledClock, measured_clock, summarize
 from uhlm_ray.models.loading import ModelPair
 from uhlm_ray.models.session import PrefillStore
+from uhlm_ray.paraphrase import paraphrase_prompt_ids
 from uhlm_ray.records import PromptResult
 from uhlm_ray.similarity import Encoder, response_similarity
 
@@ -95,9 +96,12 @@ def run_method(
             result = done[(0, index)]
         else:
             prompt_ids = chat_prompt_ids(tokenizer=pair.tokenizer, prompt=example.prompt)
+            paraphrase_ids = paraphrase_prompt_ids(
+                tokenizer=pair.tokenizer, prompt=example.prompt, cfg=cfg, seed=cfg.decode.seed, prompt_index=index,
+            ) if cfg.uncertainty.measure == "prompt_perturbation" and method != "llm" else None
             tokens, records, stop_reason, prefill_s = decode_prompt(
                 pair=pair, prompt_ids=prompt_ids, prompt_index=index, method=method, cfg=cfg, policy=policy,
-                prefills=prefills,
+                prefills=prefills, paraphrase_ids=paraphrase_ids,
             )
             response = pair.tokenizer.decode(tokens, skip_special_tokens=True)
             similarity = float(response_similarity(encoder=encoder, responses=[response],

@@ -74,12 +74,15 @@ def measured_clock(records: list[RoundRecord]) -> ModelledClock:
 def modelled_seconds(*, record: RoundRecord, clock: ModelledClock, uplink_scale: float = 1.0) -> float:
     """A round on the modelled clock: eq. 4's denominator. The LLM alone costs tau_LLM per token (no uplink).
 
-    `uplink_scale` rescales the round's uplink time for another average SNR with the same fading draw.
+    The uncertainty measure's measured time is added when the policy uses it (tau_uncertainty_s > 0): MC dropout and
+    prompt perturbation cost K extra SLM passes; temperature perturbation's vectorised sampling costs milliseconds
+    (the paper counts it as running in parallel with the forward pass). `uplink_scale` rescales the round's uplink
+    time for another average SNR with the same fading draw.
     """
     if record.method == "llm":
         return clock.tau_llm
-    return round_seconds(sent=record.sent, tau_slm=clock.tau_slm, tau_up=record.tau_up_s * uplink_scale,
-                         tau_llm=clock.tau_llm)
+    return record.tau_uncertainty_s + round_seconds(
+        sent=record.sent, tau_slm=clock.tau_slm, tau_up=record.tau_up_s * uplink_scale, tau_llm=clock.tau_llm)
 
 
 def uplink_scale_for_snr(*, record: RoundRecord, base_mean_snr: float, target_mean_snr_db: float) -> float:
@@ -133,6 +136,8 @@ def summarize(
         "tau_slm_ms": clock.tau_slm * 1e3,
         "tau_llm_ms": clock.tau_llm * 1e3,
         "mean_uplink_ms": _mean([r.tau_up_s * 1e3 for r in records if r.sent]),
+        # the uncertainty measure's time per round when the policy uses it (on both clocks), else 0
+        "mean_uncertainty_ms": _mean([r.tau_uncertainty_s * 1e3 for r in records]) if hybrid else math.nan,
         "mean_payload_bits": _mean([float(r.payload_bits) for r in records if r.sent]),
         "wall_s": wall,
         "mean_prefill_s": _mean([res.prefill_s for res in results]),

@@ -23,6 +23,8 @@ class Purpose(enum.IntEnum):
     RESAMPLE = 5  # d* ~ norm(max(y - x, 0))
     FADING = 6  # the round's Rayleigh fading gain
     LLM_SAMPLE = 7  # the LLM-alone baseline's token
+    MC_DROPOUT = 8  # MC dropout's K dropout probabilities and masks
+    PARAPHRASE = 9  # prompt perturbation's K paraphrases (round 0: once per prompt)
 
 
 def keyed_rng(*, seed: int, device: int = 0, prompt: int, round_index: int, purpose: Purpose) -> np.random.Generator:

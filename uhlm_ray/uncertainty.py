@@ -58,3 +58,17 @@ def entropy_uncertainty(*, probs: torch.Tensor) -> torch.Tensor:
 def confidence_uncertainty(*, probs: torch.Tensor) -> torch.Tensor:
     """1 - max_v x_v for each row of probs [B, V]: low when the SLM puts most mass on one token; float32 [B]."""
     return 1.0 - probs.float().max(dim=-1).values
+
+
+def sample_disagreement(*, probs: torch.Tensor, draft: int, uniforms: torch.Tensor) -> float:
+    """Eq. 7 for any K perturbed distributions probs [K, V] (MC-dropout passes, paraphrased prompts): one sample
+    d_k from each row with uniforms [K]; u = share of samples differing from the draft d."""
+    samples = sample_inverse_cdf(probs=probs.float(), uniform=uniforms)  # [K]
+    return float((samples != draft).float().mean())
+
+
+def draw_dropout_probs(*, rng: np.random.Generator, k: int, p_max: float) -> np.ndarray:
+    """MC dropout's K dropout probabilities, uniform in [0, p_max] (the paper: 20 models, p in [0, 0.1])."""
+    check_range(k, field="uncertainty.k", low=1)
+    check_range(p_max, field="uncertainty.dropout_max", low=0.0, high=1.0, high_open=True)
+    return rng.uniform(0.0, p_max, size=k)

@@ -77,6 +77,7 @@ class CausalSession:
         self._logits: torch.Tensor | None = None  # [V] float32, next-token logits after every processed token
         self._last_logits: torch.Tensor | None = None  # [V] the logits that predicted _pending[0]
         self.processed = 0  # tokens in the KV cache
+        self._last_token = prompt_ids[-1]  # the most recently processed token
         self.pending_probs: list[float] = []  # with score=True: the model's probability of each caught-up token
         self.timing = StepTiming()
         shared = prefills.get(model=self._model, prompt_ids=prompt_ids) if prefills is not None else None
@@ -139,6 +140,7 @@ class CausalSession:
             ]
             self.timing.scoring_s = time.perf_counter() - start
         self.processed += len(self._pending)
+        self._last_token = self._pending[-1]
         self._pending = []
 
 
@@ -217,6 +219,43 @@ def _left_pad(tensors: list[torch.Tensor], length: int) -> torch.Tensor:
         if t.shape[2]:
             out[i, :, length - t.shape[2]:] = t[0]
     return out
+
+
+@torch.inference_mode()
+def mc_dropout_logits(session: CausalSession, *, dropout_probs: list[float], seed: int) -> torch.Tensor:
+    """K stochastic passes for MC-dropout uncertainty: next-token logits [K, V] (float32, CPU).
+
+    The Qwen2 and Llama architectures have no active dropout, so it is applied here, on each decoder block's output,
+    with pass k's probability dropout_probs[k] (inverted dropout: kept units scaled by 1 / (1 - p)). Only the last
+    token is re-run with dropout, against the clean KV cache of the prefix: the K passes then cost one batched
+    one-token forward instead of K re-encodings of the whole sequence. The session itself is left unchanged.
+    """
+    if session._pending or session._logits is None:
+        raise RuntimeError("mc_dropout_logits needs a session whose next logits are computed")
+    model, device = session._model, session._device
+    last = session._last_token
+    k = len(dropout_probs)
+    cache = copy.deepcopy(session._cache)
+    cache.crop(-1)  # drop the last token: it is re-run below, with dropout
+    cache.batch_repeat_interleave(k)
+    keep = 1.0 - torch.tensor(dropout_probs, dtype=torch.float32, device=device)  # [K]
+    generator = torch.Generator(device=device).manual_seed(seed)
+
+    def drop(_module, _inputs, output):
+        hidden = output[0] if isinstance(output, tuple) else output  # [K, 1, H]
+        mask = torch.rand(hidden.shape, generator=generator, device=device) < keep.view(-1, 1, 1)
+        dropped = hidden * mask.to(hidden.dtype) / keep.view(-1, 1, 1).to(hidden.dtype)
+        return (dropped, *output[1:]) if isinstance(output, tuple) else dropped
+
+    hooks = [layer.register_forward_hook(drop) for layer in model.get_decoder().layers]
+    try:
+        ids = torch.full((k, 1), last, dtype=torch.long, device=device)  # [K, 1]
+        positions = torch.full((k, 1), session.processed - 1, dtype=torch.long, device=device)  # [K, 1]
+        out = model.get_decoder()(input_ids=ids, position_ids=positions, past_key_values=cache, use_cache=True)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return model.get_output_embeddings()(out.last_hidden_state[:, -1]).float().cpu()  # [K, V]
 
 
 @torch.inference_mode()

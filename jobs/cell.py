@@ -29,13 +29,12 @@ from actors.cell_runner import run_cell  # noqa: E402
 from actors.verifier_deployment import APP_NAME, ServeVerifierClient, start_verifier  # noqa: E402
 from uhlm_ray.cell import device_channel, device_distances, summarize_cell  # noqa: E402
 from uhlm_ray.channel import mean_snr_db  # noqa: E402
-from uhlm_ray.config import EvaluateConfig, TrackingConfig, config_from_argv  # noqa: E402
-from uhlm_ray.datasets import load_examples  # noqa: E402
+from uhlm_ray.cli import job_inputs  # noqa: E402
+from uhlm_ray.config import EvaluateConfig, TrackingConfig  # noqa: E402
 from uhlm_ray.evaluate import DECODE_SECTIONS, ResultStore, format_value, run_clock, run_key  # noqa: E402
 from uhlm_ray.records import PromptResult  # noqa: E402
 from uhlm_ray.similarity import load_encoder  # noqa: E402
 from uhlm_ray.tracking import finite_metrics, flat_params, log_prompt_results, setup_experiment  # noqa: E402
-from uhlm_ray.validation import ConfigError  # noqa: E402
 
 DEVICE_COLUMNS = [
     ("distance_m", "distance m", "{:.0f}"), ("mean_snr_db", "SNR dB", "{:.1f}"), ("accuracy", "cos sim", "{:.4f}"),
@@ -83,12 +82,7 @@ def log_to_mlflow(*, cfg: EvaluateConfig, summary: dict, table: str, folder: Pat
 
 
 def main(argv: list[str]) -> int:
-    try:
-        cfg = config_from_argv(argv, description=__doc__)
-        examples = load_examples(cfg.data)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    cfg, examples = job_inputs(argv, description=__doc__)
     if cfg.tracking.experiment == TrackingConfig.experiment:  # the evaluate job's default: keep cells apart
         cfg.tracking.experiment = "uhlm-cell"
     cell = cfg.cell

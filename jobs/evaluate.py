@@ -19,8 +19,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from uhlm_ray.channel import mean_snr_db
-from uhlm_ray.config import EvaluateConfig, config_from_argv
-from uhlm_ray.datasets import load_examples
+from uhlm_ray.cli import job_inputs
+from uhlm_ray.config import EvaluateConfig
 from uhlm_ray.evaluate import (
     METHOD_LABELS,
     ResultStore,
@@ -33,7 +33,6 @@ from uhlm_ray.models import load_pair
 from uhlm_ray.records import PromptResult
 from uhlm_ray.similarity import load_encoder
 from uhlm_ray.tracking import finite_metrics, flat_params, log_prompt_results, setup_experiment
-from uhlm_ray.validation import ConfigError
 
 
 def log_to_mlflow(
@@ -55,12 +54,7 @@ def log_to_mlflow(
 
 
 def main(argv: list[str]) -> int:
-    try:
-        cfg = config_from_argv(argv, description=__doc__)
-        examples = load_examples(cfg.data)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    cfg, examples = job_inputs(argv, description=__doc__)
 
     print(f"[evaluate] channel: average SNR {mean_snr_db(cfg.channel):.2f} dB "
           f"(W={cfg.channel.bandwidth_hz:g} Hz, p={cfg.channel.tx_power_dbm} dBm, N={cfg.channel.noise_dbm} dBm, "

@@ -103,3 +103,16 @@ def test_report_on_synthetic_rounds():
     assert report.delta == pytest.approx(float((y_d < x_d).mean()))
     assert report.bound_holds and 0 < report.risk <= report.risk_bound
     assert report.u_th_risk_averse < report.u_th_risk_prone
+
+
+def test_report_from_records_needs_scored_rounds():
+    from uhlm_ray.records import RoundRecord
+    from uhlm_ray.theory import theorem_report_from_records
+
+    unscored = RoundRecord(
+        method="u_hlm", prompt_index=0, round=1, draft=1, token=1, uncertainty=0.2, sent=False, x_d=0.5,
+        y_d=math.nan, beta=math.nan, accepted=None, resampled=None, payload_bits=0, catch_up_tokens=0,
+        fading_gain=1.0, snr_db=0.0, tau_up_s=0.0, tau_slm_s=0.01, tau_uncertainty_s=0.0, tau_llm_s=0.0, wall_s=0.01,
+    )
+    with pytest.raises(ConfigError, match="evaluation mode"):
+        theorem_report_from_records([unscored])

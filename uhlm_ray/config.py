@@ -154,6 +154,16 @@ class RuntimeConfig:
 
 
 @dataclass
+class ReproduceConfig:
+    """jobs/reproduce.py: which runs regenerate the paper's figures and Table I."""
+
+    datasets: list[str] = field(default_factory=lambda: ["alpaca", "qed", "creak", "strategyqa"])
+    n_prompts: int = 3  # per data set (the paper: 100; expect about 4 minutes per 10 prompts on 2 cores)
+    thresholds: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.3, 0.431, 0.6, 0.8])  # Fig. 4
+    measures: list[str] = field(default_factory=lambda: ["temperature", "mc_dropout", "prompt_perturbation"])
+
+
+@dataclass
 class EvaluateConfig:
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     output_dir: str = "outputs/evaluate"  # per-prompt results are appended here as they finish (resumable)
@@ -170,6 +180,7 @@ class EvaluateConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     cell: CellConfig = field(default_factory=CellConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    reproduce: ReproduceConfig = field(default_factory=ReproduceConfig)
 
 
 def load_config(*, overrides: list[str] | None = None, yaml_path: str | Path | None = None) -> EvaluateConfig:
@@ -219,6 +230,13 @@ def validate_config(cfg: EvaluateConfig) -> None:
     check_choice(cfg.channel.fading, field="channel.fading", allowed=FADING_MODELS)
     check_choice(cfg.data.name, field="data.name", allowed=DATASET_NAMES)
     validate_cell(cfg)
+    for i, name in enumerate(cfg.reproduce.datasets):
+        check_choice(name, field=f"reproduce.datasets[{i}]", allowed=DATASET_NAMES)
+    for i, name in enumerate(cfg.reproduce.measures):
+        check_choice(name, field=f"reproduce.measures[{i}]", allowed=UNCERTAINTY_MEASURES)
+    for i, value in enumerate(cfg.reproduce.thresholds):
+        check_range(value, field=f"reproduce.thresholds[{i}]", low=0.0, high=1.0)
+    check_range(cfg.reproduce.n_prompts, field="reproduce.n_prompts", low=1)
 
 
 def validate_cell(cfg: EvaluateConfig) -> None:

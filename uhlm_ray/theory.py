@@ -190,3 +190,20 @@ def theorem_report_from_records(records: list, *, bins: int = 20) -> TheoremRepo
               for name in ("uncertainty", "beta", "x_d", "y_d")}
     return theorem_report(u=column["uncertainty"], beta=column["beta"], x_d=column["x_d"], y_d=column["y_d"],
                           bins=bins)
+
+
+def risk_at_threshold(records: list, *, u_th: float, bins: int = 20) -> dict[str, float]:
+    """eq. 12 and 13 with the upper limit at a chosen u_th instead of Theorem 1's: the expected extra rejection
+    risk of skipping every round with -b/a <= u < u_th, against its bound (for sweeps over u_th)."""
+    scored = [r for r in records if math.isfinite(r.y_d) and math.isfinite(r.uncertainty) and math.isfinite(r.x_d)]
+    u = np.array([r.uncertainty for r in scored], dtype=float)
+    try:
+        fit = fit_rejection_line(u=u, beta=np.array([r.beta for r in scored], dtype=float))
+    except ConfigError:
+        return {"fit_a": math.nan, "fit_b": math.nan, "theory_risk": math.nan, "theory_bound": math.nan}
+    low = -fit.b / fit.a if fit.a > 0 else math.nan
+    thresholds = Thresholds(risk_averse=low, risk_prone=u_th)
+    density = UncertaintyDensity.from_samples(u, bins=bins)
+    return {"fit_a": fit.a, "fit_b": fit.b,
+            "theory_risk": expected_rejection_risk(fit=fit, thresholds=thresholds, density=density),
+            "theory_bound": hoelder_bound(fit=fit, thresholds=thresholds, density=density)}

@@ -1,0 +1,158 @@
+"""Regenerate the U-HLM paper's evidence on your models: Fig. 3-6 as PNG files and Table I as CSV and Markdown, each
+with the paper's numbers beside ours, plus Theorem 1's quantities; all logged to one MLflow run.
+
+    python jobs/reproduce.py data.path=../shared/data                       # embedded pair, 3 prompts per set
+    python jobs/reproduce.py data.path=../shared/data reproduce.n_prompts=100 decode.max_new_tokens=128
+
+Runs (sharing decoded prompts through the sweep store, so no (method, prompt) is decoded twice):
+Table I and Fig. 6: every method on each of `reproduce.datasets`; Fig. 5 and Theorem 1: the LLM-scored rounds of
+those runs (temperature perturbation); Fig. 3: HLM with each of `reproduce.measures` on the first data set;
+Fig. 4: U-HLM at each of `reproduce.thresholds` on the first data set.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from uhlm_ray.cli import job_inputs
+from uhlm_ray.config import EvaluateConfig, TrackingConfig
+from uhlm_ray.datasets import load_examples
+from uhlm_ray.evaluate import run_key
+from uhlm_ray.figures import (
+    PAPER_HEADLINE,
+    fig3_uncertainty_vs_rejection,
+    fig4_threshold,
+    fig5_density_and_fit,
+    fig6_rates_and_snr,
+    table_one,
+)
+from uhlm_ray.models import load_pair
+from uhlm_ray.models.session import PrefillStore
+from uhlm_ray.similarity import load_encoder
+from uhlm_ray.sweep import evaluate_trial
+from uhlm_ray.theory import PAPER, theorem_report_from_records
+from uhlm_ray.tracking import finite_metrics, flat_params, setup_experiment
+
+
+def variant(cfg: EvaluateConfig, **changes) -> EvaluateConfig:
+    """A copy of cfg with dotted-path changes, e.g. variant(cfg, **{"data.name": "qed"})."""
+    out = dataclasses.replace(cfg)
+    for dotted, value in changes.items():
+        section, name = dotted.split(".")
+        setattr(out, section, dataclasses.replace(getattr(out, section), **{name: value}))
+    return out
+
+
+def main(argv: list[str]) -> int:
+    cfg, _ = job_inputs(argv, description=__doc__)
+    rep = cfg.reproduce
+    if cfg.tracking.experiment == TrackingConfig.experiment:
+        cfg.tracking.experiment = "uhlm-reproduce"
+    folder = (Path(cfg.output_dir).parent / "reproduce" / run_key(cfg, sections=(
+        "model", "uncertainty", "policy", "channel", "payload", "decode", "data", "metrics", "reproduce"))).resolve()
+    (folder / "figures").mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    pair = load_pair(cfg.model)
+    encoder = load_encoder(cfg.metrics.encoder)
+    prefills = PrefillStore()
+    shared = folder / "shared"
+
+    def run(trial_cfg: EvaluateConfig, label: str):
+        examples = load_examples(trial_cfg.data)
+        t0 = time.perf_counter()
+        outcome = evaluate_trial(pair=pair, examples=examples, cfg=trial_cfg, encoder=encoder, shared_dir=shared,
+                                 prefills=prefills)
+        print(f"[reproduce] {label}: {len(examples)} prompts, {outcome.decoded_prompts} decoded, "
+              f"{outcome.reused_prompts} reused, {time.perf_counter() - t0:.0f} s", flush=True)
+        return outcome
+
+    base = variant(cfg, **{"data.n_prompts": rep.n_prompts, "uncertainty.measure": "temperature"})
+    # Table I, Fig. 6 and Fig. 5: every method on every data set
+    per_dataset = {}
+    for name in rep.datasets:
+        per_dataset[name] = run(variant(base, **{"data.name": name}), f"Table I, {name}")
+    accuracy = {m: {d: o.summaries[m]["accuracy"] for d, o in per_dataset.items()} for m in cfg.methods}
+    rows, table = table_one(accuracy=accuracy)
+    with (folder / "table1.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    (folder / "table1.md").write_text(table + "\n")
+    first = per_dataset[rep.datasets[0]]
+    fig6_rates_and_snr(summaries=first.summaries, path=folder / "figures" / "fig6_tsr_tr_snr.png")
+
+    scored = [r for o in per_dataset.values() for m in ("hlm", "u_hlm", "rand_hlm") if m in o.results
+              for res in o.results[m] for r in res.records]
+    theorem = theorem_report_from_records(scored)
+    usable = [r for r in scored if math.isfinite(r.y_d) and math.isfinite(r.uncertainty)]
+    fig5_density_and_fit(u=np.array([r.uncertainty for r in usable]), beta=np.array([r.beta for r in usable]),
+                         report=theorem, path=folder / "figures" / "fig5_density_fit.png")
+
+    # Fig. 3: HLM scores every round, so each measure's u meets the LLM's beta on every token
+    first_data = variant(base, **{"data.name": rep.datasets[0]})
+    by_measure = {}
+    for measure in rep.measures:
+        outcome = run(dataclasses.replace(variant(first_data, **{"uncertainty.measure": measure}), methods=["hlm"]),
+                      f"Fig. 3, {measure}")
+        records = [r for res in outcome.results["hlm"] for r in res.records]
+        by_measure[measure] = (np.array([r.uncertainty for r in records]), np.array([r.beta for r in records]))
+    fig3_uncertainty_vs_rejection(by_measure=by_measure, path=folder / "figures" / "fig3_uncertainty_beta.png")
+
+    # Fig. 4: U-HLM against the threshold
+    fig4 = []
+    for u_th in rep.thresholds:
+        outcome = run(dataclasses.replace(variant(first_data, **{"policy.u_th": u_th}), methods=["u_hlm"]),
+                      f"Fig. 4, u_th={u_th}")
+        fig4.append((u_th, outcome.summaries["u_hlm"]["accuracy"], outcome.summaries["u_hlm"]["transmission_rate"]))
+    fig4_threshold(thresholds=[f[0] for f in fig4], accuracy=[f[1] for f in fig4], tr=[f[2] for f in fig4],
+                   path=folder / "figures" / "fig4_threshold.png")
+
+    # headline numbers beside the paper's
+    s = first.summaries
+    headline = {
+        "tr_reduction": 1.0 - s["u_hlm"]["transmission_rate"],
+        "accuracy_vs_llm": float(np.mean([o.summaries["u_hlm"]["accuracy_vs_llm"] for o in per_dataset.values()])),
+        "throughput_vs_hlm": s["u_hlm"]["throughput_modelled_vs_hlm"],
+    }
+    lines = ["| quantity | ours | paper |", "|---|---:|---:|"]
+    for key, value in theorem.to_dict().items():
+        if key in PAPER:
+            lines.append(f"| {key} | {value:.4g} | {PAPER[key]:.4g} |")
+    lines += [f"| r (Pearson) | {theorem.r:.3f} | - |", f"| bound holds | {theorem.bound_holds} | True |"]
+    for key, value in headline.items():
+        lines.append(f"| {key} | {value:.4g} | {PAPER_HEADLINE[key]:.4g} |")
+    summary = "\n".join(["Table I (cosine similarity, USE):", table, "", "Theorem 1 and headline numbers "
+                         f"({rep.datasets[0]} for the throughput and TR; accuracy averaged over data sets):", *lines])
+    (folder / "summary.md").write_text(summary + "\n")
+    (folder / "theorem.json").write_text(json.dumps({"ours": theorem.to_dict(), "paper": PAPER,
+                                                     "headline": headline, "paper_headline": PAPER_HEADLINE},
+                                                    indent=2))
+    print(summary)
+    elapsed = time.perf_counter() - start
+    print(f"\n[reproduce] done in {elapsed:.0f} s; files in {folder}")
+
+    if cfg.tracking.enabled:
+        import mlflow
+
+        experiment_id = setup_experiment(cfg.tracking)
+        with mlflow.start_run(experiment_id=experiment_id, run_name=f"reproduce-{folder.name}") as run_:
+            mlflow.log_params(flat_params(cfg))
+            mlflow.log_metrics(finite_metrics({**{f"theorem.{k}": v for k, v in theorem.to_dict().items()},
+                                               **headline, "wall_s": elapsed}))
+            for path in [folder / "table1.csv", folder / "table1.md", folder / "summary.md", folder / "theorem.json"]:
+                mlflow.log_artifact(str(path))
+            mlflow.log_artifacts(str(folder / "figures"), "figures")
+            print(f"[reproduce] MLflow run {run_.info.run_id} in experiment {cfg.tracking.experiment!r}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

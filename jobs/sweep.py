@@ -1,0 +1,153 @@
+"""A Ray Tune sweep over a search space file; every trial a real decoding run, all of it in MLflow.
+
+    python jobs/sweep.py                                        # tune_spaces/default.yaml on the embedded pair
+    python jobs/sweep.py paper_grid data.name=alpaca data.path=../shared/data
+    python jobs/sweep.py tune_spaces/snr_sweep.yaml decode.max_new_tokens=32
+    ray job submit --address http://127.0.0.1:8265 --working-dir . -- python jobs/sweep.py tradeoff_search \\
+        tracking.tracking_uri=sqlite:///$PWD/mlruns/mlflow.db output_dir=$PWD/outputs/evaluate
+
+The first argument names a space (a file, or a name under tune_spaces/); the rest are omegaconf overrides applied
+to every trial. MLflow (experiment `uhlm-sweep`): one parent run per sweep with the Pareto frontiers (accuracy vs
+modelled and vs wall throughput) as plots and tables and the empirical-versus-bound risk plot; one child run per
+trial. Rerunning the same command resumes an interrupted sweep (Tune's restore; finished trials are kept, the
+decoded prompts are in the shared store, MLflow runs are found again rather than duplicated).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+import ray  # noqa: E402
+from ray import tune  # noqa: E402
+
+from actors.sweep_trial import run_trial  # noqa: E402
+from uhlm_ray.config import TrackingConfig, load_config  # noqa: E402
+from uhlm_ray.sweep import SearchSpace, load_space  # noqa: E402
+from uhlm_ray.sweep_report import frontier_report  # noqa: E402
+from uhlm_ray.tracking import resolve_tracking_uri, setup_experiment  # noqa: E402
+from uhlm_ray.validation import ConfigError  # noqa: E402
+
+SPACES = Path(__file__).resolve().parents[1] / "tune_spaces"
+
+
+def resolve_space(name: str) -> Path:
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml"):
+        return path
+    return SPACES / f"{name}.yaml"
+
+
+def param_space(space: SearchSpace) -> dict:
+    """The space's parameters as Tune sampling objects."""
+    make = {"grid": tune.grid_search, "choice": tune.choice, "uniform": lambda v: tune.uniform(*v),
+            "loguniform": lambda v: tune.loguniform(*v), "randint": lambda v: tune.randint(*v)}
+    return {key: make[kind](values) for key, spec in space.params.items() for kind, values in spec.items()}
+
+
+def search_alg(space: SearchSpace):
+    if space.search != "optuna":
+        return None
+    from ray.tune.search.optuna import OptunaSearch
+
+    return OptunaSearch(metric=[o.metric for o in space.objectives], mode=[o.mode for o in space.objectives],
+                        seed=0)
+
+
+def main(argv: list[str]) -> int:
+    if argv and "=" not in argv[0] and not argv[0].startswith("-"):
+        name, overrides = argv[0], argv[1:]
+    else:
+        name, overrides = "default", argv
+    try:
+        space = load_space(resolve_space(name))
+        base_cfg = load_config(overrides=overrides)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if base_cfg.tracking.experiment == TrackingConfig.experiment:
+        base_cfg.tracking.experiment = "uhlm-sweep"
+    described = json.dumps([dataclasses.asdict(space), overrides], sort_keys=True, default=str)
+    digest = hashlib.sha256(described.encode()).hexdigest()[:10]
+    sweep_dir = (Path(base_cfg.output_dir).parent / "sweeps" / f"{space.name}-{digest}").resolve()
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+
+    import mlflow
+
+    experiment_id = setup_experiment(base_cfg.tracking)
+    tracking_uri = resolve_tracking_uri(base_cfg.tracking)
+    parent_file = sweep_dir / "mlflow_parent_run_id"
+    client = mlflow.tracking.MlflowClient(tracking_uri=tracking_uri)
+    if parent_file.is_file():
+        parent_id = parent_file.read_text().strip()
+        client.update_run(parent_id, status="RUNNING")
+        print(f"[sweep] resuming {space.name!r}: parent run {parent_id}")
+    else:
+        parent = client.create_run(experiment_id, run_name=f"sweep-{space.name}-{digest}",
+                                   tags={"sweep": space.name, "sweep_dir": str(sweep_dir)})
+        parent_id = parent.info.run_id
+        parent_file.write_text(parent_id)
+        client.log_param(parent_id, "space", json.dumps(dataclasses.asdict(space))[:6000])
+        client.log_param(parent_id, "overrides", " ".join(overrides)[:6000] or "-")
+        client.log_artifact(parent_id, str(resolve_space(name)), "space")
+
+    address = base_cfg.runtime.address or os.environ.get("RAY_ADDRESS") or "local"
+    ray.init(address=address, log_to_driver=False)
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    per_trial = max(1, cpus // max(1, space.max_concurrent_trials))
+    constants = {"space": dataclasses.asdict(space), "overrides": list(overrides),
+                 "shared_dir": str(sweep_dir / "shared"), "tracking_uri": tracking_uri,
+                 "experiment_id": experiment_id, "parent_run_id": parent_id}
+    trainable = tune.with_resources(tune.with_parameters(run_trial, sweep=constants), {"cpu": per_trial})
+    storage = sweep_dir / "tune"
+    start = time.perf_counter()
+    if tune.Tuner.can_restore(str(storage / space.name)):
+        tuner = tune.Tuner.restore(str(storage / space.name), trainable=trainable, resume_errored=True,
+                                   param_space=param_space(space))
+    else:
+        objective = space.objectives[0]
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space(space),
+            tune_config=tune.TuneConfig(
+                num_samples=space.num_samples, max_concurrent_trials=space.max_concurrent_trials,
+                search_alg=search_alg(space),
+                metric=None if space.search == "optuna" else objective.metric,
+                mode=None if space.search == "optuna" else objective.mode,
+            ),
+            run_config=tune.RunConfig(name=space.name, storage_path=str(storage), verbose=1),
+        )
+    grid = tuner.fit()
+    elapsed = time.perf_counter() - start
+    trials = [r.metrics | {"params": dict(r.config or {})}
+              for r in grid if r.metrics and r.error is None]
+    errors = [str(r.error)[:300] for r in grid if r.error is not None]
+    report = frontier_report(trials=trials, space=space, folder=sweep_dir / "report")
+    for path in sorted((sweep_dir / "report").iterdir()):
+        client.log_artifact(parent_id, str(path), "frontier")
+    decoded = sum(t.get("decoded_prompts", 0) for t in trials)
+    reused = sum(t.get("reused_prompts", 0) for t in trials)
+    for key, value in {"num_trials": len(trials), "num_errors": len(errors), "sweep_wall_s": elapsed,
+                       "decoded_prompts": decoded, "reused_prompts": reused,
+                       "shared_work_ratio": (decoded + reused) / decoded if decoded else float("nan")}.items():
+        client.log_metric(parent_id, key, float(value))
+    client.set_terminated(parent_id, status="FAILED" if errors else "FINISHED")
+    print(report)
+    print(f"\n[sweep] {len(trials)} trials in {elapsed:.0f} s; (method, prompt) runs decoded {decoded}, reused "
+          f"{reused} (a sweep without sharing would decode {decoded + reused}); parent run {parent_id} in "
+          f"experiment {base_cfg.tracking.experiment!r}; files in {sweep_dir}")
+    for err in errors:
+        print(f"[sweep] trial error: {err}", file=sys.stderr)
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

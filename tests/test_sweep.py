@@ -1,0 +1,168 @@
+"""A small real sweep (tiny pair, two trials) through Ray Tune into a temporary MLflow store, read back directly and
+through a real MLflow server on loopback; then the same command again resumes without duplicating anything."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from uhlm_ray.sweep import load_space, pareto_front
+from uhlm_ray.validation import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+SPACE = """
+name: tiny
+objectives:
+  - {metric: u_hlm.accuracy, mode: max}
+  - {metric: u_hlm.throughput_modelled, mode: max}
+search: grid
+methods: [llm, hlm, u_hlm, rand_hlm]
+base: {data.n_prompts: 2, decode.max_new_tokens: 6}
+params:
+  policy.u_th: {grid: [0.2, 0.6]}
+"""
+
+
+def test_pareto_front_by_hand():
+    points = [{"x": 1, "y": 5}, {"x": 2, "y": 4}, {"x": 2, "y": 3}, {"x": 3, "y": 1}, {"x": 0.5, "y": 5}]
+    assert [(p["x"], p["y"]) for p in pareto_front(points, x="x", y="y")] == [(1, 5), (2, 4), (3, 1)]
+
+
+def test_space_files_are_checked(tmp_path):
+    for name in ("default", "paper_grid", "snr_sweep", "tradeoff_search"):
+        load_space(ROOT / "tune_spaces" / f"{name}.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(SPACE.replace("policy.u_th", "policy.u_thresh"))
+    with pytest.raises(ConfigError, match="u_thresh"):
+        load_space(bad)
+    bad.write_text(SPACE.replace("mode: max}", "mode: up}", 1))
+    with pytest.raises(ConfigError, match=r"objectives\[0\].mode"):
+        load_space(bad)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run_sweep(space: Path, tiny_pair_dirs, tmp_path: Path) -> subprocess.CompletedProcess:
+    slm, llm = tiny_pair_dirs
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("RAY_ADDRESS", None)
+    cmd = [sys.executable, str(ROOT / "jobs" / "sweep.py"), str(space), "model.pair=custom", f"model.slm={slm}",
+           f"model.llm={llm}", "model.dtype=float32", f"tracking.tracking_uri=sqlite:///{tmp_path}/mlruns/mlflow.db",
+           f"output_dir={tmp_path}/out/evaluate"]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
+
+
+def test_sweep_logs_parent_and_trials_and_resumes(tiny_pair_dirs, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    space = tmp_path / "tiny.yaml"
+    space.write_text(SPACE)
+    first = _run_sweep(space, tiny_pair_dirs, tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "Pareto frontier" in first.stdout
+
+    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("uhlm-sweep")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and len(children) == 2
+    parent = parents[0]
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    assert sorted(c.data.params["trial.policy.u_th"] for c in children) == ["0.2", "0.6"]
+    for child in children:
+        assert {"u_hlm.accuracy", "hlm.throughput_modelled", "u_hlm.transmission_rate"} <= set(child.data.metrics)
+        assert {a.path for a in client.list_artifacts(child.info.run_id, "records")} >= {
+            "records/u_hlm_records.parquet", "records/llm_records.parquet"}
+    # shared work: LLM and HLM decoded by the first trial only
+    assert parent.data.metrics["reused_prompts"] == 4 and parent.data.metrics["decoded_prompts"] == 12
+    frontier = {a.path for a in client.list_artifacts(parent.info.run_id, "frontier")}
+    assert {"frontier/frontier.csv", "frontier/frontier_modelled.png", "frontier/frontier_wall.png",
+            "frontier/risk.png"} <= frontier
+
+    # a real MLflow server on loopback serves the frontier back over its REST API
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", "127.0.0.1",
+         "--port", str(port), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(120):
+            try:
+                if requests.get(f"{base}/health", timeout=2).ok:
+                    break
+            except requests.ConnectionError:
+                time.sleep(0.5)
+        found = requests.post(f"{base}/api/2.0/mlflow/runs/search", timeout=30, json={
+            "experiment_ids": [experiment.experiment_id], "filter": f"attributes.run_id = '{parent.info.run_id}'"})
+        assert found.ok and found.json()["runs"][0]["info"]["run_id"] == parent.info.run_id
+        listed = requests.get(f"{base}/api/2.0/mlflow/artifacts/list", timeout=30,
+                              params={"run_id": parent.info.run_id, "path": "frontier"}).json()
+        assert "frontier/frontier.csv" in {f["path"] for f in listed["files"]}
+        body = requests.get(f"{base}/get-artifact", timeout=30,
+                            params={"run_uuid": parent.info.run_id, "path": "frontier/frontier.csv"})
+        assert body.ok
+        rows = list(csv.DictReader(io.StringIO(body.text)))
+        assert rows and {"method", "accuracy", "throughput_modelled", "clock"} <= set(rows[0])
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+    # the same command again: Tune restores the finished sweep; no new runs, nothing decoded again
+    again = _run_sweep(space, tiny_pair_dirs, tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming 'tiny'" in again.stdout
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 3
+
+
+def test_rechannel_equals_decoding_at_that_channel(tiny_pair):
+    """No token depends on the channel: records decoded at one average SNR, rechannelled to another, equal a run
+    decoded there (the sweep's reason to decode once per SNR sweep)."""
+    import dataclasses
+
+    from uhlm_ray.config import EvaluateConfig
+    from uhlm_ray.decode import decode_prompt, make_policy
+    from uhlm_ray.records import PromptResult
+    from uhlm_ray.sweep import method_key, rechannel
+
+    runs = {}
+    for snr_db in (0.0, 12.0):
+        cfg = EvaluateConfig()
+        cfg.channel.mean_snr_db = snr_db
+        cfg.decode.max_new_tokens = 10
+        cfg.policy.u_th = 0.3
+        tokens, records, _, _ = decode_prompt(pair=tiny_pair, prompt_ids=[2, 3, 4], prompt_index=0, method="u_hlm",
+                                              cfg=cfg, policy=make_policy(method="u_hlm", cfg=cfg))
+        runs[snr_db] = (cfg, PromptResult(method="u_hlm", prompt_index=0, example_id="e", reference="r",
+                                          response="", tokens=tokens, stop_reason="", prompt_tokens=3,
+                                          prefill_s=0.0, records=records))
+    (cfg0, res0), (cfg12, res12) = runs[0.0], runs[12.0]
+    assert res0.tokens == res12.tokens
+    (moved,) = rechannel(results=[res0], channel=cfg12.channel)
+    assert any(r.sent for r in moved.records)
+    for a, b in zip(moved.records, res12.records, strict=True):
+        assert a.tau_up_s == pytest.approx(b.tau_up_s) and a.snr_db == pytest.approx(b.snr_db)
+    # ... so the shared store's key ignores the channel, but not the threshold
+    assert method_key(cfg=cfg0, method="u_hlm", send_prob=None) == method_key(cfg=cfg12, method="u_hlm",
+                                                                                 send_prob=None)
+    other = dataclasses.replace(cfg0, policy=dataclasses.replace(cfg0.policy, u_th=0.5))
+    assert method_key(cfg=other, method="u_hlm", send_prob=None) != method_key(cfg=cfg0, method="u_hlm",
+                                                                                  send_prob=None)
+    assert method_key(cfg=other, method="llm", send_prob=None) == method_key(cfg=cfg0, method="llm", send_prob=None)

@@ -1,0 +1,157 @@
+"""The U-HLM paper's figures and Table I, drawn from our records with the paper's numbers beside ours.
+
+Pure plotting: each function takes data already computed (records, summaries) and writes one PNG (matplotlib, Agg).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+from uhlm_ray.evaluate import METHOD_LABELS
+from uhlm_ray.theory import TheoremReport, UncertaintyDensity
+
+# Table I of the paper (cosine similarity, USE), and its other headline numbers
+PAPER_TABLE_I = {
+    "llm": {"alpaca": 0.6231, "qed": 0.5104, "creak": 0.4862, "strategyqa": 0.6023},
+    "slm": {"alpaca": 0.5077, "qed": 0.2577, "creak": 0.2436, "strategyqa": 0.3091},
+    "hlm": {"alpaca": 0.5634, "qed": 0.5093, "creak": 0.5040, "strategyqa": 0.5785},
+    "rand_hlm": {"alpaca": 0.5285, "qed": 0.4638, "creak": 0.4663, "strategyqa": 0.5735},
+    "u_hlm": {"alpaca": 0.5585, "qed": 0.4943, "creak": 0.5130, "strategyqa": 0.5913},
+}
+PAPER_HEADLINE = {"tr_reduction": 0.4593, "accuracy_vs_llm": 0.9754, "throughput_vs_hlm": 2.54}
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def binned_rejection(*, u: np.ndarray, beta: np.ndarray, bins: int = 10) -> list[tuple[float, float, float, int]]:
+    """(bin centre, mean beta, 95 % half-width, count) over equal bins of u in [0, 1]; empty bins are left out."""
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    index = np.clip(np.digitize(u, edges) - 1, 0, bins - 1)
+    out = []
+    for b in range(bins):
+        values = beta[index == b]
+        if len(values) == 0:
+            continue
+        half = (stats.t.ppf(0.975, df=len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
+                if len(values) > 1 else math.nan)
+        out.append(((edges[b] + edges[b + 1]) / 2, float(values.mean()), float(half), len(values)))
+    return out
+
+
+def fig3_uncertainty_vs_rejection(*, by_measure: dict[str, tuple[np.ndarray, np.ndarray]], path: Path) -> None:
+    """Fig. 3: binned mean rejection probability (95 % interval) against u, one panel per measure."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(by_measure), figsize=(4.2 * len(by_measure), 3.6), squeeze=False)
+    for ax, (measure, (u, beta)) in zip(axes[0], by_measure.items(), strict=True):
+        rows = binned_rejection(u=u, beta=beta)
+        ax.errorbar([r[0] for r in rows], [r[1] for r in rows], yerr=[r[2] for r in rows], fmt="o-", capsize=3)
+        r = stats.pearsonr(u, beta).statistic if len(u) > 2 and np.ptp(u) > 0 else math.nan
+        ax.set_title(f"{measure} (n={len(u)}, r={r:.2f})")
+        ax.set_xlabel("uncertainty u")
+        ax.set_ylabel("rejection probability beta")
+        ax.set_xlim(0, 1)
+    fig.suptitle("Fig. 3: uncertainty vs rejection probability (paper: only temperature perturbation is linear)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def fig4_threshold(*, thresholds: list[float], accuracy: list[float], tr: list[float], path: Path) -> None:
+    """Fig. 4: U-HLM's cosine similarity and TR against u_th."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.6, 3.8))
+    ax.plot(thresholds, accuracy, "o-", color="C0", label="cosine similarity")
+    ax.set_xlabel("uncertainty threshold u_th")
+    ax.set_ylabel("cosine similarity", color="C0")
+    twin = ax.twinx()
+    twin.plot(thresholds, tr, "s--", color="C1", label="TR")
+    twin.set_ylabel("transmission rate", color="C1")
+    ax.axvline(0.431, color="grey", lw=0.8, ls=":")
+    ax.set_title("Fig. 4: U-HLM vs threshold (dotted: the paper's 0.431)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def fig5_density_and_fit(*, u: np.ndarray, beta: np.ndarray, report: TheoremReport, path: Path) -> None:
+    """Fig. 5: the density of u (left) and beta against u with the fit and both thresholds (right)."""
+    plt = _plt()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9.6, 3.8))
+    density = UncertaintyDensity.from_samples(u, bins=20)
+    left.stairs(density.density, density.edges, fill=True, alpha=0.6)
+    left.set_xlabel("uncertainty u")
+    left.set_ylabel("density f(u)")
+    grid = np.linspace(0, 1, 101)
+    right.scatter(u, beta, s=6, alpha=0.3)
+    right.plot(grid, report.a * grid + report.b, "k-",
+               label=f"ours: beta = {report.a:.2f} u {report.b:+.2f} (r = {report.r:.2f})")
+    right.plot(grid, 0.82 * grid - 0.06, "r:", label="paper: beta = 0.82 u - 0.06")
+    for ax in (left, right):
+        for value, style in ((report.u_th_risk_averse, "--"), (report.u_th_risk_prone, "-.")):
+            if 0 <= value <= 1:
+                ax.axvline(value, color="k", ls=style, lw=0.8)
+    right.set_xlabel("uncertainty u")
+    right.set_ylabel("rejection probability beta")
+    right.set_ylim(-0.05, 1.05)
+    right.legend(fontsize=7)
+    fig.suptitle(f"Fig. 5: thresholds ours {report.u_th_risk_averse:.3f} / {report.u_th_risk_prone:.3f} "
+                 f"(paper 0.073 / 0.431); Delta ours {report.delta:.3f} (paper 0.301)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def fig6_rates_and_snr(*, summaries: dict[str, dict[str, float]], path: Path) -> None:
+    """Fig. 6: TSR and TR per hybrid method (left); modelled throughput vs average SNR per method (right)."""
+    plt = _plt()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    hybrid = [m for m in ("hlm", "rand_hlm", "u_hlm") if m in summaries]
+    xs = np.arange(len(hybrid))
+    left.bar(xs - 0.2, [summaries[m]["true_skip_rate"] if m != "hlm" else 0.0 for m in hybrid], 0.4, label="TSR")
+    left.bar(xs + 0.2, [summaries[m]["transmission_rate"] for m in hybrid], 0.4, label="TR")
+    left.set_xticks(xs, [METHOD_LABELS[m] for m in hybrid])
+    left.legend()
+    for method, s in summaries.items():
+        keys = sorted((float(k.removeprefix("throughput_modelled_snr_").removesuffix("dB")), k)
+                      for k in s if k.startswith("throughput_modelled_snr_"))
+        right.plot([snr for snr, _ in keys], [s[k] for _, k in keys], "o-", label=METHOD_LABELS[method])
+    right.set_yscale("log")
+    right.set_xlabel("average SNR (dB)")
+    right.set_ylabel("token throughput (tok/s, modelled)")
+    right.legend(fontsize=8)
+    fig.suptitle("Fig. 6: TSR and TR (left), throughput vs average SNR (right)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def table_one(*, accuracy: dict[str, dict[str, float]]) -> tuple[list[dict], str]:
+    """Table I: cosine similarity per method (rows) and data set (columns), ours beside the paper's."""
+    datasets = sorted({d for per in accuracy.values() for d in per})
+    rows, lines = [], []
+    header = "| method | " + " | ".join(f"{d} (ours) | {d} (paper)" for d in datasets) + " |"
+    lines += [header, "|---|" + "---:|---:|" * len(datasets)]
+    for method in ("llm", "slm", "hlm", "rand_hlm", "u_hlm"):
+        if method not in accuracy:
+            continue
+        row = {"method": method}
+        cells = []
+        for d in datasets:
+            ours = accuracy[method].get(d, math.nan)
+            paper = PAPER_TABLE_I.get(method, {}).get(d, math.nan)
+            row[f"{d}_ours"], row[f"{d}_paper"] = ours, paper
+            cells += [f"{ours:.4f}", f"{paper:.4f}" if not math.isnan(paper) else "-"]
+        rows.append(row)
+        lines.append(f"| {METHOD_LABELS[method]} | " + " | ".join(cells) + " |")
+    return rows, "\n".join(lines)

@@ -1,0 +1,203 @@
+"""Sweeps without Ray: search spaces from YAML, one trial's evaluation with shared work, Pareto frontiers.
+
+A space file (tune_spaces/*.yaml):
+
+    name: threshold                      # the sweep's name (MLflow parent run, Tune experiment folder)
+    description: ...
+    objectives:                          # what the search optimises and what the frontier is drawn for
+      - {metric: u_hlm.accuracy, mode: max}
+      - {metric: u_hlm.throughput_modelled, mode: max}
+    search: grid                         # grid | random | optuna (Bayesian, TPE; multi-objective)
+    num_samples: 1                       # grid: repeats of the grid; random/optuna: trials
+    methods: [llm, slm, hlm, u_hlm, rand_hlm]
+    base: {data.n_prompts: 3}            # overrides applied to every trial (after the command line's)
+    params:                              # dotted config keys
+      policy.u_th: {grid: [0.2, 0.431, 0.6]}
+      uncertainty.theta_max: {uniform: [0.5, 3.0]}
+      uncertainty.k: {choice: [10, 20]}
+
+Shared work: a method's decoded prompts depend only on some settings (the LLM alone ignores u_th and K; no token
+depends on the channel, only the modelled uplink does). Each (method, prompt) is stored once under a key of exactly
+those settings, in a store all trials of a sweep share; a trial decodes only what no earlier trial has, and
+recomputes each record's uplink time for its own channel from the stored fading gain (`rechannel`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+from omegaconf import OmegaConf
+
+from uhlm_ray.channel import linear_to_db, mean_snr, uplink_seconds
+from uhlm_ray.config import METHODS, ChannelConfig, EvaluateConfig, load_config
+from uhlm_ray.datasets import Example
+from uhlm_ray.evaluate import ResultStore, ordered_methods, run_method, summarize_methods, transmission_rate
+from uhlm_ray.models.loading import ModelPair
+from uhlm_ray.models.session import PrefillStore
+from uhlm_ray.records import PromptResult
+from uhlm_ray.similarity import Encoder
+from uhlm_ray.theory import risk_at_threshold
+from uhlm_ray.validation import ConfigError, check_choice
+
+SEARCHES = ("grid", "random", "optuna")
+DISTRIBUTIONS = ("grid", "choice", "uniform", "loguniform", "randint")
+
+
+@dataclass
+class Objective:
+    metric: str  # "<method>.<summary key>", e.g. "u_hlm.accuracy"
+    mode: str  # "max" or "min"
+
+
+@dataclass
+class SearchSpace:
+    name: str
+    objectives: list[Objective]
+    params: dict[str, dict]
+    search: str = "grid"
+    num_samples: int = 1
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    base: dict[str, object] = field(default_factory=dict)
+    description: str = ""
+    max_concurrent_trials: int = 1
+
+
+def load_space(path: str | Path) -> SearchSpace:
+    """Read and check a space file; errors name the file and the field."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"search space {str(path)!r} not found (see tune_spaces/)")
+    raw = yaml.safe_load(path.read_text()) or {}
+    where = path.name
+    unknown = set(raw) - {f.name for f in dataclasses.fields(SearchSpace)}
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {sorted(unknown)}")
+    for key in ("name", "objectives", "params"):
+        if key not in raw:
+            raise ConfigError(f"{where}: missing field {key!r}")
+    objectives = [Objective(**o) for o in raw.pop("objectives")]
+    space = SearchSpace(objectives=objectives, **raw)
+    check_choice(space.search, field=f"{where}: search", allowed=SEARCHES)
+    for i, o in enumerate(space.objectives):
+        check_choice(o.mode, field=f"{where}: objectives[{i}].mode", allowed=("max", "min"))
+        method = o.metric.split(".", 1)[0]
+        check_choice(method, field=f"{where}: objectives[{i}].metric's method", allowed=space.methods)
+    for i, method in enumerate(space.methods):
+        check_choice(method, field=f"{where}: methods[{i}]", allowed=METHODS)
+    for key, spec in space.params.items():
+        if not isinstance(spec, dict) or len(spec) != 1:
+            raise ConfigError(f"{where}: params.{key} must be one of {{{', '.join(DISTRIBUTIONS)}: ...}}")
+        (kind,) = spec
+        check_choice(kind, field=f"{where}: params.{key}", allowed=DISTRIBUTIONS)
+        if kind == "grid" and space.search != "grid":
+            raise ConfigError(f"{where}: params.{key} is a grid but search={space.search!r}; use choice")
+    # every parameter must be a real config key with a valid value: try the first point of the space
+    trial_config(base_overrides=[], space=space, params={k: _first(v) for k, v in space.params.items()})
+    return space
+
+
+def _first(spec: dict) -> object:
+    (kind, values) = next(iter(spec.items()))
+    return values[0] if kind in ("grid", "choice") else values[0] if kind != "randint" else int(values[0])
+
+
+def trial_config(*, base_overrides: list[str], space: SearchSpace, params: dict[str, object]) -> EvaluateConfig:
+    """The evaluate config of one trial: defaults <- command line <- space base <- the trial's parameters."""
+    overrides = [*base_overrides, *(f"{k}={_dot(v)}" for k, v in space.base.items()),
+                 *(f"{k}={_dot(v)}" for k, v in params.items()), f"methods={_dot(space.methods)}"]
+    return load_config(overrides=overrides)
+
+
+def _dot(value: object) -> str:
+    return json.dumps(value) if isinstance(value, list | dict) else str(value)
+
+
+# --- shared work -----------------------------------------------------------------------------------------------
+
+def method_key(*, cfg: EvaluateConfig, method: str, send_prob: float | None) -> str:
+    """A hash of the settings a method's tokens and records depend on (never the channel)."""
+    def section(name: str) -> object:
+        return OmegaConf.to_container(OmegaConf.structured(getattr(cfg, name)))
+
+    relevant: dict[str, object] = {"method": method, "model": section("model"), "data": section("data"),
+                                   "metrics": section("metrics"), "payload": section("payload"),
+                                   "seed": cfg.decode.seed, "max_new_tokens": cfg.decode.max_new_tokens,
+                                   "scored": method in cfg.decode.evaluation_methods}
+    if method != "llm":  # u is recorded for every hybrid method (Fig. 3 needs it), so its settings matter
+        relevant["uncertainty"] = section("uncertainty")
+    if method == "u_hlm":
+        relevant["u_th"] = cfg.policy.u_th
+    if method == "rand_hlm":
+        relevant["send_prob"] = None if send_prob is None else round(send_prob, 6)
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def rechannel(*, results: list[PromptResult], channel: ChannelConfig) -> list[PromptResult]:
+    """Copies with each sent round's SNR and uplink time recomputed for `channel`, from its stored fading gain."""
+    base = mean_snr(channel)
+    out = []
+    for res in results:
+        records = []
+        for r in res.records:
+            if r.method == "llm" or math.isnan(r.fading_gain):
+                records.append(r)
+                continue
+            snr = base * r.fading_gain
+            records.append(dataclasses.replace(
+                r, snr_db=linear_to_db(snr) if snr > 0 else -math.inf,
+                tau_up_s=uplink_seconds(bits=r.payload_bits, bandwidth_hz=channel.bandwidth_hz, snr=snr)
+                if r.sent else 0.0))
+        out.append(dataclasses.replace(res, records=records))
+    return out
+
+
+@dataclass
+class TrialOutcome:
+    summaries: dict[str, dict[str, float]]
+    results: dict[str, list[PromptResult]]
+    decoded_prompts: int  # (method, prompt) pairs this trial decoded itself
+    reused_prompts: int  # ... and those it found in the shared store
+
+
+def evaluate_trial(
+    *, pair: ModelPair, examples: list[Example], cfg: EvaluateConfig, encoder: Encoder, shared_dir: Path,
+    prefills: PrefillStore | None = None,
+) -> TrialOutcome:
+    """Every method of one trial, reusing what earlier trials of the sweep already decoded."""
+    results: dict[str, list[PromptResult]] = {}
+    decoded = reused = 0
+    for method in ordered_methods(cfg.methods):
+        send_prob = None
+        if method == "rand_hlm" and cfg.policy.send_prob is None and "u_hlm" in results:
+            send_prob = transmission_rate(results["u_hlm"])
+        key = method_key(cfg=cfg, method=method, send_prob=send_prob if method == "rand_hlm" else None)
+        store = ResultStore(shared_dir / f"{method}-{key}")
+        before = len(store.load(method))
+        trial_cfg = dataclasses.replace(cfg, resume=True)
+        method_results = run_method(pair=pair, examples=examples, method=method, cfg=trial_cfg, encoder=encoder,
+                                    store=store, send_prob=send_prob, prefills=prefills)
+        reused += min(before, len(examples))
+        decoded += len(examples) - min(before, len(examples))
+        results[method] = rechannel(results=method_results, channel=cfg.channel)
+    summaries = summarize_methods(results=results, cfg=cfg)
+    if "u_hlm" in results:  # Theorem 1's risk for this trial's threshold, beside the measured rejection risk
+        summaries["u_hlm"].update(risk_at_threshold([r for res in results["u_hlm"] for r in res.records],
+                                                    u_th=cfg.policy.u_th))
+    return TrialOutcome(summaries=summaries, results=results, decoded_prompts=decoded, reused_prompts=reused)
+
+
+# --- frontiers -----------------------------------------------------------------------------------------------
+
+def pareto_front(points: list[dict], *, x: str, y: str) -> list[dict]:
+    """Points not dominated when both x and y are maximised, sorted by x."""
+    valid = [p for p in points if np.isfinite(p.get(x, np.nan)) and np.isfinite(p.get(y, np.nan))]
+    front = [p for p in valid
+             if not any(q[x] >= p[x] and q[y] >= p[y] and (q[x] > p[x] or q[y] > p[y]) for q in valid)]
+    return sorted(front, key=lambda p: p[x])

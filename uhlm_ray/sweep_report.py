@@ -1,0 +1,100 @@
+"""A sweep's report: Pareto frontiers (accuracy vs modelled and vs wall throughput) and the risk plot, as files."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+from uhlm_ray.evaluate import METHOD_LABELS, format_value
+from uhlm_ray.sweep import SearchSpace, pareto_front
+
+CLOCKS = (("throughput_modelled", "modelled throughput (tok/s, eq. 3-4)"),
+          ("throughput_wall", "wall-clock throughput (tok/s)"))
+
+
+def trial_points(*, trials: list[dict], methods: list[str]) -> list[dict]:
+    """One point per (trial, method): its accuracy and throughputs and the trial's parameters."""
+    points = []
+    for i, t in enumerate(trials):
+        for method in methods:
+            if f"{method}.accuracy" not in t:
+                continue
+            points.append({
+                "trial": i, "trial_key": t.get("trial_key", ""), "method": method,
+                "accuracy": t[f"{method}.accuracy"],
+                **{clock: t.get(f"{method}.{clock}", math.nan) for clock, _ in CLOCKS},
+                "transmission_rate": t.get(f"{method}.transmission_rate", math.nan),
+                **{f"param.{k}": v for k, v in t["params"].items()},
+            })
+    return points
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    keys = sorted({k for r in rows for k in r}, key=lambda k: (not k.startswith(("trial", "method")), k))
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def frontier_report(*, trials: list[dict], space: SearchSpace, folder: Path) -> str:
+    """Write trials.csv, frontier.csv / .md, frontier_<clock>.png and risk.png; return the Markdown table."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    points = trial_points(trials=trials, methods=space.methods)
+    _write_csv(folder / "trials.csv", points or [{"trial": None}])
+    lines = []
+    front_rows = []
+    for clock, label in CLOCKS:
+        front = pareto_front(points, x=clock, y="accuracy")
+        # methods that ignore the swept settings give the same point in every trial: list it once
+        seen: set[tuple] = set()
+        front = [p for p in front if (key := (p["method"], p["accuracy"], p[clock])) not in seen and not seen.add(key)]
+        front_rows += [{**p, "clock": clock} for p in front]
+        fig, ax = plt.subplots(figsize=(6.4, 4.4))
+        for method in space.methods:
+            mine = [p for p in points if p["method"] == method]
+            ax.scatter([p[clock] for p in mine], [p["accuracy"] for p in mine], label=METHOD_LABELS[method], s=22)
+        ax.plot([p[clock] for p in front], [p["accuracy"] for p in front], "k--", lw=1, label="Pareto frontier")
+        if any(p[clock] > 0 for p in points):
+            ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.set_ylabel("accuracy (cosine similarity)")
+        ax.set_title(f"{space.name}: accuracy vs {clock.split('_')[1]} throughput")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(folder / f"frontier_{clock.split('_')[1]}.png", dpi=120)
+        plt.close(fig)
+        lines += [f"\nPareto frontier, accuracy vs {label}:", "| method | accuracy | tok/s | TR | parameters |",
+                  "|---|---:|---:|---:|---|"]
+        for p in front:
+            params = ", ".join(f"{k.removeprefix('param.')}={v}" for k, v in p.items() if k.startswith("param."))
+            lines.append(f"| {METHOD_LABELS[p['method']]} | {p['accuracy']:.4f} | {p[clock]:.3f} | "
+                         f"{format_value(p['transmission_rate'], '{:.1%}')} | {params} |")
+    _write_csv(folder / "frontier.csv", front_rows or [{"trial": None}])
+    table = "\n".join(lines)
+    (folder / "frontier.md").write_text(table + "\n")
+
+    # empirical rejection risk of each U-HLM trial against eq. 12 and its eq. 13 bound at the trial's threshold
+    risk = sorted((t["params"].get("policy.u_th", math.nan), t.get("u_hlm.rejection_risk", math.nan),
+                   t.get("u_hlm.theory_risk", math.nan), t.get("u_hlm.theory_bound", math.nan))
+                  for t in trials if "u_hlm.rejection_risk" in t)
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    if risk:
+        xs = list(range(len(risk))) if all(math.isnan(r[0]) for r in risk) else [r[0] for r in risk]
+        ax.plot(xs, [r[1] for r in risk], "o-", label="empirical rejection risk (skipped beta per token)")
+        ax.plot(xs, [r[2] for r in risk], "s-", label="R, eq. 12 (fitted line, empirical density)")
+        ax.plot(xs, [r[3] for r in risk], "^--", label="Hoelder bound, eq. 13")
+    ax.set_xlabel("u_th")
+    ax.set_ylabel("rejection risk")
+    ax.set_title(f"{space.name}: U-HLM rejection risk vs its bound")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(folder / "risk.png", dpi=120)
+    plt.close(fig)
+    return table

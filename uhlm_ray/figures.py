@@ -61,6 +61,7 @@ def fig3_uncertainty_vs_rejection(*, by_measure: dict[str, tuple[np.ndarray, np.
         ax.set_xlabel("uncertainty u")
         ax.set_ylabel("rejection probability beta")
         ax.set_xlim(0, 1)
+        ax.set_ylim(-0.05, 1.05)  # beta is a probability; sparse bins' t-intervals would otherwise set the scale
     fig.suptitle("Fig. 3: uncertainty vs rejection probability (paper: only temperature perturbation is linear)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

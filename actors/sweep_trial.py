@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 from functools import lru_cache
 from pathlib import Path
 
@@ -82,7 +83,8 @@ def run_trial(config: dict, sweep: dict) -> None:
         run_id = run.info.run_id
         for name, value in {**flat_params(cfg), **{f"trial.{k}": str(v) for k, v in params.items()}}.items():
             client.log_param(run_id, name, value)
-    client.log_batch(run_id, metrics=[mlflow.entities.Metric(k, v, 0, 0) for k, v in metrics.items()])
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[mlflow.entities.Metric(k, v, now, 0) for k, v in metrics.items()])
     with tempfile.TemporaryDirectory() as tmp:
         import pandas as pd
 

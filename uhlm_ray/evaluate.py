@@ -13,6 +13,7 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
+from filelock import FileLock
 from omegaconf import OmegaConf
 
 from uhlm_ray.channel import mean_snr
@@ -59,7 +60,8 @@ class ResultStore:
         return done
 
     def append(self, result: PromptResult) -> None:
-        with self._file(result.method).open("a") as f:
+        # concurrent sweep trials may share a store: a lock keeps each line whole
+        with FileLock(str(self._file(result.method)) + ".lock"), self._file(result.method).open("a") as f:
             f.write(json.dumps(result.to_dict()) + "\n")
             f.flush()
 

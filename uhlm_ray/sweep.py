@@ -104,8 +104,9 @@ def load_space(path: str | Path) -> SearchSpace:
 
 
 def _first(spec: dict) -> object:
+    """A value the distribution can produce (its first listed value or lower bound), to check the key early."""
     (kind, values) = next(iter(spec.items()))
-    return values[0] if kind in ("grid", "choice") else values[0] if kind != "randint" else int(values[0])
+    return int(values[0]) if kind == "randint" else values[0]
 
 
 def trial_config(*, base_overrides: list[str], space: SearchSpace, params: dict[str, object]) -> EvaluateConfig:

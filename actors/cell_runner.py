@@ -70,7 +70,6 @@ def run_cell(
         todo = {d: [a for a in per_device[d] if (d, a.prompt_index) not in done] for d in devices}
         depth = max((len(v) for v in todo.values()), default=0)
         waves[g] = [[todo[d][k] for d in devices if k < len(todo[d])] for k in range(depth)]
-        waves[g] = [w for w in waves[g] if w]
 
     if any(waves.values()):
         actors = start_device_actors(cfg=cfg, run=run)

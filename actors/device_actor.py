@@ -76,8 +76,7 @@ class DeviceActor:
                 prompt_ids=ids, method=cfg.cell.method, policy=self.policy,
                 mean_snr=mean_snr(device_channel(channel=cfg.channel, distance_m=a.distance_m)),
                 paraphrase_ids=paraphrase_prompt_ids(tokenizer=self.slm.tokenizer, prompt=a.prompt, cfg=cfg,
-                                                     seed=cfg.decode.seed, prompt_index=a.prompt_index)
-                if cfg.uncertainty.measure == "prompt_perturbation" else None,
+                                                     prompt_index=a.prompt_index),
             )
             for a, ids in zip(assignments, prompt_ids, strict=True)
         ]

@@ -26,7 +26,7 @@ from uhlm_ray.models import load_pair
 from uhlm_ray.models.session import PrefillStore
 from uhlm_ray.similarity import load_encoder
 from uhlm_ray.sweep import Objective, SearchSpace, evaluate_trial, trial_config
-from uhlm_ray.tracking import finite_metrics, flat_params
+from uhlm_ray.tracking import finite_metrics, flat_params, write_records_parquet
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
@@ -86,12 +86,8 @@ def run_trial(config: dict, sweep: dict) -> None:
     now = int(time.time() * 1000)
     client.log_batch(run_id, metrics=[mlflow.entities.Metric(k, v, now, 0) for k, v in metrics.items()])
     with tempfile.TemporaryDirectory() as tmp:
-        import pandas as pd
-
         for method, results in outcome.results.items():
-            frame = pd.DataFrame([r.to_dict() for res in results for r in res.records])
-            path = Path(tmp) / f"{method}_records.parquet"
-            frame.to_parquet(path)
+            path = write_records_parquet(results=results, path=Path(tmp) / f"{method}_records.parquet")
             client.log_artifact(run_id, str(path), "records")
     client.set_terminated(run_id)
     tune.report({**metrics, "mlflow_run_id": run_id, "trial_key": key})

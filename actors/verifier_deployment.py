@@ -76,9 +76,7 @@ class VerifierDeployment:
         return await asyncio.to_thread(self.core.open, session_id=session_id, prompt_ids=prompt_ids, key=key)
 
     async def verify(self, request: VerifyRequest) -> VerifyResult:
-        result = await self._verify_batch(request)
-        if isinstance(result, Exception):
-            raise result
+        (result,) = await self.verify_group([request])
         return result
 
     async def verify_group(self, requests: list[VerifyRequest]) -> list[VerifyResult]:

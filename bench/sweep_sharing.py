@@ -15,11 +15,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 from uhlm_ray.datasets import load_examples
 from uhlm_ray.models import load_pair
 from uhlm_ray.models.session import PrefillStore
+from uhlm_ray.similarity import timing_only_encoder
 from uhlm_ray.sweep import SearchSpace, evaluate_trial, trial_config
 
 
@@ -34,7 +33,6 @@ def main(argv: list[str]) -> int:
     cfgs = [trial_config(base_overrides=args.overrides, space=space, params={"policy.u_th": t}) for t in thresholds]
     pair = load_pair(cfgs[0].model)
     examples = load_examples(cfgs[0].data)
-    encoder = lambda texts: np.ones((len(texts), 1))  # noqa: E731 -- timing only
     rows = {}
     for mode in ("independent", "shared"):
         with tempfile.TemporaryDirectory() as tmp:
@@ -43,7 +41,7 @@ def main(argv: list[str]) -> int:
                 shared_dir = Path(tmp) / (f"trial{i}" if mode == "independent" else "shared")
                 # prompt prefills are not shared between independent runs either
                 prefills = PrefillStore()
-                outcome = evaluate_trial(pair=pair, examples=examples, cfg=cfg, encoder=encoder,
+                outcome = evaluate_trial(pair=pair, examples=examples, cfg=cfg, encoder=timing_only_encoder,
                                          shared_dir=shared_dir, prefills=prefills)
                 decoded += outcome.decoded_prompts
             rows[mode] = (time.perf_counter() - start, decoded)

@@ -28,6 +28,7 @@ from actors.verifier_deployment import APP_NAME, start_verifier  # noqa: E402
 from uhlm_ray.config import load_config  # noqa: E402
 from uhlm_ray.datasets import load_examples  # noqa: E402
 from uhlm_ray.evaluate import ResultStore  # noqa: E402
+from uhlm_ray.similarity import timing_only_encoder  # noqa: E402
 
 
 def main(argv: list[str]) -> int:
@@ -48,7 +49,7 @@ def main(argv: list[str]) -> int:
         with TemporaryDirectory() as tmp:
             start = time.perf_counter()
             results = run_cell(cfg=cfg, examples=examples, store=ResultStore(Path(tmp)), run=f"bench-{n}",
-                               encoder=lambda texts: np.ones((len(texts), 1)))  # timing only
+                               encoder=timing_only_encoder)
             elapsed = time.perf_counter() - start
         serve.delete(APP_NAME)
         records = [r for res in results for r in res.records if r.sent]

@@ -21,20 +21,26 @@ from pathlib import Path
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-import ray  # noqa: E402
 from ray import serve  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from actors.cell_runner import run_cell  # noqa: E402
+from actors.connect import connect  # noqa: E402
 from actors.verifier_deployment import APP_NAME, ServeVerifierClient, start_verifier  # noqa: E402
 from uhlm_ray.cell import device_channel, device_distances, summarize_cell  # noqa: E402
 from uhlm_ray.channel import mean_snr_db  # noqa: E402
 from uhlm_ray.cli import job_inputs  # noqa: E402
-from uhlm_ray.config import EvaluateConfig, TrackingConfig  # noqa: E402
+from uhlm_ray.config import EvaluateConfig  # noqa: E402
 from uhlm_ray.evaluate import DECODE_SECTIONS, ResultStore, format_value, run_clock, run_key  # noqa: E402
 from uhlm_ray.records import PromptResult  # noqa: E402
 from uhlm_ray.similarity import load_encoder  # noqa: E402
-from uhlm_ray.tracking import finite_metrics, flat_params, log_prompt_results, setup_experiment  # noqa: E402
+from uhlm_ray.tracking import (  # noqa: E402
+    experiment_name,
+    finite_metrics,
+    flat_params,
+    log_prompt_results,
+    setup_experiment,
+)
 
 DEVICE_COLUMNS = [
     ("distance_m", "distance m", "{:.0f}"), ("mean_snr_db", "SNR dB", "{:.1f}"), ("accuracy", "cos sim", "{:.4f}"),
@@ -54,19 +60,11 @@ def format_cell_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def connect(cfg: EvaluateConfig) -> None:
-    """The configured cluster, the one `ray job submit` runs us in ($RAY_ADDRESS), or a new local Ray."""
-    address = cfg.runtime.address or os.environ.get("RAY_ADDRESS") or "local"
-    ray.init(address=address, log_to_driver=False)
-    where = "a new local Ray" if address == "local" else f"the Ray cluster at {address}"
-    print(f"[cell] connected to {where}: {ray.cluster_resources()}")
-
-
 def log_to_mlflow(*, cfg: EvaluateConfig, summary: dict, table: str, folder: Path, results: list[PromptResult],
                   key: str) -> str:
     import mlflow
 
-    experiment_id = setup_experiment(cfg.tracking)
+    experiment_id = setup_experiment(cfg.tracking, job="cell")
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"cell-{cfg.cell.method}-{key}") as run:
         mlflow.log_params(flat_params(cfg))
         mlflow.log_metrics(finite_metrics(summary["cell"]))
@@ -83,8 +81,6 @@ def log_to_mlflow(*, cfg: EvaluateConfig, summary: dict, table: str, folder: Pat
 
 def main(argv: list[str]) -> int:
     cfg, examples = job_inputs(argv, description=__doc__)
-    if cfg.tracking.experiment == TrackingConfig.experiment:  # the evaluate job's default: keep cells apart
-        cfg.tracking.experiment = "uhlm-cell"
     cell = cfg.cell
     distances = device_distances(cell)
     key = run_key(cfg, sections=(*DECODE_SECTIONS, "cell"))
@@ -95,7 +91,7 @@ def main(argv: list[str]) -> int:
           f"{mean_snr_db(device_channel(channel=cfg.channel, distance_m=max(distances))):.1f} dB); "
           f"bandwidth sharing: {cell.bandwidth_sharing}")
     start = time.perf_counter()
-    connect(cfg)
+    connect(cfg.runtime, job="cell")
     start_verifier(cfg)
     info = ServeVerifierClient().info()
     print(f"[cell] verifier up in {time.perf_counter() - start:.1f} s on {info['device']} "
@@ -134,7 +130,7 @@ def main(argv: list[str]) -> int:
     print(f"[cell] results in {folder}")
     if cfg.tracking.enabled:
         run_id = log_to_mlflow(cfg=cfg, summary=summary, table=table, folder=folder, results=results, key=key)
-        print(f"[cell] MLflow run {run_id} in experiment {cfg.tracking.experiment!r}")
+        print(f"[cell] MLflow run {run_id} in experiment {experiment_name(cfg.tracking, job='cell')!r}")
     return 0
 
 

@@ -32,7 +32,13 @@ from uhlm_ray.evaluate import (
 from uhlm_ray.models import load_pair
 from uhlm_ray.records import PromptResult
 from uhlm_ray.similarity import load_encoder
-from uhlm_ray.tracking import finite_metrics, flat_params, log_prompt_results, setup_experiment
+from uhlm_ray.tracking import (
+    experiment_name,
+    finite_metrics,
+    flat_params,
+    log_prompt_results,
+    setup_experiment,
+)
 
 
 def log_to_mlflow(
@@ -40,7 +46,7 @@ def log_to_mlflow(
 ) -> str:
     import mlflow
 
-    experiment_id = setup_experiment(cfg.tracking)
+    experiment_id = setup_experiment(cfg.tracking, job="evaluate")
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"evaluate-{run_key(cfg)}") as parent:
         mlflow.log_params(flat_params(cfg))
         mlflow.log_text(table, "summary.md")
@@ -95,7 +101,8 @@ def main(argv: list[str]) -> int:
     print(f"\n[evaluate] results in {folder}; finished in {time.perf_counter() - start:.1f} s")
     if cfg.tracking.enabled:
         run_id = log_to_mlflow(cfg=cfg, results=results, summaries=summaries, table=table, folder=folder)
-        print(f"[evaluate] MLflow parent run {run_id} in experiment {cfg.tracking.experiment!r}")
+        experiment = experiment_name(cfg.tracking, job="evaluate")
+        print(f"[evaluate] MLflow parent run {run_id} in experiment {experiment!r}")
     return 0
 
 

@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from uhlm_ray.cli import job_inputs
-from uhlm_ray.config import EvaluateConfig, TrackingConfig
+from uhlm_ray.config import EvaluateConfig
 from uhlm_ray.datasets import load_examples
-from uhlm_ray.evaluate import run_key
+from uhlm_ray.evaluate import DECODE_SECTIONS, run_key
 from uhlm_ray.figures import (
     PAPER_HEADLINE,
     fig3_uncertainty_vs_rejection,
@@ -39,7 +39,7 @@ from uhlm_ray.models.session import PrefillStore
 from uhlm_ray.similarity import load_encoder
 from uhlm_ray.sweep import evaluate_trial
 from uhlm_ray.theory import PAPER, theorem_report_from_records
-from uhlm_ray.tracking import finite_metrics, flat_params, setup_experiment
+from uhlm_ray.tracking import experiment_name, finite_metrics, flat_params, setup_experiment
 
 
 def variant(cfg: EvaluateConfig, **changes) -> EvaluateConfig:
@@ -54,10 +54,8 @@ def variant(cfg: EvaluateConfig, **changes) -> EvaluateConfig:
 def main(argv: list[str]) -> int:
     cfg, _ = job_inputs(argv, description=__doc__)
     rep = cfg.reproduce
-    if cfg.tracking.experiment == TrackingConfig.experiment:
-        cfg.tracking.experiment = "uhlm-reproduce"
-    folder = (Path(cfg.output_dir).parent / "reproduce" / run_key(cfg, sections=(
-        "model", "uncertainty", "policy", "channel", "payload", "decode", "data", "metrics", "reproduce"))).resolve()
+    folder = (Path(cfg.output_dir).parent / "reproduce"
+              / run_key(cfg, sections=(*DECODE_SECTIONS, "reproduce"))).resolve()
     (folder / "figures").mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     pair = load_pair(cfg.model)
@@ -142,7 +140,7 @@ def main(argv: list[str]) -> int:
     if cfg.tracking.enabled:
         import mlflow
 
-        experiment_id = setup_experiment(cfg.tracking)
+        experiment_id = setup_experiment(cfg.tracking, job="reproduce")
         with mlflow.start_run(experiment_id=experiment_id, run_name=f"reproduce-{folder.name}") as run_:
             mlflow.log_params(flat_params(cfg))
             mlflow.log_metrics(finite_metrics({**{f"theorem.{k}": v for k, v in theorem.to_dict().items()},
@@ -150,7 +148,8 @@ def main(argv: list[str]) -> int:
             for path in [folder / "table1.csv", folder / "table1.md", folder / "summary.md", folder / "theorem.json"]:
                 mlflow.log_artifact(str(path))
             mlflow.log_artifacts(str(folder / "figures"), "figures")
-            print(f"[reproduce] MLflow run {run_.info.run_id} in experiment {cfg.tracking.experiment!r}")
+            experiment = experiment_name(cfg.tracking, job="reproduce")
+            print(f"[reproduce] MLflow run {run_.info.run_id} in experiment {experiment!r}")
     return 0
 
 

@@ -29,11 +29,12 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 import ray  # noqa: E402
 from ray import tune  # noqa: E402
 
+from actors.connect import connect  # noqa: E402
 from actors.sweep_trial import run_trial  # noqa: E402
-from uhlm_ray.config import TrackingConfig, load_config  # noqa: E402
+from uhlm_ray.config import load_config  # noqa: E402
 from uhlm_ray.sweep import SearchSpace, load_space  # noqa: E402
 from uhlm_ray.sweep_report import frontier_report  # noqa: E402
-from uhlm_ray.tracking import resolve_tracking_uri, setup_experiment  # noqa: E402
+from uhlm_ray.tracking import experiment_name, resolve_tracking_uri, setup_experiment  # noqa: E402
 from uhlm_ray.validation import ConfigError  # noqa: E402
 
 SPACES = Path(__file__).resolve().parents[1] / "tune_spaces"
@@ -73,8 +74,6 @@ def main(argv: list[str]) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if base_cfg.tracking.experiment == TrackingConfig.experiment:
-        base_cfg.tracking.experiment = "uhlm-sweep"
     described = json.dumps([dataclasses.asdict(space), overrides], sort_keys=True, default=str)
     digest = hashlib.sha256(described.encode()).hexdigest()[:10]
     sweep_dir = (Path(base_cfg.output_dir).parent / "sweeps" / f"{space.name}-{digest}").resolve()
@@ -82,7 +81,7 @@ def main(argv: list[str]) -> int:
 
     import mlflow
 
-    experiment_id = setup_experiment(base_cfg.tracking)
+    experiment_id = setup_experiment(base_cfg.tracking, job="sweep")
     tracking_uri = resolve_tracking_uri(base_cfg.tracking)
     parent_file = sweep_dir / "mlflow_parent_run_id"
     client = mlflow.tracking.MlflowClient(tracking_uri=tracking_uri)
@@ -99,8 +98,7 @@ def main(argv: list[str]) -> int:
         client.log_param(parent_id, "overrides", " ".join(overrides)[:6000] or "-")
         client.log_artifact(parent_id, str(resolve_space(name)), "space")
 
-    address = base_cfg.runtime.address or os.environ.get("RAY_ADDRESS") or "local"
-    ray.init(address=address, log_to_driver=False)
+    connect(base_cfg.runtime, job="sweep")
     cpus = int(ray.cluster_resources().get("CPU", 1))
     per_trial = max(1, cpus // max(1, space.max_concurrent_trials))
     constants = {"space": dataclasses.asdict(space), "overrides": list(overrides),
@@ -143,7 +141,7 @@ def main(argv: list[str]) -> int:
     print(report)
     print(f"\n[sweep] {len(trials)} trials in {elapsed:.0f} s; (method, prompt) runs decoded {decoded}, reused "
           f"{reused} (a sweep without sharing would decode {decoded + reused}); parent run {parent_id} in "
-          f"experiment {base_cfg.tracking.experiment!r}; files in {sweep_dir}")
+          f"experiment {experiment_name(base_cfg.tracking, job='sweep')!r}; files in {sweep_dir}")
     for err in errors:
         print(f"[sweep] trial error: {err}", file=sys.stderr)
     return 1 if errors else 0

@@ -94,8 +94,7 @@ def test_prompt_perturbation_in_the_loop(tiny_pair):
     assert len(texts) == 5 and any(t != "the big dog sat on the red mat" for t in texts)
     assert paraphrases(prompt="the big dog", k=3, rate=0.0, rng=np.random.default_rng(0), wordnet=wordnet) == \
         ["the big dog"] * 3
-    ids = paraphrase_prompt_ids(tokenizer=tiny_pair.tokenizer, prompt="the big dog sat", cfg=cfg, seed=0,
-                                prompt_index=0)
+    ids = paraphrase_prompt_ids(tokenizer=tiny_pair.tokenizer, prompt="the big dog sat", cfg=cfg, prompt_index=0)
     assert len(ids) == cfg.uncertainty.k
     policy = make_policy(method="u_hlm", cfg=cfg)
     tokens, records, _, _ = decode_prompt(pair=tiny_pair, prompt_ids=PROMPT, prompt_index=0, method="u_hlm",

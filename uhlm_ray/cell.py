@@ -16,7 +16,7 @@ from collections import Counter
 
 import numpy as np
 
-from uhlm_ray.channel import mean_snr
+from uhlm_ray.channel import db_to_linear, mean_snr, mean_snr_db
 from uhlm_ray.config import CellConfig, ChannelConfig
 from uhlm_ray.metrics import ModelledClock, summarize
 from uhlm_ray.records import PromptResult, RoundRecord
@@ -58,7 +58,7 @@ def apply_shared_uplink(
     for device, records in records_by_device.items():
         out[device] = [
             dataclasses.replace(r, tau_up_s=shared_uplink_seconds(
-                bits=r.payload_bits, bandwidth_hz=bandwidth_hz, snr=10 ** (r.snr_db / 10), sharers=sharers[slot]))
+                bits=r.payload_bits, bandwidth_hz=bandwidth_hz, snr=db_to_linear(r.snr_db), sharers=sharers[slot]))
             if r.sent else r
             for slot, r in enumerate(records)
         ]
@@ -94,7 +94,7 @@ def summarize_cell(
         ch = device_channel(channel=channel, distance_m=distances_m[device])
         summary = summarize(results=rs, clock=clock, base_mean_snr=mean_snr(ch), snr_sweep_db=[])
         summary["distance_m"] = distances_m[device]
-        summary["mean_snr_db"] = 10 * math.log10(mean_snr(ch))
+        summary["mean_snr_db"] = mean_snr_db(ch)
         devices[device] = summary
     pooled = summarize(results=[res for rs in shared_results.values() for res in rs], clock=clock,
                        base_mean_snr=mean_snr(channel), snr_sweep_db=[])

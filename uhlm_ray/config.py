@@ -110,7 +110,7 @@ class MetricsConfig:
 class TrackingConfig:
     enabled: bool = True
     tracking_uri: str | None = None  # None: sqlite:///<project>/mlruns/mlflow.db with artifacts beside it
-    experiment: str = "uhlm-evaluate"
+    experiment: str | None = None  # None: the job's own, uhlm-<job> (uhlm-evaluate, uhlm-cell, uhlm-sweep, ...)
 
 
 BANDWIDTH_SHARING = ("equal",)

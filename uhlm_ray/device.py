@@ -25,7 +25,7 @@ from uhlm_ray.config import EvaluateConfig
 from uhlm_ray.payload import full_payload_bits
 from uhlm_ray.policies import SkipPolicy
 from uhlm_ray.records import NAN, RoundRecord
-from uhlm_ray.rng import Purpose, keyed_rng
+from uhlm_ray.rng import Purpose, SessionKey
 from uhlm_ray.uncertainty import (
     confidence_uncertainty,
     draw_temperatures,
@@ -34,7 +34,7 @@ from uhlm_ray.uncertainty import (
     temperature_perturbation,
 )
 from uhlm_ray.validation import ConfigError
-from uhlm_ray.verifier import SessionKey, VerifyRequest, VerifyResult
+from uhlm_ray.verifier import VerifyRequest, VerifyResult
 from uhlm_ray.verify import rejection_probability, sample_inverse_cdf
 
 PerturbedLogits = Callable[[np.random.Generator], torch.Tensor]  # rng -> [K, V] logits of K perturbed passes
@@ -77,8 +77,7 @@ def measure_uncertainty(
 
 
 def keyed_uniform(*, key: SessionKey, round_index: int, purpose: Purpose) -> torch.Tensor:
-    rng = keyed_rng(seed=key.seed, device=key.device, prompt=key.prompt, round_index=round_index, purpose=purpose)
-    return torch.tensor([rng.random()])
+    return torch.tensor([key.rng(round_index=round_index, purpose=purpose).random()])
 
 
 @dataclass
@@ -139,17 +138,13 @@ class DeviceDecoder:
         # u(t) is recorded for every method (Fig. 3 and 5 need it) but is on the clocks only for policies using it
         start = time.perf_counter()
         u = measure_uncertainty(logits=logits, probs=x, draft=draft, cfg=self.cfg,
-                                rng=self._rng(t, Purpose.TEMPERATURES), perturbed=perturbed)
+                                rng=key.rng(round_index=t, purpose=Purpose.TEMPERATURES), perturbed=perturbed)
         spent = time.perf_counter() - start
         tau_u, eval_s = (spent, 0.0) if self.policy.needs_uncertainty else (0.0, spent)
-        sent = self.policy.should_send(uncertainty=u, rng=self._rng(t, Purpose.POLICY))
-        gain = draw_fading_gain(rng=self._rng(t, Purpose.FADING), fading=self.cfg.channel.fading)
+        sent = self.policy.should_send(uncertainty=u, rng=key.rng(round_index=t, purpose=Purpose.POLICY))
+        gain = draw_fading_gain(rng=key.rng(round_index=t, purpose=Purpose.FADING), fading=self.cfg.channel.fading)
         return Draft(round_index=t, draft=draft, probs=x, uncertainty=u, sent=sent, fading_gain=gain,
                      snr=self.mean_snr * gain, tau_slm_s=tau_slm_s, tau_uncertainty_s=tau_u, eval_s=eval_s)
-
-    def _rng(self, round_index: int, purpose: Purpose) -> np.random.Generator:
-        return keyed_rng(seed=self.key.seed, device=self.key.device, prompt=self.key.prompt,
-                         round_index=round_index, purpose=purpose)
 
     def request(self, *, session_id: str, draft: Draft) -> VerifyRequest:
         """Step 2's upload: the draft, x, and the response tokens the LLM has not seen yet."""

@@ -88,19 +88,22 @@ def run_method(
     send_prob: float | None = None,
     on_prompt: Callable[[PromptResult], None] | None = None,
     prefills: PrefillStore | None = None,
+    stored: dict[tuple[int, int], PromptResult] | None = None,
 ) -> list[PromptResult]:
-    """Decode every example with one method, skipping those the store already holds."""
-    done = store.load(method) if store is not None and cfg.resume else {}
+    """Decode every example with one method, skipping those the store already holds (`stored`: the caller's
+    `store.load(method)`, when it has read it already)."""
+    if stored is None:
+        stored = store.load(method) if store is not None and cfg.resume else {}
     policy = make_policy(method=method, cfg=cfg, send_prob=send_prob)
     results = []
     for index, example in enumerate(examples):
-        if (0, index) in done:
-            result = done[(0, index)]
+        if (0, index) in stored:
+            result = stored[(0, index)]
         else:
             prompt_ids = chat_prompt_ids(tokenizer=pair.tokenizer, prompt=example.prompt)
             paraphrase_ids = paraphrase_prompt_ids(
-                tokenizer=pair.tokenizer, prompt=example.prompt, cfg=cfg, seed=cfg.decode.seed, prompt_index=index,
-            ) if cfg.uncertainty.measure == "prompt_perturbation" and method != "llm" else None
+                tokenizer=pair.tokenizer, prompt=example.prompt, cfg=cfg, prompt_index=index,
+            ) if method != "llm" else None  # the LLM alone measures no uncertainty
             tokens, records, stop_reason, prefill_s = decode_prompt(
                 pair=pair, prompt_ids=prompt_ids, prompt_index=index, method=method, cfg=cfg, policy=policy,
                 prefills=prefills, paraphrase_ids=paraphrase_ids,
@@ -121,6 +124,13 @@ def run_method(
     return results
 
 
+def matched_send_prob(*, method: str, cfg: EvaluateConfig, results: dict[str, list[PromptResult]]) -> float | None:
+    """Rand-HLM's send probability when it is not configured: the TR U-HLM measured in the same run."""
+    if method == "rand_hlm" and cfg.policy.send_prob is None and "u_hlm" in results:
+        return transmission_rate(results["u_hlm"])
+    return None
+
+
 def evaluate_methods(
     *,
     pair: ModelPair,
@@ -133,9 +143,7 @@ def evaluate_methods(
     results: dict[str, list[PromptResult]] = {}
     prefills = PrefillStore()  # every method decodes the same prompts: prefill each once per model
     for method in ordered_methods(cfg.methods):
-        send_prob = None
-        if method == "rand_hlm" and cfg.policy.send_prob is None and "u_hlm" in results:
-            send_prob = transmission_rate(results["u_hlm"])
+        send_prob = matched_send_prob(method=method, cfg=cfg, results=results)
         results[method] = run_method(
             pair=pair, examples=examples, method=method, cfg=cfg, encoder=encoder, store=store,
             send_prob=send_prob, on_prompt=on_prompt, prefills=prefills,

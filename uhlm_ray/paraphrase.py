@@ -121,12 +121,15 @@ def paraphrases(*, prompt: str, k: int, rate: float, rng: np.random.Generator, w
     return out
 
 
-def paraphrase_prompt_ids(*, tokenizer, prompt: str, cfg, seed: int, prompt_index: int) -> list[list[int]]:
-    """The K paraphrases of a prompt in the chat template, drawn with the prompt's own keyed generator."""
+def paraphrase_prompt_ids(*, tokenizer, prompt: str, cfg, prompt_index: int) -> list[list[int]] | None:
+    """The K paraphrases of a prompt in the chat template, drawn with the prompt's own keyed generator; None when
+    the configured uncertainty measure is not prompt perturbation (nothing to paraphrase for)."""
     from uhlm_ray.decode import chat_prompt_ids
     from uhlm_ray.rng import Purpose, keyed_rng
 
-    rng = keyed_rng(seed=seed, prompt=prompt_index, round_index=0, purpose=Purpose.PARAPHRASE)
+    if cfg.uncertainty.measure != "prompt_perturbation":
+        return None
+    rng = keyed_rng(seed=cfg.decode.seed, prompt=prompt_index, round_index=0, purpose=Purpose.PARAPHRASE)
     texts = paraphrases(prompt=prompt, k=cfg.uncertainty.k, rate=cfg.uncertainty.substitution_rate, rng=rng,
                         wordnet=load_wordnet(cfg.uncertainty.wordnet_dir))
     return [chat_prompt_ids(tokenizer=tokenizer, prompt=text) for text in texts]

@@ -9,6 +9,7 @@ draws of another.
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -30,3 +31,16 @@ class Purpose(enum.IntEnum):
 def keyed_rng(*, seed: int, device: int = 0, prompt: int, round_index: int, purpose: Purpose) -> np.random.Generator:
     """A Generator determined by (seed, device, prompt, round, purpose) alone."""
     return np.random.default_rng(np.random.SeedSequence([seed, device, prompt, round_index, int(purpose)]))
+
+
+@dataclass(frozen=True)
+class SessionKey:
+    """What keys a decoding session's draws; the device and the verifier share it."""
+
+    seed: int
+    device: int
+    prompt: int
+
+    def rng(self, *, round_index: int, purpose: Purpose) -> np.random.Generator:
+        return keyed_rng(seed=self.seed, device=self.device, prompt=self.prompt, round_index=round_index,
+                         purpose=purpose)

@@ -38,7 +38,7 @@ from omegaconf import OmegaConf
 from uhlm_ray.channel import linear_to_db, mean_snr, uplink_seconds
 from uhlm_ray.config import METHODS, ChannelConfig, EvaluateConfig, load_config
 from uhlm_ray.datasets import Example
-from uhlm_ray.evaluate import ResultStore, ordered_methods, run_method, summarize_methods, transmission_rate
+from uhlm_ray.evaluate import ResultStore, matched_send_prob, ordered_methods, run_method, summarize_methods
 from uhlm_ray.models.loading import ModelPair
 from uhlm_ray.models.session import PrefillStore
 from uhlm_ray.records import PromptResult
@@ -175,17 +175,14 @@ def evaluate_trial(
     results: dict[str, list[PromptResult]] = {}
     decoded = reused = 0
     for method in ordered_methods(cfg.methods):
-        send_prob = None
-        if method == "rand_hlm" and cfg.policy.send_prob is None and "u_hlm" in results:
-            send_prob = transmission_rate(results["u_hlm"])
-        key = method_key(cfg=cfg, method=method, send_prob=send_prob if method == "rand_hlm" else None)
-        store = ResultStore(shared_dir / f"{method}-{key}")
-        before = len(store.load(method))
-        trial_cfg = dataclasses.replace(cfg, resume=True)
-        method_results = run_method(pair=pair, examples=examples, method=method, cfg=trial_cfg, encoder=encoder,
-                                    store=store, send_prob=send_prob, prefills=prefills)
-        reused += min(before, len(examples))
-        decoded += len(examples) - min(before, len(examples))
+        send_prob = matched_send_prob(method=method, cfg=cfg, results=results)
+        store = ResultStore(shared_dir / f"{method}-{method_key(cfg=cfg, method=method, send_prob=send_prob)}")
+        stored = store.load(method)
+        found = sum((0, index) in stored for index in range(len(examples)))
+        method_results = run_method(pair=pair, examples=examples, method=method, cfg=cfg, encoder=encoder,
+                                    store=store, send_prob=send_prob, prefills=prefills, stored=stored)
+        reused += found
+        decoded += len(examples) - found
         results[method] = rechannel(results=method_results, channel=cfg.channel)
     summaries = summarize_methods(results=results, cfg=cfg)
     if "u_hlm" in results:  # Theorem 1's risk for this trial's threshold, beside the measured rejection risk

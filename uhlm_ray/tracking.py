@@ -37,7 +37,12 @@ def artifact_location(tracking_uri: str) -> str | None:
     return None
 
 
-def setup_experiment(cfg: TrackingConfig) -> str:
+def experiment_name(cfg: TrackingConfig, *, job: str) -> str:
+    """`tracking.experiment`, or the job's own experiment: each job keeps its runs apart by default."""
+    return cfg.experiment or f"uhlm-{job}"
+
+
+def setup_experiment(cfg: TrackingConfig, *, job: str) -> str:
     """Point MLflow at the store and return the experiment id, creating the experiment if needed."""
     import mlflow
 
@@ -45,10 +50,11 @@ def setup_experiment(cfg: TrackingConfig) -> str:
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
-    existing = mlflow.get_experiment_by_name(cfg.experiment)
+    name = experiment_name(cfg, job=job)
+    existing = mlflow.get_experiment_by_name(name)
     if existing is not None:
         return existing.experiment_id
-    return mlflow.create_experiment(cfg.experiment, artifact_location=artifact_location(uri))
+    return mlflow.create_experiment(name, artifact_location=artifact_location(uri))
 
 
 def flat_params(cfg: object) -> dict[str, str]:
@@ -75,14 +81,19 @@ def finite_metrics(values: dict) -> dict[str, float]:
     return out
 
 
+def write_records_parquet(*, results: list, path: Path) -> Path:
+    """Every round of these PromptResults as one Parquet table (a row per RoundRecord, plus its device)."""
+    import pandas as pd
+
+    pd.DataFrame([{**r.to_dict(), "device_index": res.device_index}
+                  for res in results for r in res.records]).to_parquet(path)
+    return path
+
+
 def log_prompt_results(*, results: list, folder: Path, name: str) -> None:
     """Into the active run: per-round records as Parquet (records/) and the stored responses (responses/)."""
     import mlflow
-    import pandas as pd
 
-    records = pd.DataFrame([{**r.to_dict(), "device_index": res.device_index}
-                            for res in results for r in res.records])
-    records_path = folder / f"{name}_records.parquet"
-    records.to_parquet(records_path)
+    records_path = write_records_parquet(results=results, path=folder / f"{name}_records.parquet")
     mlflow.log_artifact(str(records_path), "records")
     mlflow.log_artifact(str(folder / f"{name}.jsonl"), "responses")

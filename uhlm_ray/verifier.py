@@ -19,7 +19,7 @@ import torch
 
 from uhlm_ray.models.loading import LoadedModel
 from uhlm_ray.models.session import CausalSession, PrefillStore, forward_sessions
-from uhlm_ray.rng import Purpose, keyed_rng
+from uhlm_ray.rng import Purpose, SessionKey
 from uhlm_ray.verify import verify_draft
 
 
@@ -28,15 +28,6 @@ class SessionError(KeyError):
 
     def __str__(self) -> str:  # KeyError quotes its message otherwise
         return str(self.args[0])
-
-
-@dataclass(frozen=True)
-class SessionKey:
-    """What keys a session's random draws; the device side uses the same key."""
-
-    seed: int
-    device: int
-    prompt: int
 
 
 @dataclass
@@ -65,9 +56,8 @@ class VerifyResult:
 
 def uniforms(*, key: SessionKey, round_index: int) -> tuple[float, float]:
     """The accept-test and resampling uniforms of a round."""
-    draws = [keyed_rng(seed=key.seed, device=key.device, prompt=key.prompt, round_index=round_index,
-                       purpose=p).random() for p in (Purpose.ACCEPT, Purpose.RESAMPLE)]
-    return draws[0], draws[1]
+    return (key.rng(round_index=round_index, purpose=Purpose.ACCEPT).random(),
+            key.rng(round_index=round_index, purpose=Purpose.RESAMPLE).random())
 
 
 class Verifier:

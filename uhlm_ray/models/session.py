@@ -79,7 +79,6 @@ class CausalSession:
         self.processed = 0  # tokens in the KV cache
         self._last_token = prompt_ids[-1]  # the most recently processed token
         self.pending_probs: list[float] = []  # with score=True: the model's probability of each caught-up token
-        self.timing = StepTiming()
         shared = prefills.get(model=self._model, prompt_ids=prompt_ids) if prefills is not None else None
         if shared is not None:
             self._cache = copy.deepcopy(shared.cache)

@@ -20,8 +20,8 @@ from uhlm_ray.channel import mean_snr
 from uhlm_ray.config import config_from_dict
 from uhlm_ray.decode import DeviceJob, chat_prompt_ids, decode_lockstep, make_policy
 from uhlm_ray.models.loading import load_model, resolve_dtype
+from uhlm_ray.models.prefix_cache import prefix_cache
 from uhlm_ray.models.presets import resolve_pair
-from uhlm_ray.models.session import PrefillStore
 from uhlm_ray.paraphrase import paraphrase_prompt_ids
 from uhlm_ray.records import PromptResult
 from uhlm_ray.validation import ConfigError
@@ -61,7 +61,7 @@ class DeviceActor:
                               f"the verifier's LLM {info['vocab_size']}")
         self.eos_token_ids = self.slm.eos_token_ids | frozenset(info["eos_token_ids"])
         self.policy = make_policy(method=self.cfg.cell.method, cfg=self.cfg)
-        self.prefills = PrefillStore()
+        self.prefixes = prefix_cache(self.cfg.runtime)  # prompt prefills of the prompts this actor meets again
 
     def pid(self) -> int:
         return os.getpid()
@@ -81,7 +81,7 @@ class DeviceActor:
             for a, ids in zip(assignments, prompt_ids, strict=True)
         ]
         outcomes = decode_lockstep(slm=self.slm, verifier=self.client, jobs=jobs, cfg=cfg,
-                                   eos_token_ids=self.eos_token_ids, prefills=self.prefills)
+                                   eos_token_ids=self.eos_token_ids, prefixes=self.prefixes)
         return [
             PromptResult(
                 method=cfg.cell.method, prompt_index=a.prompt_index, example_id=a.example_id,

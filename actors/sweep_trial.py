@@ -23,7 +23,7 @@ from ray import tune
 from uhlm_ray.config import ModelConfig
 from uhlm_ray.datasets import load_examples
 from uhlm_ray.models import load_pair
-from uhlm_ray.models.session import PrefillStore
+from uhlm_ray.models.prefix_cache import PrefixCache, prefix_cache
 from uhlm_ray.similarity import load_encoder
 from uhlm_ray.sweep import Objective, SearchSpace, evaluate_trial, trial_config
 from uhlm_ray.tracking import finite_metrics, flat_params, write_records_parquet
@@ -42,7 +42,7 @@ def _encoder(name: str):
     return load_encoder(name)
 
 
-_PREFILLS: dict[str, PrefillStore] = {}
+_PREFIXES: dict[str, PrefixCache | None] = {}  # per model, kept across the trials a worker process runs
 
 
 def trial_key(params: dict) -> str:
@@ -59,9 +59,13 @@ def run_trial(config: dict, sweep: dict) -> None:
     cfg = trial_config(base_overrides=sweep["overrides"], space=space, params=params)
     pair = _pair(json.dumps(dataclasses.asdict(cfg.model), sort_keys=True))
     encoder = _encoder(cfg.metrics.encoder)
-    prefills = _PREFILLS.setdefault(json.dumps(dataclasses.asdict(cfg.model), sort_keys=True), PrefillStore())
+    shared_dir = Path(sweep["shared_dir"])
+    model_key = json.dumps(dataclasses.asdict(cfg.model), sort_keys=True)
+    if model_key not in _PREFIXES:  # forward passes shared with the sweep's other trials, in any worker process
+        _PREFIXES[model_key] = prefix_cache(cfg.runtime, directory=shared_dir / "prefixes")
+    prefixes = _PREFIXES[model_key]
     outcome = evaluate_trial(pair=pair, examples=load_examples(cfg.data), cfg=cfg, encoder=encoder,
-                             shared_dir=Path(sweep["shared_dir"]), prefills=prefills)
+                             shared_dir=shared_dir, prefixes=prefixes)
 
     metrics = {f"{m}.{k}": v for m, s in outcome.summaries.items() for k, v in s.items()}
     metrics = finite_metrics(metrics)
@@ -74,15 +78,22 @@ def run_trial(config: dict, sweep: dict) -> None:
         [sweep["experiment_id"]],
         filter_string=f"tags.sweep_run_id = '{sweep['parent_run_id']}' and tags.trial_key = '{key}'",
     )
+    if existing and existing[0].info.status == "FINISHED":
+        # Tune reran a trial whose report the interruption lost: its run is complete, log nothing twice
+        tune.report({**metrics, "mlflow_run_id": existing[0].info.run_id, "trial_key": key})
+        return
     if existing:
-        run_id = existing[0].info.run_id  # a restored trial: update its run instead of adding one
+        run_id = existing[0].info.run_id  # a trial interrupted while logging: complete its run, add none
     else:
         run = client.create_run(sweep["experiment_id"], run_name=f"trial-{key}", tags={
             "mlflow.parentRunId": sweep["parent_run_id"], "sweep_run_id": sweep["parent_run_id"],
             "trial_key": key, "sweep": space.name})
         run_id = run.info.run_id
-        for name, value in {**flat_params(cfg), **{f"trial.{k}": str(v) for k, v in params.items()}}.items():
-            client.log_param(run_id, name, value)
+    # params are logged again on a completed run (MLflow accepts a param re-logged with its value)
+    trial_params = {**flat_params(cfg), **{f"trial.{k}": str(v) for k, v in params.items()}}
+    items = [mlflow.entities.Param(k, str(v)) for k, v in trial_params.items()]
+    for i in range(0, len(items), 100):  # MLflow's limit per batch
+        client.log_batch(run_id, params=items[i:i + 100])
     now = int(time.time() * 1000)
     client.log_batch(run_id, metrics=[mlflow.entities.Metric(k, v, now, 0) for k, v in metrics.items()])
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,10 +1,17 @@
-"""How much a sweep saves by sharing decoded work between trials (uhlm_ray.sweep), on the embedded pair.
+"""How much a sweep saves by sharing work between trials (uhlm_ray.sweep, models/prefix_cache.py), embedded pair.
 
     .venv/bin/python bench/sweep_sharing.py [--thresholds 0.1,0.3,0.431,0.6,0.8] [overrides...]
 
-Runs the same threshold sweep's trials in one process twice: each trial with its own empty store (no sharing, what
-ten independent evaluate runs cost) and all trials on one shared store. Prints the wall time of each, the (method,
-prompt) decodes each did, and the ratio, measured in the same run.
+Runs the same threshold sweep's trials in one process three times, measured in the same run:
+
+- independent: each trial with its own result store and its own prefix cache (what separate evaluate runs cost;
+  within a run the methods still share their passes, as the evaluate job does),
+- shared store: (method, prompt) results shared by trials whose settings make them identical (uhlm_ray.sweep),
+- shared store + prefixes: also every forward pass that trials share (same model, tokens and chunks), through a
+  prefix cache in a folder as the sweep's worker processes use it.
+
+Prints the wall time, the (method, prompt) decodes, the forward passes computed and replayed, and the ratio to the
+independent run; the three must produce the same tokens, which is checked.
 """
 
 from __future__ import annotations
@@ -17,9 +24,11 @@ from pathlib import Path
 
 from uhlm_ray.datasets import load_examples
 from uhlm_ray.models import load_pair
-from uhlm_ray.models.session import PrefillStore
+from uhlm_ray.models.prefix_cache import PrefixCache
 from uhlm_ray.similarity import timing_only_encoder
 from uhlm_ray.sweep import SearchSpace, evaluate_trial, trial_config
+
+MODES = ("independent", "shared store", "shared store + prefixes")
 
 
 def main(argv: list[str]) -> int:
@@ -33,26 +42,37 @@ def main(argv: list[str]) -> int:
     cfgs = [trial_config(base_overrides=args.overrides, space=space, params={"policy.u_th": t}) for t in thresholds]
     pair = load_pair(cfgs[0].model)
     examples = load_examples(cfgs[0].data)
-    rows = {}
-    for mode in ("independent", "shared"):
+    rows, tokens = {}, {}
+    for mode in MODES:
         with tempfile.TemporaryDirectory() as tmp:
-            start, decoded = time.perf_counter(), 0
+            start, decoded, computed, replayed, outputs = time.perf_counter(), 0, 0, 0, []
+            shared_cache = PrefixCache(directory=Path(tmp) / "prefixes")
             for i, cfg in enumerate(cfgs):
                 shared_dir = Path(tmp) / (f"trial{i}" if mode == "independent" else "shared")
-                # prompt prefills are not shared between independent runs either
-                prefills = PrefillStore()
+                prefixes = shared_cache if mode == "shared store + prefixes" else PrefixCache()
                 outcome = evaluate_trial(pair=pair, examples=examples, cfg=cfg, encoder=timing_only_encoder,
-                                         shared_dir=shared_dir, prefills=prefills)
+                                         shared_dir=shared_dir, prefixes=prefixes)
                 decoded += outcome.decoded_prompts
-            rows[mode] = (time.perf_counter() - start, decoded)
+                if prefixes is not shared_cache:
+                    computed, replayed = computed + prefixes.misses, replayed + prefixes.hits
+                outputs.append({m: [r.tokens for r in rs] for m, rs in outcome.results.items()})
+            if mode == "shared store + prefixes":
+                computed, replayed = shared_cache.misses, shared_cache.hits
+            disk_mb = sum(f.stat().st_size for f in (Path(tmp) / "prefixes").glob("*")) / 2**20
+            rows[mode] = (time.perf_counter() - start, decoded, computed, replayed, disk_mb)
+            tokens[mode] = outputs
         print(f"[bench] {mode}: {rows[mode][0]:.1f} s", flush=True)
+    same = all(tokens[m] == tokens["independent"] for m in MODES)
     print(f"\n{len(thresholds)} thresholds x {len(cfgs[0].methods)} methods, {len(examples)} prompts x "
-          f"{cfgs[0].decode.max_new_tokens} tokens")
-    print("| trials run | wall s | (method, prompt) decodes | wall vs independent |")
-    print("|---|---:|---:|---:|")
-    for mode, (seconds, decoded) in rows.items():
-        print(f"| {mode} | {seconds:.1f} | {decoded} | {seconds / rows['independent'][0]:.2f} |")
-    return 0
+          f"{cfgs[0].decode.max_new_tokens} tokens; same tokens in every mode: {same}")
+    print("| trials run | wall s | (method, prompt) decodes | passes computed | passes replayed | cache on disk MiB "
+          "| wall vs independent |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    base = rows["independent"][0]
+    for mode, (seconds, decoded, computed, replayed, disk_mb) in rows.items():
+        print(f"| {mode} | {seconds:.1f} | {decoded} | {computed} | {replayed} | {disk_mb:.0f} "
+              f"| {seconds / base:.2f} |")
+    return 0 if same else 1
 
 
 if __name__ == "__main__":

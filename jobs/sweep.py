@@ -54,6 +54,14 @@ def param_space(space: SearchSpace) -> dict:
     return {key: make[kind](values) for key, spec in space.params.items() for kind, values in spec.items()}
 
 
+def expected_trials(space: SearchSpace) -> int:
+    """Trials a complete sweep runs: every grid point num_samples times (other searches: num_samples)."""
+    points = 1
+    for spec in space.params.values():
+        points *= len(spec["grid"]) if "grid" in spec else 1
+    return points * space.num_samples
+
+
 def search_alg(space: SearchSpace):
     if space.search != "optuna":
         return None
@@ -128,6 +136,11 @@ def main(argv: list[str]) -> int:
     trials = [r.metrics | {"params": dict(r.config or {})}
               for r in grid if r.metrics and r.error is None]
     errors = [str(r.error)[:300] for r in grid if r.error is not None]
+    if len(trials) + len(errors) < expected_trials(space):  # Ctrl-C / `ray job stop`: Tune saved its state
+        client.set_terminated(parent_id, status="KILLED")
+        print(f"[sweep] interrupted after {len(trials)} of {expected_trials(space)} trials; run the same command "
+              f"again to resume (parent run {parent_id}, files in {sweep_dir})", file=sys.stderr)
+        return 130
     report = frontier_report(trials=trials, space=space, folder=sweep_dir / "report")
     for path in sorted((sweep_dir / "report").iterdir()):
         client.log_artifact(parent_id, str(path), "frontier")

@@ -10,7 +10,7 @@ from scipy import stats
 from uhlm_ray.config import EvaluateConfig
 from uhlm_ray.decode import decode_prompt, make_policy
 from uhlm_ray.models import full_recompute_logits
-from uhlm_ray.models.session import PrefillStore
+from uhlm_ray.models.prefix_cache import PrefixCache
 
 PROMPT = [2, 3, 4, 5, 6]
 
@@ -23,10 +23,10 @@ def _cfg(**decode) -> EvaluateConfig:
     return cfg
 
 
-def _decode(pair, method, cfg, prompt_index=0, prefills=None):
+def _decode(pair, method, cfg, prompt_index=0, prefixes=None):
     policy = make_policy(method=method, cfg=cfg, send_prob=0.5 if method == "rand_hlm" else None)
     return decode_prompt(pair=pair, prompt_ids=PROMPT, prompt_index=prompt_index, method=method, cfg=cfg,
-                         policy=policy, prefills=prefills)
+                         policy=policy, prefixes=prefixes)
 
 
 @pytest.mark.parametrize("method", ["llm", "slm", "hlm", "rand_hlm", "u_hlm"])
@@ -85,11 +85,11 @@ def test_same_seed_same_tokens_and_keyed_by_prompt(tiny_pair):
 def test_hlm_first_token_is_distributed_as_the_llm(tiny_pair):
     """The loop wires x, d and y correctly: HLM's first token ~ y (chi-square, 3,000 seeds, alpha = 0.001)."""
     y = torch.softmax(full_recompute_logits(model=tiny_pair.llm, token_ids=PROMPT), -1).double().numpy()
-    prefills = PrefillStore()
+    prefixes = PrefixCache()
     draws = 3000
     counts = np.zeros(len(y))
     for seed in range(draws):
-        tokens, _, _, _ = _decode(tiny_pair, "hlm", _cfg(max_new_tokens=1, seed=seed), prefills=prefills)
+        tokens, _, _, _ = _decode(tiny_pair, "hlm", _cfg(max_new_tokens=1, seed=seed), prefixes=prefixes)
         counts[tokens[0]] += 1
     y = y / y.sum()
     keep = y * draws >= 5  # pool rare tokens so every chi-square cell has an expected count of at least 5

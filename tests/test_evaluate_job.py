@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from uhlm_ray.config import load_config
+from uhlm_ray.config import METHODS, load_config
 from uhlm_ray.datasets import load_examples
 from uhlm_ray.evaluate import ResultStore, evaluate_methods, format_table, summarize_methods
 from uhlm_ray.similarity import load_encoder
@@ -36,7 +36,7 @@ def test_job_prints_the_table_and_logs_one_run_per_method(tiny_pair_dirs, tmp_pa
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "average SNR -8.92 dB" in done.stdout
-    for label in ("| LLM |", "| SLM |", "| HLM |", "| Rand-HLM |", "| U-HLM |"):
+    for label in ("| LLM |", "| SLM |", "| HLM |", "| Rand-HLM |", "| U-HLM |", "| CU-HLM |"):
         assert label in done.stdout
 
     uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
@@ -45,9 +45,11 @@ def test_job_prints_the_table_and_logs_one_run_per_method(tiny_pair_dirs, tmp_pa
     runs = client.search_runs([experiment.experiment_id])
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert len(parents) == 1 and len(children) == 5
+    assert len(parents) == 1 and len(children) == len(METHODS)
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
-    assert {r.data.params["method"] for r in children} == {"llm", "slm", "hlm", "rand_hlm", "u_hlm"}
+    assert {r.data.params["method"] for r in children} == {"llm", "slm", "hlm", "rand_hlm", "u_hlm", "cu_hlm"}
+    cu = next(r for r in children if r.data.params["method"] == "cu_hlm")
+    assert 0.0 < cu.data.metrics["compression_rate"] < 1.0  # top-p uploads are truncated
     hlm = next(r for r in children if r.data.params["method"] == "hlm")
     assert hlm.data.metrics["transmission_rate"] == 1.0
     assert 0.0 <= hlm.data.metrics["accuracy"] <= 1.0

@@ -6,7 +6,7 @@ import torch
 from tests.conftest import WORDS, save_tiny_model
 from uhlm_ray.config import ModelConfig
 from uhlm_ray.models import CausalSession, full_recompute_logits, load_pair
-from uhlm_ray.models.session import PrefillStore
+from uhlm_ray.models.prefix_cache import PrefixCache
 from uhlm_ray.validation import ConfigError
 
 
@@ -38,9 +38,9 @@ def test_step_by_step_equals_full_recompute(tiny_pair):
 
 
 def test_shared_prefill_gives_the_same_logits(tiny_pair):
-    store = PrefillStore()
-    first = CausalSession(model=tiny_pair.llm, prompt_ids=[2, 3, 4], prefills=store)
-    second = CausalSession(model=tiny_pair.llm, prompt_ids=[2, 3, 4], prefills=store)
+    store = PrefixCache()
+    first = CausalSession(model=tiny_pair.llm, prompt_ids=[2, 3, 4], prefixes=store)
+    second = CausalSession(model=tiny_pair.llm, prompt_ids=[2, 3, 4], prefixes=store)
     assert second.prefill_s == first.prefill_s  # the measured cost of the one real prefill
     for session in (first, second):
         session.append(7)

@@ -6,7 +6,7 @@ The first run in a fresh cache assembles and converts both GGUF files (about 3-4
 import pytest
 import torch
 
-from uhlm_ray.config import EvaluateConfig
+from uhlm_ray.config import METHODS, EvaluateConfig
 from uhlm_ray.datasets import Example
 from uhlm_ray.evaluate import evaluate_methods, summarize_methods
 from uhlm_ray.models import CausalSession, full_recompute_logits
@@ -35,13 +35,13 @@ def test_catch_up_matches_full_recompute_on_the_real_llm(real_pair):
     assert 0.5 * (y_cached - y_full).abs().sum().item() < 0.05  # total variation, bf16 rounding only
 
 
-def test_all_five_methods_on_a_short_prompt(real_pair):
+def test_every_method_on_a_short_prompt(real_pair):
     cfg = EvaluateConfig()
     cfg.decode.max_new_tokens = 4
     cfg.metrics.encoder = "use"
     examples = [Example(id="t", prompt="What is 2 + 2? Answer with a number.", reference="2 + 2 = 4")]
     results = evaluate_methods(pair=real_pair, examples=examples, cfg=cfg, encoder=load_encoder("use"), store=None)
-    assert set(results) == {"llm", "slm", "hlm", "rand_hlm", "u_hlm"}
+    assert set(results) == set(METHODS)
     for method, (result,) in results.items():
         assert 1 <= len(result.tokens) <= 4 and len(result.records) == len(result.tokens)
         assert result.response.strip(), method
@@ -50,4 +50,7 @@ def test_all_five_methods_on_a_short_prompt(real_pair):
     assert all(r.sent and r.y_d == r.y_d for r in hlm)
     summaries = summarize_methods(results=results, cfg=cfg)
     assert summaries["hlm"]["transmission_rate"] == 1.0 and summaries["slm"]["transmission_rate"] == 0.0
+    # CU-HLM's sent rounds upload a top-p set, a small part of the real 151,936-token vocabulary
+    cu = [r for r in results["cu_hlm"][0].records if r.sent]
+    assert all(1 <= r.kept_tokens < real_pair.vocab_size and r.compression > 0.5 for r in cu)
     assert summaries["llm"]["tau_llm_ms"] > summaries["llm"]["tau_slm_ms"] > 0

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -38,7 +40,7 @@ def test_pareto_front_by_hand():
 
 
 def test_space_files_are_checked(tmp_path):
-    for name in ("default", "paper_grid", "snr_sweep", "tradeoff_search"):
+    for name in ("default", "paper_grid", "snr_sweep", "tradeoff_search", "cu_hlm", "channel_aware"):
         load_space(ROOT / "tune_spaces" / f"{name}.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text(SPACE.replace("policy.u_th", "policy.u_thresh"))
@@ -55,7 +57,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run_sweep(space: Path, tiny_pair_dirs, tmp_path: Path) -> subprocess.CompletedProcess:
+def _sweep_command(space: Path, tiny_pair_dirs, tmp_path: Path) -> tuple[list[str], dict[str, str]]:
     slm, llm = tiny_pair_dirs
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("MLFLOW_TRACKING_URI", None)
@@ -63,6 +65,11 @@ def _run_sweep(space: Path, tiny_pair_dirs, tmp_path: Path) -> subprocess.Comple
     cmd = [sys.executable, str(ROOT / "jobs" / "sweep.py"), str(space), "model.pair=custom", f"model.slm={slm}",
            f"model.llm={llm}", "model.dtype=float32", f"tracking.tracking_uri=sqlite:///{tmp_path}/mlruns/mlflow.db",
            f"output_dir={tmp_path}/out/evaluate"]
+    return cmd, env
+
+
+def _run_sweep(space: Path, tiny_pair_dirs, tmp_path: Path) -> subprocess.CompletedProcess:
+    cmd, env = _sweep_command(space, tiny_pair_dirs, tmp_path)
     return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
 
 
@@ -166,3 +173,53 @@ def test_rechannel_equals_decoding_at_that_channel(tiny_pair):
     assert method_key(cfg=other, method="u_hlm", send_prob=None) != method_key(cfg=cfg0, method="u_hlm",
                                                                                   send_prob=None)
     assert method_key(cfg=other, method="llm", send_prob=None) == method_key(cfg=cfg0, method="llm", send_prob=None)
+
+
+def test_sweep_interrupted_mid_run_resumes_without_losing_or_duplicating_runs(tiny_pair_dirs, tmp_path):
+    """Ctrl-C while trials are running, then the same command: every trial has exactly one finished child run,
+    the runs finished before the interruption are kept (same run ids), and no (method, prompt) is decoded twice."""
+    from mlflow.tracking import MlflowClient
+
+    space = tmp_path / "tiny.yaml"
+    space.write_text(SPACE.replace("policy.u_th: {grid: [0.2, 0.6]}", "policy.u_th: {grid: [0.1, 0.3, 0.5, 0.7]}")
+                     .replace("decode.max_new_tokens: 6", "decode.max_new_tokens: 24"))
+    cmd, env = _sweep_command(space, tiny_pair_dirs, tmp_path)
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    log = (tmp_path / "first.log").open("w")
+    first = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
+
+    def finished_children() -> list:
+        experiment = client.get_experiment_by_name("uhlm-sweep") if (tmp_path / "mlruns").exists() else None
+        if experiment is None:
+            return []
+        return [r for r in client.search_runs([experiment.experiment_id])
+                if "mlflow.parentRunId" in r.data.tags and r.info.status == "FINISHED"]
+
+    deadline = time.time() + 600
+    while not finished_children() and first.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    first.send_signal(signal.SIGINT)  # what Ctrl-C does to the driver
+    assert first.wait(timeout=300) == 130, (tmp_path / "first.log").read_text()[-3000:]
+    before = {r.data.tags["trial_key"]: r.info.run_id for r in finished_children()}
+    assert 1 <= len(before) < 4, "the interruption came after the sweep finished: nothing was tested"
+    assert "run the same command again to resume" in (tmp_path / "first.log").read_text()
+
+    again = _run_sweep(space, tiny_pair_dirs, tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming 'tiny'" in again.stdout
+    experiment = client.get_experiment_by_name("uhlm-sweep")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == 4 and len({c.data.tags["trial_key"] for c in children}) == 4
+    assert all(c.info.status == "FINISHED" and "u_hlm.accuracy" in c.data.metrics for c in children)
+    assert all(before[c.data.tags["trial_key"]] == c.info.run_id for c in children if c.data.tags["trial_key"]
+               in before)
+    assert sorted(c.data.params["trial.policy.u_th"] for c in children) == ["0.1", "0.3", "0.5", "0.7"]
+    # the shared store holds each (method, prompt) once, across the interruption
+    stores = list((tmp_path / "out" / "sweeps").glob("tiny-*/shared/*/*.jsonl"))
+    assert len(stores) >= 2 + 4  # LLM and HLM once, U-HLM once per threshold, Rand-HLM per matched rate
+    for store in stores:
+        indices = [json.loads(line)["prompt_index"] for line in store.read_text().splitlines() if line.strip()]
+        assert sorted(indices) == [0, 1], store

@@ -15,10 +15,11 @@ from omegaconf.errors import OmegaConfBaseException
 
 from uhlm_ray.validation import ConfigError, check_choice, check_range
 
-METHODS = ("llm", "slm", "hlm", "rand_hlm", "u_hlm")
+METHODS = ("llm", "slm", "hlm", "rand_hlm", "u_hlm", "cu_hlm")
 UNCERTAINTY_MEASURES = ("temperature", "entropy", "confidence", "mc_dropout", "prompt_perturbation")
 DATASET_NAMES = ("builtin", "alpaca", "qed", "creak", "strategyqa")
 FADING_MODELS = ("rayleigh", "none")
+TRUNCATIONS = ("none", "top_k", "top_p")
 
 
 @dataclass
@@ -52,6 +53,26 @@ class PolicyConfig:
     # Rand-HLM's send probability; None matches the transmission rate U-HLM measured in the same run (a fair
     # comparison at equal uplink use), or 0.5 when U-HLM is not run.
     send_prob: float | None = None
+    # Channel-aware thresholds (U-HLM and CU-HLM; uhlm_ray.policies.ChannelAwareThreshold): the round's threshold
+    # rises when its upload would take longer than at the average SNR, priced by the fit beta = fit_a u + fit_b
+    # (Theorem 1; the paper's values by default, jobs/reproduce.py reports the embedded pair's).
+    channel_aware: bool = False
+    fit_a: float = 0.82
+    fit_b: float = -0.06
+
+
+@dataclass
+class CuHlmConfig:
+    """CU-HLM (the follow-up paper): skip on a cheap uncertainty, upload a truncated distribution."""
+
+    measure: str = "entropy"  # entropy | confidence (uhlm_ray.uncertainty), computed from x, no extra pass
+    u_th: float = 0.05  # skip when u <= u_th (normalised entropy: H(x) / log |V|)
+    truncation: str = "top_p"  # none | top_k | top_p (uhlm_ray.payload)
+    top_k: int = 64
+    top_p: float = 0.95  # adds at most 1 - top_p to a round's rejection probability (docs/cu_hlm_thresholds.md)
+    # expected rejection risk per token allowed on skipped tokens: runs report the threshold that meets it
+    # (uhlm_ray.cu_theory.threshold_for_budget on their own records)
+    risk_budget: float = 0.05
 
 
 @dataclass
@@ -69,6 +90,8 @@ class ChannelConfig:
 class PayloadConfig:
     prob_bits: int = 32  # b_prob: 32 (full precision) or 16 (half precision)
     include_draft_index: bool = True
+    # the ids of tokens drafted in skipped rounds ride with the next upload (the papers neglect this sync cost)
+    sync_token_ids: bool = True
 
 
 @dataclass
@@ -87,7 +110,7 @@ class DecodeConfig:
     seed: int = 0
     # Methods whose skipped rounds the LLM also scores (time kept off both clocks), so that TSR and the rejection
     # risk are measured. HLM needs none (it sends everything); adding "slm" costs an LLM forward per token.
-    evaluation_methods: list[str] = field(default_factory=lambda: ["rand_hlm", "u_hlm"])
+    evaluation_methods: list[str] = field(default_factory=lambda: ["rand_hlm", "u_hlm", "cu_hlm"])
 
 
 @dataclass
@@ -114,7 +137,7 @@ class TrackingConfig:
 
 
 BANDWIDTH_SHARING = ("equal",)
-CELL_METHODS = ("slm", "hlm", "rand_hlm", "u_hlm")
+CELL_METHODS = ("slm", "hlm", "rand_hlm", "u_hlm", "cu_hlm")
 
 
 @dataclass
@@ -136,7 +159,7 @@ class CellConfig:
 
 @dataclass
 class RuntimeConfig:
-    """Ray and Ray Serve settings of the distributed runtime (actors/)."""
+    """Ray and Ray Serve settings of the distributed runtime (actors/), and how forward passes are shared."""
 
     address: str | None = None  # None: $RAY_ADDRESS (set by `ray job submit`), else a new local Ray
     device_actor_num_cpus: float = 1.0
@@ -151,6 +174,11 @@ class RuntimeConfig:
     http_host: str = "127.0.0.1"  # the verifier's HTTP route; loopback unless you mean to expose it
     http_port: int = 8000
     actor_max_restarts: int = 3
+    # forward passes of the same model over the same tokens in the same chunks are computed once and replayed,
+    # with their measured time (models/prefix_cache.py): a sweep's trials share them through files; results and
+    # clocks are the same either way, off costs only time
+    share_prefixes: bool = True
+    prefix_cache_mb: float = 1024.0  # in-memory bound per process (least recently used out)
 
 
 @dataclass
@@ -171,6 +199,7 @@ class EvaluateConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     uncertainty: UncertaintyConfig = field(default_factory=UncertaintyConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
+    cu_hlm: CuHlmConfig = field(default_factory=CuHlmConfig)
     channel: ChannelConfig = field(default_factory=ChannelConfig)
     payload: PayloadConfig = field(default_factory=PayloadConfig)
     clock: ClockConfig = field(default_factory=ClockConfig)
@@ -217,6 +246,13 @@ def validate_config(cfg: EvaluateConfig) -> None:
     if cfg.policy.send_prob is not None:
         check_range(cfg.policy.send_prob, field="policy.send_prob", low=0.0, high=1.0)
     check_choice(str(cfg.payload.prob_bits), field="payload.prob_bits", allowed=("16", "32"))
+    check_range(cfg.policy.fit_a, field="policy.fit_a", low=0.0, low_open=True)
+    check_choice(cfg.cu_hlm.measure, field="cu_hlm.measure", allowed=("entropy", "confidence"))
+    check_range(cfg.cu_hlm.u_th, field="cu_hlm.u_th", low=0.0, high=1.0)
+    check_range(cfg.cu_hlm.risk_budget, field="cu_hlm.risk_budget", low=0.0, high=1.0)
+    check_choice(cfg.cu_hlm.truncation, field="cu_hlm.truncation", allowed=TRUNCATIONS)
+    check_range(cfg.cu_hlm.top_k, field="cu_hlm.top_k", low=1)
+    check_range(cfg.cu_hlm.top_p, field="cu_hlm.top_p", low=0.0, high=1.0, low_open=True)
     check_range(cfg.decode.max_new_tokens, field="decode.max_new_tokens", low=1)
     if cfg.data.n_prompts is not None:
         check_range(cfg.data.n_prompts, field="data.n_prompts", low=1)
@@ -263,6 +299,7 @@ def validate_cell(cfg: EvaluateConfig) -> None:
     check_range(runtime.max_sessions, field="runtime.max_sessions", low=1)
     check_range(runtime.http_port, field="runtime.http_port", low=1, high=65535)
     check_range(runtime.actor_max_restarts, field="runtime.actor_max_restarts", low=-1)
+    check_range(runtime.prefix_cache_mb, field="runtime.prefix_cache_mb", low=0.0)
     check_choice(runtime.verifier_device, field="runtime.verifier_device", allowed=("auto", "cpu", "cuda"))
 
 

@@ -18,10 +18,19 @@ import torch
 
 from uhlm_ray.channel import mean_snr
 from uhlm_ray.config import METHODS, EvaluateConfig
-from uhlm_ray.device import DeviceDecoder, PerturbedLogits, keyed_uniform
+from uhlm_ray.device import DeviceDecoder, PerturbedLogits, keyed_uniform, method_measure
 from uhlm_ray.models.loading import LoadedModel, ModelPair
-from uhlm_ray.models.session import CausalSession, PrefillStore, forward_sessions, mc_dropout_logits
-from uhlm_ray.policies import AlwaysSend, NeverSend, RandomSend, SkipPolicy, UncertaintyThreshold
+from uhlm_ray.models.prefix_cache import PrefixCache
+from uhlm_ray.models.session import CausalSession, forward_sessions, mc_dropout_logits
+from uhlm_ray.policies import (
+    PAPER_TAU_LLM_MS,
+    AlwaysSend,
+    ChannelAwareThreshold,
+    NeverSend,
+    RandomSend,
+    SkipPolicy,
+    UncertaintyThreshold,
+)
 from uhlm_ray.records import NAN, RoundRecord
 from uhlm_ray.rng import Purpose
 from uhlm_ray.uncertainty import draw_dropout_probs
@@ -53,8 +62,13 @@ def make_policy(*, method: str, cfg: EvaluateConfig, send_prob: float | None = N
     if method == "rand_hlm":
         chosen = send_prob if send_prob is not None else cfg.policy.send_prob
         return RandomSend(send_prob=0.5 if chosen is None else chosen)
-    if method == "u_hlm":
-        return UncertaintyThreshold(u_th=cfg.policy.u_th)
+    if method in ("u_hlm", "cu_hlm"):
+        u_th = cfg.cu_hlm.u_th if method == "cu_hlm" else cfg.policy.u_th
+        if cfg.policy.channel_aware:
+            tau_llm_s = (cfg.clock.tau_llm_ms or PAPER_TAU_LLM_MS) / 1e3
+            return ChannelAwareThreshold(u_th=u_th, fit_a=cfg.policy.fit_a, fit_b=cfg.policy.fit_b,
+                                         tau_llm_s=tau_llm_s)
+        return UncertaintyThreshold(u_th=u_th)
     raise ConfigError(f"method={method!r} is not one of {list(METHODS)}")
 
 
@@ -101,16 +115,15 @@ def decode_lockstep(
     jobs: list[DeviceJob],
     cfg: EvaluateConfig,
     eos_token_ids: frozenset[int],
-    prefills: PrefillStore | None = None,
+    prefixes: PrefixCache | None = None,
 ) -> list[DeviceOutcome]:
     """Decode every job to the end, a round at a time for all of them together."""
-    measure = cfg.uncertainty.measure
     sessions, decoders, prefill_s, paraphrased = [], [], [], []
     for job in jobs:
-        session = CausalSession(model=slm, prompt_ids=job.prompt_ids, prefills=prefills)
+        session = CausalSession(model=slm, prompt_ids=job.prompt_ids, prefixes=prefixes)
         llm_prefill = verifier.open(session_id=job.session_id, prompt_ids=job.prompt_ids, key=job.key)
         sessions.append(session)
-        paraphrased.append(_paraphrase_sessions(slm=slm, job=job, measure=measure))
+        paraphrased.append(_paraphrase_sessions(slm=slm, job=job, measure=method_measure(method=job.method, cfg=cfg)))
         prefill_s.append(session.prefill_s + llm_prefill + sum(p.prefill_s for p in paraphrased[-1]))
         decoders.append(DeviceDecoder(
             key=job.key, method=job.method, cfg=cfg, policy=job.policy, mean_snr=job.mean_snr,
@@ -121,7 +134,7 @@ def decode_lockstep(
         start = time.perf_counter()
         forward_sessions([sessions[i] for i in active])  # Step 1's SLM forward, batched over devices
         drafts = {i: decoders[i].draft(logits=sessions[i].next_logits(), tau_slm_s=sessions[i].timing.forward_s,
-                                       perturbed=_perturbed_passes(measure=measure, session=sessions[i],
+                                       perturbed=_perturbed_passes(measure=decoders[i].measure, session=sessions[i],
                                                                    paraphrased=paraphrased[i], cfg=cfg))
                   for i in active}
         sent = [i for i in active if drafts[i].sent]
@@ -132,8 +145,10 @@ def decode_lockstep(
         results: dict[int, VerifyResult] = dict(zip(sent, replies, strict=True))
         wall = time.perf_counter() - start  # the round of every device in lockstep ends together
         for i in active:
-            record = decoders[i].commit(draft=drafts[i], result=results.get(i), wall_s=wall)
-            record.verify_wall_s = verify_wall if i in results else 0.0
+            # passes replayed from the prefix cache count as the time they took when computed
+            replayed = sessions[i].timing.replayed_s + (results[i].replayed_s if i in results else 0.0)
+            record = decoders[i].commit(draft=drafts[i], result=results.get(i), wall_s=wall + replayed)
+            record.verify_wall_s = verify_wall + results[i].replayed_s if i in results else 0.0
             for session in (sessions[i], *paraphrased[i]):
                 session.append(record.token)
         for i in [i for i in active if decoders[i].done]:
@@ -182,29 +197,29 @@ def decode_prompt(
     cfg: EvaluateConfig,
     policy: SkipPolicy | None,
     device_index: int = 0,
-    prefills: PrefillStore | None = None,
+    prefixes: PrefixCache | None = None,
     verifier: Verifier | None = None,
     paraphrase_ids: list[list[int]] | None = None,
 ) -> tuple[list[int], list[RoundRecord], str, float]:
     """Decode one prompt in-process; returns (response tokens, records, stop reason, prefill seconds)."""
     key = SessionKey(seed=cfg.decode.seed, device=device_index, prompt=prompt_index)
     if method == "llm":
-        return _decode_llm_alone(pair=pair, prompt_ids=prompt_ids, key=key, cfg=cfg, prefills=prefills)
+        return _decode_llm_alone(pair=pair, prompt_ids=prompt_ids, key=key, cfg=cfg, prefixes=prefixes)
     if policy is None:
         raise ConfigError(f"method={method!r} needs a skip policy")
     job = DeviceJob(session_id=f"local-{device_index}-{prompt_index}", key=key, prompt_ids=prompt_ids,
                     method=method, policy=policy, mean_snr=mean_snr(cfg.channel), paraphrase_ids=paraphrase_ids)
-    verifier = verifier or Verifier(model=pair.llm, prefills=prefills)
+    verifier = verifier or Verifier(model=pair.llm, prefixes=prefixes)
     (outcome,) = decode_lockstep(slm=pair.slm, verifier=verifier, jobs=[job], cfg=cfg,
-                                 eos_token_ids=pair.eos_token_ids, prefills=prefills)
+                                 eos_token_ids=pair.eos_token_ids, prefixes=prefixes)
     return outcome.tokens, outcome.records, outcome.stop_reason, outcome.prefill_s
 
 
 def _decode_llm_alone(
-    *, pair: ModelPair, prompt_ids: list[int], key: SessionKey, cfg: EvaluateConfig, prefills: PrefillStore | None
+    *, pair: ModelPair, prompt_ids: list[int], key: SessionKey, cfg: EvaluateConfig, prefixes: PrefixCache | None
 ) -> tuple[list[int], list[RoundRecord], str, float]:
     """The reference: the LLM samples r(t) ~ y every round."""
-    llm = CausalSession(model=pair.llm, prompt_ids=prompt_ids, prefills=prefills)
+    llm = CausalSession(model=pair.llm, prompt_ids=prompt_ids, prefixes=prefixes)
     tokens: list[int] = []
     records: list[RoundRecord] = []
     stop_reason = "max_new_tokens"
@@ -218,7 +233,7 @@ def _decode_llm_alone(
             x_d=NAN, y_d=float(y[token]), beta=NAN, accepted=None, resampled=None, payload_bits=0,
             catch_up_tokens=llm.timing.tokens, fading_gain=NAN, snr_db=NAN, tau_up_s=0.0,
             tau_slm_s=0.0, tau_uncertainty_s=0.0, tau_llm_s=llm.timing.forward_s,
-            wall_s=time.perf_counter() - start,
+            wall_s=time.perf_counter() - start + llm.timing.replayed_s,
         ))
         tokens.append(token)
         llm.append(token)

@@ -1,10 +1,12 @@
 """The device's side of a hybrid round (the U-HLM paper's Step 1 and the bookkeeping of Step 3).
 
 A `DeviceDecoder` decodes one prompt with one method on one (simulated) device. Each round it takes the SLM's
-logits z, draws the draft d ~ x, measures u(t), asks its policy whether to send, draws the round's fading, and, when
-it sends, builds the `VerifyRequest` (the draft, x, and every response token the LLM has not seen yet). `commit`
-turns the round into a RoundRecord. Evaluation mode asks the verifier to score the caught-up tokens as well, so a
-skipped round's y_d arrives with the next catch-up (or with the final `score` call) at no extra forward pass.
+logits z, draws the draft d ~ x (CU-HLM: d ~ x~, the truncated x it would upload), measures u(t), draws the round's
+fading, prices the upload (the distribution plus the ids of the tokens skipped since the last upload), asks its
+policy whether to send, and, when it sends, builds the `VerifyRequest` (the draft, x or x~, and every response token
+the LLM has not seen yet). `commit` turns the round into a RoundRecord. Evaluation mode asks the verifier to score
+the caught-up tokens as well, so a skipped round's y_d arrives with the next catch-up (or with the final `score`
+call) at no extra forward pass.
 
 It holds no model and no transport: the caller runs the SLM forward (alone or batched over devices) and delivers
 requests to a `Verifier` in-process or through Ray Serve.
@@ -22,7 +24,7 @@ import torch
 
 from uhlm_ray.channel import draw_fading_gain, linear_to_db, uplink_seconds
 from uhlm_ray.config import EvaluateConfig
-from uhlm_ray.payload import full_payload_bits
+from uhlm_ray.payload import Truncated, full_payload_bits, sync_bits, truncate, truncated_payload_bits
 from uhlm_ray.policies import SkipPolicy
 from uhlm_ray.records import NAN, RoundRecord
 from uhlm_ray.rng import Purpose, SessionKey
@@ -40,6 +42,11 @@ from uhlm_ray.verify import rejection_probability, sample_inverse_cdf
 PerturbedLogits = Callable[[np.random.Generator], torch.Tensor]  # rng -> [K, V] logits of K perturbed passes
 
 
+def method_measure(*, method: str, cfg: EvaluateConfig) -> str:
+    """The uncertainty a method measures: CU-HLM its own cheap one, every other method the configured one."""
+    return cfg.cu_hlm.measure if method == "cu_hlm" else cfg.uncertainty.measure
+
+
 def measure_uncertainty(
     *,
     logits: torch.Tensor,
@@ -48,13 +55,14 @@ def measure_uncertainty(
     cfg: EvaluateConfig,
     rng: np.random.Generator,
     perturbed: PerturbedLogits | None = None,
+    measure: str | None = None,
 ) -> float:
-    """u(t) by the configured measure, from the logits z [V] and x [V] that produced the draft.
+    """u(t) by `measure` (default: the configured one), from the logits z [V] and x [V] that produced the draft.
 
     MC dropout and prompt perturbation need K extra SLM passes, which the caller supplies as `perturbed`; eq. 7's
     disagreement is then counted over one sample from each pass.
     """
-    measure = cfg.uncertainty.measure
+    measure = measure or cfg.uncertainty.measure
     if measure in ("mc_dropout", "prompt_perturbation"):
         if perturbed is None:
             raise ConfigError(f"uncertainty.measure={measure!r} needs the model's perturbed passes")
@@ -86,7 +94,7 @@ class Draft:
 
     round_index: int
     draft: int
-    probs: torch.Tensor  # x [V] float32
+    probs: torch.Tensor  # [V] float32: what d was drawn from and is uploaded, x (or x~ when truncating)
     uncertainty: float
     sent: bool
     fading_gain: float
@@ -94,6 +102,10 @@ class Draft:
     tau_slm_s: float
     tau_uncertainty_s: float  # on the clocks only when the policy uses u
     eval_s: float  # evaluation-only seconds spent in Step 1
+    distribution_bits: int  # the upload's distribution and draft index (full or truncated)
+    sync_bits: int  # the ids of the tokens skipped since the last upload
+    kept_tokens: int  # tokens in the uploaded distribution
+    upload_s: float  # eq. 3 at this round's SNR for distribution_bits + sync_bits
 
 
 class DeviceDecoder:
@@ -115,10 +127,14 @@ class DeviceDecoder:
         self.mean_snr = mean_snr
         self.eos_token_ids = eos_token_ids
         self.evaluate = evaluate
-        self.bits = full_payload_bits(vocab_size=vocab_size, cfg=cfg.payload)
+        self.vocab_size = vocab_size
+        self.measure = method_measure(method=method, cfg=cfg)
+        self.truncation = cfg.cu_hlm if method == "cu_hlm" and cfg.cu_hlm.truncation != "none" else None
+        self.full_bits = full_payload_bits(vocab_size=vocab_size, cfg=cfg.payload)
         self.tokens: list[int] = []
         self.records: list[RoundRecord] = []
         self.llm_seen = 0  # response tokens the verifier has processed (or been sent)
+        self.uploaded = False  # a round has been sent
         self.stop_reason: str | None = None
 
     @property
@@ -133,18 +149,35 @@ class DeviceDecoder:
         """Step 1 from the SLM's logits z [V] (float32): d ~ x, u(t), delta(t), the round's fading."""
         t, key = self.next_round, self.key
         x = torch.softmax(logits, dim=-1)  # [V] eq. 1
-        draft = int(sample_inverse_cdf(probs=x.unsqueeze(0),
+        # CU-HLM drafts from the distribution it would upload, so a verified draft stays exact
+        truncated: Truncated | None = None
+        if self.truncation is not None:
+            truncated = truncate(probs=x, truncation=self.truncation.truncation, top_k=self.truncation.top_k,
+                                 top_p=self.truncation.top_p)
+        draft_probs = truncated.probs if truncated is not None else x  # [V]
+        draft = int(sample_inverse_cdf(probs=draft_probs.unsqueeze(0),
                                        uniform=keyed_uniform(key=key, round_index=t, purpose=Purpose.DRAFT))[0])
         # u(t) is recorded for every method (Fig. 3 and 5 need it) but is on the clocks only for policies using it
         start = time.perf_counter()
-        u = measure_uncertainty(logits=logits, probs=x, draft=draft, cfg=self.cfg,
+        u = measure_uncertainty(logits=logits, probs=x, draft=draft, cfg=self.cfg, measure=self.measure,
                                 rng=key.rng(round_index=t, purpose=Purpose.TEMPERATURES), perturbed=perturbed)
         spent = time.perf_counter() - start
         tau_u, eval_s = (spent, 0.0) if self.policy.needs_uncertainty else (0.0, spent)
-        sent = self.policy.should_send(uncertainty=u, rng=key.rng(round_index=t, purpose=Purpose.POLICY))
         gain = draw_fading_gain(rng=key.rng(round_index=t, purpose=Purpose.FADING), fading=self.cfg.channel.fading)
-        return Draft(round_index=t, draft=draft, probs=x, uncertainty=u, sent=sent, fading_gain=gain,
-                     snr=self.mean_snr * gain, tau_slm_s=tau_slm_s, tau_uncertainty_s=tau_u, eval_s=eval_s)
+        dist_bits = self.full_bits if truncated is None else truncated_payload_bits(
+            kept=truncated.kept, vocab_size=self.vocab_size, cfg=self.cfg.payload)
+        # the LLM chose the response token of the last sent round itself; every later token was a skipped draft
+        skipped = len(self.tokens) - self.llm_seen - (1 if self.uploaded else 0)
+        sync = sync_bits(skipped_tokens=skipped, vocab_size=self.vocab_size) if self.cfg.payload.sync_token_ids else 0
+        bandwidth = self.cfg.channel.bandwidth_hz
+        upload_s = uplink_seconds(bits=dist_bits + sync, bandwidth_hz=bandwidth, snr=self.mean_snr * gain)
+        sent = self.policy.should_send(
+            uncertainty=u, rng=key.rng(round_index=t, purpose=Purpose.POLICY), upload_s=upload_s,
+            mean_upload_s=uplink_seconds(bits=dist_bits + sync, bandwidth_hz=bandwidth, snr=self.mean_snr))
+        return Draft(round_index=t, draft=draft, probs=draft_probs, uncertainty=u, sent=sent, fading_gain=gain,
+                     snr=self.mean_snr * gain, tau_slm_s=tau_slm_s, tau_uncertainty_s=tau_u, eval_s=eval_s,
+                     distribution_bits=dist_bits, sync_bits=sync,
+                     kept_tokens=truncated.kept if truncated is not None else self.vocab_size, upload_s=upload_s)
 
     def request(self, *, session_id: str, draft: Draft) -> VerifyRequest:
         """Step 2's upload: the draft, x, and the response tokens the LLM has not seen yet."""
@@ -160,13 +193,17 @@ class DeviceDecoder:
         record = RoundRecord(
             method=self.method, prompt_index=self.key.prompt, round=draft.round_index, draft=draft.draft,
             token=draft.draft, uncertainty=draft.uncertainty, sent=draft.sent, x_d=x_d, y_d=NAN, beta=NAN,
-            accepted=None, resampled=None, payload_bits=self.bits if draft.sent else 0, catch_up_tokens=0,
-            fading_gain=draft.fading_gain, snr_db=linear_to_db(draft.snr) if draft.snr > 0 else -math.inf,
-            tau_up_s=uplink_seconds(bits=self.bits, bandwidth_hz=self.cfg.channel.bandwidth_hz, snr=draft.snr)
-            if draft.sent else 0.0,
+            accepted=None, resampled=None, payload_bits=draft.distribution_bits + draft.sync_bits if draft.sent else 0,
+            catch_up_tokens=0, fading_gain=draft.fading_gain,
+            snr_db=linear_to_db(draft.snr) if draft.snr > 0 else -math.inf,
+            tau_up_s=draft.upload_s if draft.sent else 0.0,
             tau_slm_s=draft.tau_slm_s, tau_uncertainty_s=draft.tau_uncertainty_s, tau_llm_s=0.0,
             wall_s=wall_s - draft.eval_s - (result.scoring_s if result is not None else 0.0),
         )
+        if draft.sent:
+            self.uploaded = True
+            record.sync_bits, record.kept_tokens = draft.sync_bits, draft.kept_tokens
+            record.compression = 1.0 - draft.distribution_bits / self.full_bits
         if result is not None:
             self._fill_scores(result.new_token_probs)
             self.llm_seen = len(self.tokens)

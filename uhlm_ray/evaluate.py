@@ -22,7 +22,7 @@ from uhlm_ray.datasets import Example
 from uhlm_ray.decode import chat_prompt_ids, decode_prompt, make_policy
 from uhlm_ray.metrics import ModelledClock, measured_clock, summarize
 from uhlm_ray.models.loading import ModelPair
-from uhlm_ray.models.session import PrefillStore
+from uhlm_ray.models.prefix_cache import PrefixCache, prefix_cache
 from uhlm_ray.paraphrase import paraphrase_prompt_ids
 from uhlm_ray.records import PromptResult
 from uhlm_ray.similarity import Encoder, response_similarity
@@ -68,7 +68,7 @@ class ResultStore:
 
 def ordered_methods(methods: list[str]) -> list[str]:
     """U-HLM before Rand-HLM, so that Rand-HLM can match U-HLM's transmission rate."""
-    order = ["llm", "slm", "hlm", "u_hlm", "rand_hlm"]
+    order = ["llm", "slm", "hlm", "u_hlm", "rand_hlm", "cu_hlm"]
     return sorted(methods, key=order.index)
 
 
@@ -87,7 +87,7 @@ def run_method(
     store: ResultStore | None,
     send_prob: float | None = None,
     on_prompt: Callable[[PromptResult], None] | None = None,
-    prefills: PrefillStore | None = None,
+    prefixes: PrefixCache | None = None,
     stored: dict[tuple[int, int], PromptResult] | None = None,
 ) -> list[PromptResult]:
     """Decode every example with one method, skipping those the store already holds (`stored`: the caller's
@@ -106,7 +106,7 @@ def run_method(
             ) if method != "llm" else None  # the LLM alone measures no uncertainty
             tokens, records, stop_reason, prefill_s = decode_prompt(
                 pair=pair, prompt_ids=prompt_ids, prompt_index=index, method=method, cfg=cfg, policy=policy,
-                prefills=prefills, paraphrase_ids=paraphrase_ids,
+                prefixes=prefixes, paraphrase_ids=paraphrase_ids,
             )
             response = pair.tokenizer.decode(tokens, skip_special_tokens=True)
             similarity = float(response_similarity(encoder=encoder, responses=[response],
@@ -141,12 +141,12 @@ def evaluate_methods(
     on_prompt: Callable[[PromptResult], None] | None = None,
 ) -> dict[str, list[PromptResult]]:
     results: dict[str, list[PromptResult]] = {}
-    prefills = PrefillStore()  # every method decodes the same prompts: prefill each once per model
+    prefixes = prefix_cache(cfg.runtime)  # every method drafts the same prompts: shared passes are computed once
     for method in ordered_methods(cfg.methods):
         send_prob = matched_send_prob(method=method, cfg=cfg, results=results)
         results[method] = run_method(
             pair=pair, examples=examples, method=method, cfg=cfg, encoder=encoder, store=store,
-            send_prob=send_prob, on_prompt=on_prompt, prefills=prefills,
+            send_prob=send_prob, on_prompt=on_prompt, prefixes=prefixes,
         )
     return results
 
@@ -183,7 +183,8 @@ def format_value(value: float | None, fmt: str) -> str:
     return "-" if missing else fmt.format(value)
 
 
-METHOD_LABELS = {"llm": "LLM", "slm": "SLM", "hlm": "HLM", "rand_hlm": "Rand-HLM", "u_hlm": "U-HLM"}
+METHOD_LABELS = {"llm": "LLM", "slm": "SLM", "hlm": "HLM", "rand_hlm": "Rand-HLM", "u_hlm": "U-HLM",
+                 "cu_hlm": "CU-HLM"}
 
 
 def format_table(summaries: dict[str, dict[str, float]]) -> str:
@@ -195,6 +196,7 @@ def format_table(summaries: dict[str, dict[str, float]]) -> str:
         ("true_skip_rate", "TSR", "{:.2%}"),
         ("acceptance_rate", "accept", "{:.2%}"),
         ("rejection_risk", "risk", "{:.4f}"),
+        ("compression_rate", "compr.", "{:.2%}"),
         ("throughput_modelled", "tok/s model", "{:.3f}"),
         ("throughput_modelled_vs_hlm", "x HLM", "{:.2f}"),
         ("throughput_wall", "tok/s wall", "{:.2f}"),

@@ -139,6 +139,10 @@ def summarize(
         # the uncertainty measure's time per round when the policy uses it (on both clocks), else 0
         "mean_uncertainty_ms": _mean([r.tau_uncertainty_s * 1e3 for r in records]) if hybrid else math.nan,
         "mean_payload_bits": _mean([float(r.payload_bits) for r in records if r.sent]),
+        # CU-HLM's vocabulary compression: 1 - the upload's distribution bits / a full upload's, over sent rounds
+        "compression_rate": _mean([r.compression for r in records if r.sent]) if hybrid else math.nan,
+        "mean_kept_tokens": _mean([float(r.kept_tokens) for r in records if r.sent]) if hybrid else math.nan,
+        "mean_sync_bits": _mean([float(r.sync_bits) for r in records if r.sent]) if hybrid else math.nan,
         "wall_s": wall,
         "mean_prefill_s": _mean([res.prefill_s for res in results]),
         "modelled_s": modelled,

@@ -1,15 +1,27 @@
-"""Bits a sent round puts on the uplink (U-HLM paper, Section II-B).
+"""Bits a sent round puts on the uplink (U-HLM paper, Section II-B; CU-HLM's truncated uploads).
 
 A full payload is the vocabulary distribution, |V| probabilities of b_prob = 32 (fp32) or 16 (fp16) bits, plus the
 index of the draft token, ceil(log2 |V|) bits (the paper neglects the index; we count it).
+
+A truncated payload (CU-HLM) keeps the k most probable tokens: k indices of ceil(log2 |V|) bits and k renormalised
+probabilities of b_prob bits, plus the draft index. Top-k keeps a fixed k; top-p keeps the fewest tokens whose
+mass reaches p (the most probable first, which is the smallest set of that mass). The device drafts from the same
+renormalised distribution x~ it sends, so verification stays exact with respect to its draft distribution.
+A payload is never larger than the full one: past |V| b_prob / (ceil(log2 |V|) + b_prob) tokens the dense codec wins.
+
+Sync cost (neglected by the paper): the LLM has not seen the tokens of the rounds skipped since the last upload, so
+the upload also carries their ids, ceil(log2 |V|) bits each (`payload.sync_token_ids`).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
-from uhlm_ray.config import PayloadConfig
-from uhlm_ray.validation import check_choice, check_range
+import torch
+
+from uhlm_ray.config import TRUNCATIONS, PayloadConfig
+from uhlm_ray.validation import ConfigError, check_choice, check_range
 
 
 def index_bits(*, vocab_size: int) -> int:
@@ -23,3 +35,50 @@ def full_payload_bits(*, vocab_size: int, cfg: PayloadConfig) -> int:
     check_choice(str(cfg.prob_bits), field="payload.prob_bits", allowed=("16", "32"))
     bits = vocab_size * cfg.prob_bits
     return bits + index_bits(vocab_size=vocab_size) if cfg.include_draft_index else bits
+
+
+def truncated_payload_bits(*, kept: int, vocab_size: int, cfg: PayloadConfig) -> int:
+    """B = k (ceil(log2 |V|) + b_prob) (+ the draft index), or the full payload if that is smaller."""
+    check_range(kept, field="kept tokens", low=1, high=vocab_size)
+    bits = kept * (index_bits(vocab_size=vocab_size) + cfg.prob_bits)
+    bits += index_bits(vocab_size=vocab_size) if cfg.include_draft_index else 0
+    return min(bits, full_payload_bits(vocab_size=vocab_size, cfg=cfg))
+
+
+def sync_bits(*, skipped_tokens: int, vocab_size: int) -> int:
+    """The ids of the tokens drafted in skipped rounds since the last upload, which the LLM must catch up on."""
+    return skipped_tokens * index_bits(vocab_size=vocab_size)
+
+
+def compression_rate(*, payload_bits: int, vocab_size: int, cfg: PayloadConfig) -> float:
+    """1 - B / B_full of one sent round (0 for a full upload)."""
+    return 1.0 - payload_bits / full_payload_bits(vocab_size=vocab_size, cfg=cfg)
+
+
+@dataclass(frozen=True)
+class Truncated:
+    """What a truncating device drafts from and uploads."""
+
+    probs: torch.Tensor  # x~ [V] float32: x on the kept tokens, renormalised, zero elsewhere
+    kept: int  # k
+    kept_mass: float  # m = sum of x over the kept tokens; TV(x~, x) = 1 - m
+
+
+def truncate(*, probs: torch.Tensor, truncation: str, top_k: int, top_p: float) -> Truncated:
+    """x [V] -> x~ [V] by top-k or top-p truncation; "none" keeps every token with non-zero probability."""
+    x = probs.float()  # [V]
+    if truncation not in TRUNCATIONS:
+        raise ConfigError(f"truncation={truncation!r} is not one of {list(TRUNCATIONS)}")
+    if truncation == "none":
+        return Truncated(probs=x, kept=int((x > 0).sum()), kept_mass=float(x.sum()))
+    sorted_probs, order = torch.sort(x, descending=True)  # [V] each
+    if truncation == "top_k":
+        kept = min(top_k, x.shape[-1])
+    else:  # the fewest tokens whose mass reaches p: the first index where the running mass is >= p
+        running = torch.cumsum(sorted_probs, dim=-1)  # [V]
+        kept = min(int(torch.searchsorted(running, torch.tensor([top_p * float(running[-1])]))[0]) + 1, x.shape[-1])
+    keep = order[:kept]  # [k]
+    mass = float(sorted_probs[:kept].sum())
+    out = torch.zeros_like(x)  # [V]
+    out[keep] = x[keep] / mass
+    return Truncated(probs=out, kept=kept, kept_mass=mass / float(x.sum()))

@@ -41,6 +41,9 @@ class RoundRecord:
     wall_s: float
     verify_batch_size: int = 0  # requests in the verifier batch that scored this draft (0: not sent)
     verify_wall_s: float = 0.0  # the verification call's round trip (transport, batching wait, LLM forward)
+    kept_tokens: int = 0  # tokens in the uploaded distribution (|V| for a full upload; 0: not sent)
+    sync_bits: int = 0  # of payload_bits, the ids of skipped tokens the LLM catches up on
+    compression: float = NAN  # 1 - distribution bits / full payload bits, of a sent round
 
     def to_dict(self) -> dict:
         return asdict(self)

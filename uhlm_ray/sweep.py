@@ -37,10 +37,11 @@ from omegaconf import OmegaConf
 
 from uhlm_ray.channel import linear_to_db, mean_snr, uplink_seconds
 from uhlm_ray.config import METHODS, ChannelConfig, EvaluateConfig, load_config
+from uhlm_ray.cu_theory import operating_point
 from uhlm_ray.datasets import Example
 from uhlm_ray.evaluate import ResultStore, matched_send_prob, ordered_methods, run_method, summarize_methods
 from uhlm_ray.models.loading import ModelPair
-from uhlm_ray.models.session import PrefillStore
+from uhlm_ray.models.prefix_cache import PrefixCache
 from uhlm_ray.records import PromptResult
 from uhlm_ray.similarity import Encoder
 from uhlm_ray.theory import risk_at_threshold
@@ -135,6 +136,11 @@ def method_key(*, cfg: EvaluateConfig, method: str, send_prob: float | None) -> 
         relevant["uncertainty"] = section("uncertainty")
     if method == "u_hlm":
         relevant["u_th"] = cfg.policy.u_th
+    if method == "cu_hlm":
+        relevant["cu_hlm"] = section("cu_hlm")
+    if method in ("u_hlm", "cu_hlm") and cfg.policy.channel_aware:  # then the tokens depend on the channel too
+        relevant["channel_aware"] = {"channel": section("channel"), "fit": [cfg.policy.fit_a, cfg.policy.fit_b],
+                                     "tau_llm_ms": cfg.clock.tau_llm_ms}
     if method == "rand_hlm":
         relevant["send_prob"] = None if send_prob is None else round(send_prob, 6)
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
@@ -169,7 +175,7 @@ class TrialOutcome:
 
 def evaluate_trial(
     *, pair: ModelPair, examples: list[Example], cfg: EvaluateConfig, encoder: Encoder, shared_dir: Path,
-    prefills: PrefillStore | None = None,
+    prefixes: PrefixCache | None = None,
 ) -> TrialOutcome:
     """Every method of one trial, reusing what earlier trials of the sweep already decoded."""
     results: dict[str, list[PromptResult]] = {}
@@ -180,7 +186,7 @@ def evaluate_trial(
         stored = store.load(method)
         found = sum((0, index) in stored for index in range(len(examples)))
         method_results = run_method(pair=pair, examples=examples, method=method, cfg=cfg, encoder=encoder,
-                                    store=store, send_prob=send_prob, prefills=prefills, stored=stored)
+                                    store=store, send_prob=send_prob, prefixes=prefixes, stored=stored)
         reused += found
         decoded += len(examples) - found
         results[method] = rechannel(results=method_results, channel=cfg.channel)
@@ -188,6 +194,9 @@ def evaluate_trial(
     if "u_hlm" in results:  # Theorem 1's risk for this trial's threshold, beside the measured rejection risk
         summaries["u_hlm"].update(risk_at_threshold([r for res in results["u_hlm"] for r in res.records],
                                                     u_th=cfg.policy.u_th))
+    if "cu_hlm" in results:  # the threshold that would meet the risk budget on this trial's records
+        summaries["cu_hlm"].update(operating_point([r for res in results["cu_hlm"] for r in res.records],
+                                                   budget=cfg.cu_hlm.risk_budget))
     return TrialOutcome(summaries=summaries, results=results, decoded_prompts=decoded, reused_prompts=reused)
 
 

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 import torch
 
 from uhlm_ray.models.loading import LoadedModel
-from uhlm_ray.models.session import CausalSession, PrefillStore, forward_sessions
+from uhlm_ray.models.prefix_cache import PrefixCache
+from uhlm_ray.models.session import CausalSession, forward_sessions
 from uhlm_ray.rng import Purpose, SessionKey
 from uhlm_ray.verify import verify_draft
 
@@ -52,6 +53,7 @@ class VerifyResult:
     batch_size: int
     new_token_probs: list[float] = field(default_factory=list)  # y of each new token, with score=True
     scoring_s: float = 0.0  # evaluation-only seconds inside this call
+    replayed_s: float = 0.0  # of tau_llm_s, seconds replayed from a PrefixCache rather than spent here
 
 
 def uniforms(*, key: SessionKey, round_index: int) -> tuple[float, float]:
@@ -63,9 +65,9 @@ def uniforms(*, key: SessionKey, round_index: int) -> tuple[float, float]:
 class Verifier:
     """LLM sessions by id, opened with a prompt, verified in batches, closed when the device is done."""
 
-    def __init__(self, *, model: LoadedModel, max_sessions: int = 1024, prefills: PrefillStore | None = None) -> None:
+    def __init__(self, *, model: LoadedModel, max_sessions: int = 1024, prefixes: PrefixCache | None = None) -> None:
         self.model = model
-        self.prefills = prefills  # shared prompt prefills (an evaluation decodes the same prompts per method)
+        self.prefixes = prefixes  # forward passes shared with other runs of the same prompts
         self.vocab_size = model.vocab_size
         self.max_sessions = max_sessions
         self._sessions: dict[str, tuple[CausalSession, SessionKey]] = {}
@@ -82,7 +84,7 @@ class Verifier:
             if len(self._sessions) >= self.max_sessions:
                 raise SessionError(f"session {session_id!r}: the verifier already holds max_sessions="
                                    f"{self.max_sessions} sessions; close finished ones")
-            session = CausalSession(model=self.model, prompt_ids=prompt_ids, prefills=self.prefills)
+            session = CausalSession(model=self.model, prompt_ids=prompt_ids, prefixes=self.prefixes)
             self._sessions[session_id] = (session, key)
             return session.prefill_s
 
@@ -124,6 +126,7 @@ class Verifier:
                     catch_up_tokens=len(request.new_tokens), batch_size=len(requests),
                     new_token_probs=session.pending_probs if request.score and caught_up else [],
                     scoring_s=session.timing.scoring_s if caught_up else 0.0,
+                    replayed_s=session.timing.replayed_s if caught_up else 0.0,
                 ))
             return results
 

@@ -9,6 +9,8 @@ through attention over the cache, never through re-encoding the prefix.
 `forward_sessions` runs that step for several sessions of one model in one batched forward pass (the Serve
 verifier's batch, or the simulated devices sharing one SLM): the caches are left-padded to a common length for the
 pass and each session keeps only its own new keys and values afterwards. A batch of one is exactly the solo path.
+A session alone can take its pass from a `PrefixCache` (models/prefix_cache.py) when another session already fed
+the same model the same tokens in the same chunks: its prompt prefill, or a whole shared stretch of a sweep.
 
 Scoring (evaluation mode): a catch-up forward already computes hidden states at every new position, so the LLM's
 probability of each caught-up token (a skipped draft's y_d) costs only the output projection of those positions,
@@ -25,32 +27,8 @@ import torch
 from transformers import DynamicCache
 
 from uhlm_ray.models.loading import LoadedModel
+from uhlm_ray.models.prefix_cache import ChunkEntry, PrefixCache, chunk_key
 from uhlm_ray.validation import ConfigError
-
-
-@dataclass
-class _Prefill:
-    cache: DynamicCache
-    logits: torch.Tensor  # [V] float32
-    seconds: float  # what computing it took
-
-
-class PrefillStore:
-    """Prompt prefills shared by every session of the same model and prompt.
-
-    Each method of an evaluation decodes the same prompts; their prompt forward passes are identical, so the first
-    session computes it and later ones start from a copy of its KV cache. Each session still reports the seconds the
-    prefill really took, so no method looks faster for having run later.
-    """
-
-    def __init__(self) -> None:
-        self._entries: dict[tuple[int, tuple[int, ...]], _Prefill] = {}
-
-    def get(self, *, model: torch.nn.Module, prompt_ids: list[int]) -> _Prefill | None:
-        return self._entries.get((id(model), tuple(prompt_ids)))
-
-    def put(self, *, model: torch.nn.Module, prompt_ids: list[int], entry: _Prefill) -> None:
-        self._entries[(id(model), tuple(prompt_ids))] = entry
 
 
 @dataclass
@@ -61,12 +39,13 @@ class StepTiming:
     scoring_s: float = 0.0
     tokens: int = 0  # tokens processed in that forward (the catch-up count)
     batch_size: int = 1
+    replayed_s: float = 0.0  # forward_s minus what this session really spent: the pass came from a PrefixCache
 
 
 class CausalSession:
     """Created with its prompt already processed (the prefill), timed in `prefill_s`."""
 
-    def __init__(self, *, model: LoadedModel, prompt_ids: list[int], prefills: PrefillStore | None = None) -> None:
+    def __init__(self, *, model: LoadedModel, prompt_ids: list[int], prefixes: PrefixCache | None = None) -> None:
         if not prompt_ids:
             raise ConfigError("prompt_ids is empty: a session needs at least one prompt token")
         _check_plain_output_head(model.model)
@@ -79,20 +58,11 @@ class CausalSession:
         self.processed = 0  # tokens in the KV cache
         self._last_token = prompt_ids[-1]  # the most recently processed token
         self.pending_probs: list[float] = []  # with score=True: the model's probability of each caught-up token
-        shared = prefills.get(model=self._model, prompt_ids=prompt_ids) if prefills is not None else None
-        if shared is not None:
-            self._cache = copy.deepcopy(shared.cache)
-            self._logits = shared.logits
-            self._pending = []
-            self.processed = len(prompt_ids)
-            self.prefill_s = shared.seconds
-        else:
-            start = time.perf_counter()
-            self.next_logits()
-            self.prefill_s = time.perf_counter() - start
-            if prefills is not None:
-                prefills.put(model=self._model, prompt_ids=prompt_ids,
-                             entry=_Prefill(copy.deepcopy(self._cache), self._logits, self.prefill_s))
+        # the chain of chunks this session fed its model; None once it left the shareable (solo) path
+        self._prefixes = prefixes
+        self._chunk: str | None = f"{model.source}|{next(model.model.parameters()).dtype}|{self._device}"
+        self.next_logits()
+        self.prefill_s = self.timing.forward_s  # the prompt's pass, measured or replayed
         self.timing = StepTiming(tokens=0)  # the prefill is reported in prefill_s, never as a round's forward
 
     @property
@@ -170,15 +140,11 @@ def forward_sessions(sessions: list[CausalSession], *, score: bool = False) -> N
     model, device = todo[0]._model, todo[0]._device
     start = time.perf_counter()
     if len(todo) == 1:
-        (s,) = todo
-        ids = torch.tensor([s._pending], dtype=torch.long, device=device)  # [1, n]
-        out = model.get_decoder()(input_ids=ids, past_key_values=s._cache, use_cache=True)
-        s._cache = out.past_key_values
-        hidden = out.last_hidden_state[0]  # [n, H]
-        logits = model.get_output_embeddings()(hidden[-1:]).float()[0].cpu()  # [V]
-        s._finish(hidden=hidden, logits=logits, score=score, batch_size=1, forward_s=time.perf_counter() - start)
+        _forward_solo(todo[0], score=score)
         return
 
+    for s in todo:
+        s._chunk = None  # a padded batch rounds differently from a solo pass: no longer shareable
     batch, past_len = len(todo), max(s.processed for s in todo)
     new_len = max(len(s._pending) for s in todo)
     # left-pad both the cache part and the new part, so every sequence's last token sits in the last column
@@ -208,6 +174,36 @@ def forward_sessions(sessions: list[CausalSession], *, score: bool = False) -> N
             s._cache.update(batched.keys[i:i + 1, :, -n:], batched.values[i:i + 1, :, -n:], layer)
         s._finish(hidden=out.last_hidden_state[i, -n:], logits=logits[i], score=score, batch_size=batch,
                   forward_s=forward_s)
+
+
+def _forward_solo(s: CausalSession, *, score: bool) -> None:
+    """One session's pending tokens in one pass, or the same pass's results from the prefix cache."""
+    model, device = s._model, s._device
+    start = time.perf_counter()
+    key = chunk_key(parent=s._chunk, tokens=s._pending) if s._chunk is not None else None
+    entry = s._prefixes.get(key) if s._prefixes is not None and key is not None else None
+    if entry is not None:
+        for layer, (k, v) in enumerate(zip(entry.keys, entry.values, strict=True)):
+            s._cache.update(k.to(device), v.to(device), layer)
+        hidden, head_logits = entry.hidden.to(device), entry.logits
+        forward_s = entry.forward_s
+    else:
+        ids = torch.tensor([s._pending], dtype=torch.long, device=device)  # [1, n]
+        out = model.get_decoder()(input_ids=ids, past_key_values=s._cache, use_cache=True)
+        s._cache = out.past_key_values
+        hidden = out.last_hidden_state[0]  # [n, H]
+        head_logits = model.get_output_embeddings()(hidden[-1:])[0]  # [V] model dtype
+        forward_s = time.perf_counter() - start
+        if s._prefixes is not None and key is not None:
+            n = len(s._pending)
+            s._prefixes.put(key, ChunkEntry(
+                keys=[layer.keys[:, :, -n:].clone() for layer in s._cache.layers],  # [1, H_kv, n, D] each
+                values=[layer.values[:, :, -n:].clone() for layer in s._cache.layers],
+                hidden=hidden.clone(), logits=head_logits.clone(), forward_s=forward_s))
+    replayed_s = forward_s - (time.perf_counter() - start) if entry is not None else 0.0
+    s._chunk = key
+    s._finish(hidden=hidden, logits=head_logits.float().cpu(), score=score, batch_size=1, forward_s=forward_s)
+    s.timing.replayed_s = replayed_s
 
 
 def _left_pad(tensors: list[torch.Tensor], length: int) -> torch.Tensor:

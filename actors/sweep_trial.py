@@ -64,6 +64,7 @@ def run_trial(config: dict, sweep: dict) -> None:
     if model_key not in _PREFIXES:  # forward passes shared with the sweep's other trials, in any worker process
         _PREFIXES[model_key] = prefix_cache(cfg.runtime, directory=shared_dir / "prefixes")
     prefixes = _PREFIXES[model_key]
+    before = (prefixes.misses, prefixes.hits) if prefixes is not None else (0, 0)
     outcome = evaluate_trial(pair=pair, examples=load_examples(cfg.data), cfg=cfg, encoder=encoder,
                              shared_dir=shared_dir, prefixes=prefixes)
 
@@ -71,6 +72,9 @@ def run_trial(config: dict, sweep: dict) -> None:
     metrics = finite_metrics(metrics)
     metrics["decoded_prompts"] = float(outcome.decoded_prompts)
     metrics["reused_prompts"] = float(outcome.reused_prompts)
+    if prefixes is not None:  # forward passes this trial computed, and those it found computed by another trial
+        metrics["passes_computed"] = float(prefixes.misses - before[0])
+        metrics["passes_replayed"] = float(prefixes.hits - before[1])
 
     client = MlflowClient(tracking_uri=sweep["tracking_uri"])
     key = trial_key(params)

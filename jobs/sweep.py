@@ -146,14 +146,18 @@ def main(argv: list[str]) -> int:
         client.log_artifact(parent_id, str(path), "frontier")
     decoded = sum(t.get("decoded_prompts", 0) for t in trials)
     reused = sum(t.get("reused_prompts", 0) for t in trials)
+    computed = sum(t.get("passes_computed", 0) for t in trials)
+    replayed = sum(t.get("passes_replayed", 0) for t in trials)
     for key, value in {"num_trials": len(trials), "num_errors": len(errors), "sweep_wall_s": elapsed,
                        "decoded_prompts": decoded, "reused_prompts": reused,
-                       "shared_work_ratio": (decoded + reused) / decoded if decoded else float("nan")}.items():
+                       "shared_work_ratio": (decoded + reused) / decoded if decoded else float("nan"),
+                       "passes_computed": computed, "passes_replayed": replayed}.items():
         client.log_metric(parent_id, key, float(value))
     client.set_terminated(parent_id, status="FAILED" if errors else "FINISHED")
     print(report)
-    print(f"\n[sweep] {len(trials)} trials in {elapsed:.0f} s; (method, prompt) runs decoded {decoded}, reused "
-          f"{reused} (a sweep without sharing would decode {decoded + reused}); parent run {parent_id} in "
+    print(f"\n[sweep] {len(trials)} trials in {elapsed:.0f} s; (method, prompt) runs decoded {decoded:.0f}, reused "
+          f"{reused:.0f} (a sweep without sharing would decode {decoded + reused:.0f}); forward passes computed "
+          f"{computed:.0f}, replayed from other runs {replayed:.0f}; parent run {parent_id} in "
           f"experiment {experiment_name(base_cfg.tracking, job='sweep')!r}; files in {sweep_dir}")
     for err in errors:
         print(f"[sweep] trial error: {err}", file=sys.stderr)

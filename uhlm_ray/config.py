@@ -66,7 +66,9 @@ class CuHlmConfig:
     """CU-HLM (the follow-up paper): skip on a cheap uncertainty, upload a truncated distribution."""
 
     measure: str = "entropy"  # entropy | confidence (uhlm_ray.uncertainty), computed from x, no extra pass
-    u_th: float = 0.05  # skip when u <= u_th (normalised entropy: H(x) / log |V|)
+    # skip when u <= u_th (normalised entropy H(x) / log |V|); 0.1 is about what cu_hlm.risk_budget=0.05 gives on the
+    # embedded pair's built-in prompts (cu_hlm.budget_threshold)
+    u_th: float = 0.1
     truncation: str = "top_p"  # none | top_k | top_p (uhlm_ray.payload)
     top_k: int = 64
     top_p: float = 0.95  # adds at most 1 - top_p to a round's rejection probability (docs/cu_hlm_thresholds.md)

@@ -19,6 +19,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -154,6 +155,11 @@ def main(argv: list[str]) -> int:
                        "passes_computed": computed, "passes_replayed": replayed}.items():
         client.log_metric(parent_id, key, float(value))
     client.set_terminated(parent_id, status="FAILED" if errors else "FINISHED")
+    prefixes = sweep_dir / "shared" / "prefixes"
+    if not errors and prefixes.is_dir():  # shared forward passes only speed up this sweep's resume: free the disk
+        freed = sum(f.stat().st_size for f in prefixes.iterdir()) / 2**20
+        shutil.rmtree(prefixes, ignore_errors=True)
+        print(f"[sweep] removed the shared forward passes ({freed:.0f} MiB) now that every trial is done")
     print(report)
     print(f"\n[sweep] {len(trials)} trials in {elapsed:.0f} s; (method, prompt) runs decoded {decoded:.0f}, reused "
           f"{reused:.0f} (a sweep without sharing would decode {decoded + reused:.0f}); forward passes computed "

@@ -68,3 +68,10 @@ def test_measured_clock_skips_round_one_and_catch_ups():
     clock = measured_clock(RECORDS)
     assert clock.tau_slm == 0.05
     assert clock.tau_llm == 0.1  # round 4 caught up on 2 tokens and is left out; round 1 processed 1
+    # with no one-token LLM pass (a rarely-sending method alone), the fewest-token catch-ups stand in (an upper bound)
+    import dataclasses
+
+    catch_ups = [dataclasses.replace(RECORDS[3], round=5, catch_up_tokens=3, tau_llm_s=0.4),
+                 dataclasses.replace(RECORDS[3], tau_llm_s=0.2), dataclasses.replace(RECORDS[3], tau_llm_s=0.3)]
+    assert measured_clock(catch_ups).tau_llm == pytest.approx(0.25)  # median of the two 2-token passes
+    assert math.isnan(measured_clock(RECORDS[1:3]).tau_llm)  # nothing sent: nothing to measure

@@ -98,9 +98,11 @@ def test_sweep_logs_parent_and_trials_and_resumes(tiny_pair_dirs, tmp_path):
             "records/u_hlm_records.parquet", "records/llm_records.parquet"}
     # shared work: LLM and HLM decoded by the first trial only
     assert parent.data.metrics["reused_prompts"] == 4 and parent.data.metrics["decoded_prompts"] == 12
-    # ... and forward passes, through files the trials' worker processes share
+    # ... and forward passes, through files the trials' worker processes share, removed once every trial is done
     assert parent.data.metrics["passes_replayed"] > 0 and parent.data.metrics["passes_computed"] > 0
-    assert any((tmp_path / "out" / "sweeps").glob("tiny-*/shared/prefixes/*.safetensors"))
+    assert "removed the shared forward passes" in first.stdout
+    assert list((tmp_path / "out" / "sweeps").glob("tiny-*/shared/*-*")) and not list(
+        (tmp_path / "out" / "sweeps").glob("tiny-*/shared/prefixes"))
     frontier = {a.path for a in client.list_artifacts(parent.info.run_id, "frontier")}
     assert {"frontier/frontier.csv", "frontier/frontier_modelled.png", "frontier/frontier_wall.png",
             "frontier/risk.png"} <= frontier

@@ -62,10 +62,14 @@ class ModelledClock:
 def measured_clock(records: list[RoundRecord]) -> ModelledClock:
     """Median one-token forward times seen in these records.
 
-    Round 1 is left out (its logits come from the prompt prefill) and so are the LLM's multi-token catch-ups.
+    Round 1 is left out (its logits come from the prompt prefill) and so are the LLM's multi-token catch-ups, unless
+    the records have no one-token LLM pass at all (a rarely-sending method run alone, as in a cell): then the passes
+    with the fewest catch-up tokens stand in, an upper bound on tau_LLM.
     """
     slm = [r.tau_slm_s for r in records if r.round > 1 and r.method != "llm"]
-    llm = [r.tau_llm_s for r in records if r.catch_up_tokens == 1]
+    passes = [r for r in records if r.catch_up_tokens >= 1]
+    fewest = min((r.catch_up_tokens for r in passes), default=0)
+    llm = [r.tau_llm_s for r in passes if r.catch_up_tokens == fewest]
     return ModelledClock(
         tau_slm=statistics.median(slm) if slm else math.nan, tau_llm=statistics.median(llm) if llm else math.nan
     )

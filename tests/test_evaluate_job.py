@@ -102,3 +102,20 @@ def test_interrupted_run_resumes_without_losing_or_repeating_prompts(tiny_pair, 
     assert resumed["u_hlm"][0].tokens == seen[3].tokens  # the result finished before the interrupt is kept as is
     table = format_table(summarize_methods(results=resumed, cfg=cfg))
     assert "| HLM |" in table and "| U-HLM |" in table
+
+
+def test_run_key_covers_every_section_that_changes_the_decoded_tokens():
+    """A resumed run must never reuse results decoded under other settings: every config section is either in the
+    run key or declared as not affecting decoding, and a change in each key section changes the key."""
+    import dataclasses
+
+    from uhlm_ray.config import EvaluateConfig
+    from uhlm_ray.evaluate import DECODE_SECTIONS, NON_DECODE_SECTIONS, run_key
+
+    sections = {name for name, value in vars(EvaluateConfig()).items() if dataclasses.is_dataclass(value)}
+    assert sections == set(DECODE_SECTIONS) | set(NON_DECODE_SECTIONS)
+    base = run_key(load_config(overrides=[]))
+    for override in ("cu_hlm.u_th=0.2", "policy.channel_aware=true", "payload.sync_token_ids=false",
+                     "uncertainty.k=5", "decode.seed=1"):
+        assert run_key(load_config(overrides=[override])) != base, override
+    assert run_key(load_config(overrides=["runtime.share_prefixes=false"])) == base  # sharing changes nothing

@@ -27,7 +27,10 @@ from uhlm_ray.paraphrase import paraphrase_prompt_ids
 from uhlm_ray.records import PromptResult
 from uhlm_ray.similarity import Encoder, response_similarity
 
-DECODE_SECTIONS = ("model", "uncertainty", "policy", "channel", "payload", "decode", "data", "metrics")
+DECODE_SECTIONS = ("model", "uncertainty", "policy", "cu_hlm", "channel", "payload", "decode", "data", "metrics")
+# sections that change no decoded token or stored record (the modelled clock is applied when summarising; the cell
+# and reproduction jobs add their own section to the key); a new section must join one of the two lists
+NON_DECODE_SECTIONS = ("clock", "tracking", "cell", "runtime", "reproduce")
 
 
 def run_key(cfg: EvaluateConfig, *, sections: tuple[str, ...] = DECODE_SECTIONS) -> str:

@@ -17,9 +17,10 @@ A space file (tune_spaces/*.yaml):
       uncertainty.k: {choice: [10, 20]}
 
 Shared work: a method's decoded prompts depend only on some settings (the LLM alone ignores u_th and K; no token
-depends on the channel, only the modelled uplink does). Each (method, prompt) is stored once under a key of exactly
-those settings, in a store all trials of a sweep share; a trial decodes only what no earlier trial has, and
-recomputes each record's uplink time for its own channel from the stored fading gain (`rechannel`).
+depends on the channel, only the modelled uplink does, unless the threshold is channel-aware). Each (method, prompt)
+is stored once under a key of exactly those settings, in a store all trials of a sweep share; a trial decodes only
+what no earlier trial has, and recomputes each record's uplink time for its own channel from the stored fading gain
+(`rechannel`). Below that, the forward passes trials share are computed once (models/prefix_cache.py).
 """
 
 from __future__ import annotations

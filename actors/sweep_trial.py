@@ -57,10 +57,10 @@ def run_trial(config: dict, sweep: dict) -> None:
     params = dict(config)
     space = SearchSpace(**{**sweep["space"], "objectives": [Objective(**o) for o in sweep["space"]["objectives"]]})
     cfg = trial_config(base_overrides=sweep["overrides"], space=space, params=params)
-    pair = _pair(json.dumps(dataclasses.asdict(cfg.model), sort_keys=True))
+    model_key = json.dumps(dataclasses.asdict(cfg.model), sort_keys=True)
+    pair = _pair(model_key)
     encoder = _encoder(cfg.metrics.encoder)
     shared_dir = Path(sweep["shared_dir"])
-    model_key = json.dumps(dataclasses.asdict(cfg.model), sort_keys=True)
     if model_key not in _PREFIXES:  # forward passes shared with the sweep's other trials, in any worker process
         _PREFIXES[model_key] = prefix_cache(cfg.runtime, directory=shared_dir / "prefixes")
     prefixes = _PREFIXES[model_key]

@@ -29,6 +29,7 @@ from transformers import GenerationConfig
 from uhlm_ray.config import load_config
 from uhlm_ray.datasets import load_examples
 from uhlm_ray.decode import chat_prompt_ids, decode_prompt, make_policy
+from uhlm_ray.metrics import overhead_share
 from uhlm_ray.models import load_pair
 
 TUNED = [{"num_assistant_tokens": 3, "num_assistant_tokens_schedule": "constant"},
@@ -61,17 +62,16 @@ def hf_generate(*, pair, prompts: list[list[int]], tokens: int, assistant: dict 
 
 def ours(*, pair, prompts: list[list[int]], method: str, cfg) -> tuple[int, float, float]:
     """Tokens, seconds and the share of round time outside forward passes, for one of our methods."""
-    produced, seconds, rounds_wall, forward = 0, 0.0, 0.0, 0.0
+    produced, seconds, records = 0, 0.0, []
     policy = make_policy(method=method, cfg=cfg)
     for i, ids in enumerate(prompts):
         start = time.perf_counter()
-        tokens, records, _, _ = decode_prompt(pair=pair, prompt_ids=ids, prompt_index=i, method=method, cfg=cfg,
-                                              policy=policy)
+        tokens, prompt_records, _, _ = decode_prompt(pair=pair, prompt_ids=ids, prompt_index=i, method=method,
+                                                     cfg=cfg, policy=policy)
         seconds += time.perf_counter() - start
         produced += len(tokens)
-        rounds_wall += sum(r.wall_s for r in records)
-        forward += sum(r.tau_slm_s + r.tau_llm_s for r in records)
-    return produced, seconds, (rounds_wall - forward) / rounds_wall
+        records += prompt_records
+    return produced, seconds, overhead_share(records)
 
 
 def main(argv: list[str]) -> int:

@@ -16,6 +16,7 @@ import sys
 from uhlm_ray.config import load_config
 from uhlm_ray.datasets import load_examples
 from uhlm_ray.evaluate import METHOD_LABELS, evaluate_methods
+from uhlm_ray.metrics import overhead_share
 from uhlm_ray.models import load_pair
 from uhlm_ray.similarity import timing_only_encoder
 
@@ -32,7 +33,6 @@ def main(argv: list[str]) -> int:
         records = [r for res in method_results for r in res.records if r.round > 1]
         ms = lambda values: 1e3 * statistics.median(values)  # noqa: E731
         wall = sum(r.wall_s for r in records)
-        forward = sum(r.tau_slm_s + r.tau_llm_s for r in records)
         rows[method] = {
             "rounds": len(records),
             "slm": ms([r.tau_slm_s for r in records]),
@@ -42,7 +42,7 @@ def main(argv: list[str]) -> int:
             "round": ms([r.wall_s for r in records]),
             "llm_per_sent": ms([r.tau_llm_s for r in records if r.sent]) if any(r.sent for r in records) else 0.0,
             "catch_up": statistics.mean([r.catch_up_tokens for r in records if r.sent] or [0]),
-            "non_forward_share": (wall - forward) / wall,
+            "non_forward_share": overhead_share(records),
             "wall_per_token": wall / len(records),
         }
     base = rows["llm"]["wall_per_token"] if "llm" in rows else None

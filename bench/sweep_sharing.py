@@ -50,14 +50,13 @@ def main(argv: list[str]) -> int:
             for i, cfg in enumerate(cfgs):
                 shared_dir = Path(tmp) / (f"trial{i}" if mode == "independent" else "shared")
                 prefixes = shared_cache if mode == "shared store + prefixes" else PrefixCache()
+                before = (prefixes.misses, prefixes.hits)
                 outcome = evaluate_trial(pair=pair, examples=examples, cfg=cfg, encoder=timing_only_encoder,
                                          shared_dir=shared_dir, prefixes=prefixes)
                 decoded += outcome.decoded_prompts
-                if prefixes is not shared_cache:
-                    computed, replayed = computed + prefixes.misses, replayed + prefixes.hits
+                computed += prefixes.misses - before[0]
+                replayed += prefixes.hits - before[1]
                 outputs.append({m: [r.tokens for r in rs] for m, rs in outcome.results.items()})
-            if mode == "shared store + prefixes":
-                computed, replayed = shared_cache.misses, shared_cache.hits
             disk_mb = sum(f.stat().st_size for f in (Path(tmp) / "prefixes").glob("*")) / 2**20
             rows[mode] = (time.perf_counter() - start, decoded, computed, replayed, disk_mb)
             tokens[mode] = outputs

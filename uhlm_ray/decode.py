@@ -18,7 +18,7 @@ import torch
 
 from uhlm_ray.channel import mean_snr
 from uhlm_ray.config import METHODS, EvaluateConfig
-from uhlm_ray.device import DeviceDecoder, PerturbedLogits, keyed_uniform, method_measure
+from uhlm_ray.device import DeviceDecoder, PerturbedLogits, keyed_uniform
 from uhlm_ray.models.loading import LoadedModel, ModelPair
 from uhlm_ray.models.prefix_cache import PrefixCache
 from uhlm_ray.models.session import CausalSession, forward_sessions, mc_dropout_logits
@@ -123,12 +123,12 @@ def decode_lockstep(
         session = CausalSession(model=slm, prompt_ids=job.prompt_ids, prefixes=prefixes)
         llm_prefill = verifier.open(session_id=job.session_id, prompt_ids=job.prompt_ids, key=job.key)
         sessions.append(session)
-        paraphrased.append(_paraphrase_sessions(slm=slm, job=job, measure=method_measure(method=job.method, cfg=cfg)))
-        prefill_s.append(session.prefill_s + llm_prefill + sum(p.prefill_s for p in paraphrased[-1]))
         decoders.append(DeviceDecoder(
             key=job.key, method=job.method, cfg=cfg, policy=job.policy, mean_snr=job.mean_snr,
             vocab_size=slm.vocab_size, eos_token_ids=eos_token_ids, evaluate=evaluates(method=job.method, cfg=cfg),
         ))
+        paraphrased.append(_paraphrase_sessions(slm=slm, job=job, measure=decoders[-1].measure))
+        prefill_s.append(session.prefill_s + llm_prefill + sum(p.prefill_s for p in paraphrased[-1]))
     active = list(range(len(jobs)))
     while active:
         start = time.perf_counter()

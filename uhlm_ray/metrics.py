@@ -75,6 +75,13 @@ def measured_clock(records: list[RoundRecord]) -> ModelledClock:
     )
 
 
+def overhead_share(records: list[RoundRecord]) -> float:
+    """Share of the rounds' wall time not spent in model forward passes (sampling, verification, bookkeeping)."""
+    wall = sum(r.wall_s for r in records)
+    forward = sum(r.tau_slm_s + r.tau_llm_s for r in records)
+    return (wall - forward) / wall if wall > 0 else math.nan
+
+
 def modelled_seconds(*, record: RoundRecord, clock: ModelledClock, uplink_scale: float = 1.0) -> float:
     """A round on the modelled clock: eq. 4's denominator. The LLM alone costs tau_LLM per token (no uplink).
 
@@ -117,8 +124,6 @@ def summarize(
     scored = len(accept_if_sent) == tokens and tokens > 0
     wall = sum(r.wall_s for r in records)  # generation only: prompt prefills are reported apart
     modelled = sum(modelled_seconds(record=r, clock=clock) for r in records)
-    forward = sum(r.tau_slm_s + r.tau_llm_s for r in records)
-    round_wall = sum(r.wall_s for r in records)
 
     out = {
         "accuracy": _mean([res.similarity for res in results]),
@@ -150,8 +155,7 @@ def summarize(
         "wall_s": wall,
         "mean_prefill_s": _mean([res.prefill_s for res in results]),
         "modelled_s": modelled,
-        # share of the rounds' wall time not spent in model forward passes (sampling, verification, bookkeeping)
-        "round_overhead_share": (round_wall - forward) / round_wall if round_wall > 0 else math.nan,
+        "round_overhead_share": overhead_share(records),
     }
     for snr_db in snr_sweep_db:
         seconds = sum(

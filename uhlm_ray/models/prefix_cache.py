@@ -33,7 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from uhlm_ray.config import RuntimeConfig
 from uhlm_ray.validation import check_range
@@ -73,7 +74,6 @@ class PrefixCache:
         self._bytes = 0
         self.hits = 0
         self.misses = 0
-        self.saved_s = 0.0  # forward seconds not spent thanks to hits
 
     def get(self, key: str) -> ChunkEntry | None:
         entry = self._memory.get(key)
@@ -86,7 +86,6 @@ class PrefixCache:
             self.misses += 1
         else:
             self.hits += 1
-            self.saved_s += entry.forward_s
         return entry
 
     def put(self, key: str, entry: ChunkEntry) -> None:
@@ -128,11 +127,9 @@ def _write(path: Path, entry: ChunkEntry) -> None:
 
 
 def _read(path: Path) -> ChunkEntry:
-    from safetensors import safe_open
-
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()
-    tensors = load_file(str(path))
+        tensors = {name: f.get_tensor(name) for name in f.keys()}
     layers = int(meta["layers"])
     return ChunkEntry(keys=[tensors[f"k{i}"] for i in range(layers)], values=[tensors[f"v{i}"] for i in range(layers)],
                       hidden=tensors["hidden"], logits=tensors["logits"], forward_s=float(meta["forward_s"]))

@@ -3,7 +3,8 @@
 Endpoints (all JSON; nothing is unpickled):
   GET    /v1/health                      -> {"vocab_size", "eos_token_ids", "sessions", "max_batch_size"}
   POST   /v1/sessions                    OpenSession -> {"session_id", "prefill_s"}
-  POST   /v1/sessions/{session_id}/verify  Verify    -> VerifyAnswer
+  POST   /v1/sessions/{session_id}/verify  Verify    -> VerifyAnswer   (one draft: the paper's methods)
+  POST   /v1/sessions/{session_id}/block   Block     -> BlockAnswer    (n drafts in one pass: the block method)
   DELETE /v1/sessions/{session_id}                   -> {"closed": bool}
 
 A malformed body gets 422 with each error's `loc` naming the field (pydantic's format); values that depend on the
@@ -19,9 +20,10 @@ from typing import Annotated, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from uhlm_ray.verifier import SessionKey, VerifyRequest
+from uhlm_ray.verifier import BlockRequest, SessionKey, VerifyRequest
 
 MAX_PROMPT_TOKENS = 8192
+MAX_BLOCK_DRAFTS = 64  # block.max_drafts' upper limit
 MAX_NEW_TOKENS_PER_CALL = 4096
 MAX_DISTRIBUTION_ENTRIES = 262_144  # above every vocabulary we load (Qwen2.5: 151,936)
 MAX_BODY_BYTES = 8 * 1024 * 1024  # a full fp32 distribution as JSON text is ~2-3 MB
@@ -84,6 +86,63 @@ class VerifyAnswer(BaseModel):
     new_token_probs: list[float]
 
 
+class IdsPayload(_Strict):
+    """Token ids only: each draft is verified as a point mass (exact whatever the device drew it from)."""
+
+    format: Literal["ids"]
+
+
+class FullBlockPayload(_Strict):
+    """x_i for every draft: |V| probabilities each (a full block over HTTP fits the body limit for n <= 3)."""
+
+    format: Literal["full"]
+    probs: list[list[Probability]] = Field(min_length=1, max_length=MAX_BLOCK_DRAFTS)
+
+
+class TruncatedBlockPayload(_Strict):
+    """x~_i for every draft: its kept tokens and their probabilities."""
+
+    format: Literal["truncated"]
+    token_ids: list[list[TokenId]] = Field(min_length=1, max_length=MAX_BLOCK_DRAFTS)
+    probs: list[list[Probability]] = Field(min_length=1, max_length=MAX_BLOCK_DRAFTS)
+
+
+class Block(_Strict):
+    round: int = Field(ge=1, description="r, from 1; keys the accept and final-token draws")
+    new_token_ids: list[TokenId] = Field(default_factory=list, max_length=MAX_NEW_TOKENS_PER_CALL,
+                                         description="response tokens the verifier has not seen, oldest first")
+    draft_token_ids: list[TokenId] = Field(min_length=1, max_length=MAX_BLOCK_DRAFTS)
+    payload: IdsPayload | FullBlockPayload | TruncatedBlockPayload = Field(discriminator="format")
+    verify: list[bool] | None = Field(default=None, description="false: committed unverified (lossy); null: all")
+    score: bool = False
+
+    @model_validator(mode="after")
+    def _one_entry_per_draft(self) -> Block:
+        n = len(self.draft_token_ids)
+        lengths = {"verify": self.verify}
+        if not isinstance(self.payload, IdsPayload):
+            lengths["payload.probs"] = self.payload.probs
+        if isinstance(self.payload, TruncatedBlockPayload):
+            lengths["payload.token_ids"] = self.payload.token_ids
+        for name, values in lengths.items():
+            if values is not None and len(values) != n:
+                raise ValueError(f"{name} has {len(values)} entries; it needs one per draft ({n})")
+        return self
+
+
+class BlockAnswer(BaseModel):
+    token_ids: list[int]  # the kept drafts, then the recovered or bonus token
+    num_accepted: int
+    recovered: bool
+    bonus: bool
+    y_d: list[float]
+    accept_prob: list[float]
+    tau_llm_s: float
+    pass_tokens: int
+    batch_size: int
+    new_token_probs: list[float]
+
+
 class FieldError(ValueError):
     """A value valid in shape but not for this model; `loc` names the field as pydantic would."""
 
@@ -119,6 +178,46 @@ def to_request(*, session_id: str, body: Verify, vocab_size: int) -> VerifyReque
         raise FieldError(("body", "draft_token_id"), "has probability 0 in the distribution it was drawn from")
     return VerifyRequest(session_id=session_id, round_index=body.round, draft=body.draft_token_id,
                          new_tokens=list(body.new_token_ids), draft_probs=x / total, score=body.score)
+
+
+def _check_ids(name: tuple, ids: list[int], vocab_size: int) -> None:
+    bad = [t for t in ids if t >= vocab_size]
+    if bad:
+        raise FieldError(name, f"token id {bad[0]} is outside [0, {vocab_size - 1}] (vocab_size)")
+
+
+def to_block_request(*, session_id: str, body: Block, vocab_size: int) -> BlockRequest:
+    """Check model-dependent ranges and build the drafts' q [n, V] (None for ids) the core verifies against."""
+    _check_ids(("body", "new_token_ids"), body.new_token_ids, vocab_size)
+    _check_ids(("body", "draft_token_ids"), body.draft_token_ids, vocab_size)
+    payload, n = body.payload, len(body.draft_token_ids)
+    probs = None
+    if isinstance(payload, FullBlockPayload):
+        probs = torch.zeros(n, vocab_size)  # [n, V]
+        for i, row in enumerate(payload.probs):
+            if len(row) != vocab_size:
+                raise FieldError(("body", "payload", "full", "probs", i),
+                                 f"has {len(row)} entries; a full distribution has exactly vocab_size={vocab_size}")
+            probs[i] = torch.tensor(row)
+    elif isinstance(payload, TruncatedBlockPayload):
+        probs = torch.zeros(n, vocab_size)  # [n, V]
+        for i, (ids, row) in enumerate(zip(payload.token_ids, payload.probs, strict=True)):
+            where = ("body", "payload", "truncated")
+            if len(ids) != len(row) or len(set(ids)) != len(ids):
+                raise FieldError((*where, "token_ids", i), "must pair up with probs, without repeats")
+            _check_ids((*where, "token_ids", i), ids, vocab_size)
+            probs[i, torch.tensor(ids, dtype=torch.long)] = torch.tensor(row)
+    if probs is not None:
+        for i, total in enumerate(probs.sum(dim=-1).tolist()):
+            if not math.isclose(total, 1.0, abs_tol=1e-3):
+                raise FieldError(("body", "payload", payload.format, "probs", i), f"sums to {total:.6g}; it must sum "
+                                 "to 1")
+            if float(probs[i, body.draft_token_ids[i]]) <= 0.0:
+                raise FieldError(("body", "draft_token_ids", i), "has probability 0 in the distribution it was "
+                                 "drawn from")
+        probs = probs / probs.sum(dim=-1, keepdim=True)
+    return BlockRequest(session_id=session_id, round_index=body.round, new_tokens=list(body.new_token_ids),
+                        drafts=list(body.draft_token_ids), draft_probs=probs, verify=body.verify, score=body.score)
 
 
 def session_key(body: OpenSession) -> SessionKey:

@@ -16,17 +16,28 @@ from ray import serve
 
 from actors.http_schema import (
     MAX_BODY_BYTES,
+    Block,
+    BlockAnswer,
     FieldError,
     OpenSession,
     Verify,
     VerifyAnswer,
     session_key,
+    to_block_request,
     to_request,
 )
 from uhlm_ray.config import EvaluateConfig, config_from_dict, config_to_dict, validate_config
 from uhlm_ray.models.loading import load_model, resolve_dtype
 from uhlm_ray.models.presets import resolve_pair
-from uhlm_ray.verifier import SessionError, SessionKey, Verifier, VerifyRequest, VerifyResult
+from uhlm_ray.verifier import (
+    BlockRequest,
+    BlockResult,
+    SessionError,
+    SessionKey,
+    Verifier,
+    VerifyRequest,
+    VerifyResult,
+)
 
 APP_NAME = "uhlm-verifier"
 DEPLOYMENT_NAME = "VerifierDeployment"
@@ -47,6 +58,13 @@ def _field_error(err: FieldError) -> HTTPException:
     return HTTPException(status_code=422, detail=[{"loc": list(err.loc), "msg": str(err), "type": "value_error"}])
 
 
+def _raise_any(results: list) -> list:
+    for result in results:
+        if isinstance(result, Exception):
+            raise result
+    return list(results)
+
+
 @serve.deployment(name=DEPLOYMENT_NAME)
 @serve.ingress(app)
 class VerifierDeployment:
@@ -62,8 +80,9 @@ class VerifierDeployment:
         self.device = device
         self.core = Verifier(model=self.model, max_sessions=cfg.runtime.max_sessions)
         self.max_batch_size = cfg.runtime.max_batch_size
-        self._verify_batch.set_max_batch_size(cfg.runtime.max_batch_size)
-        self._verify_batch.set_batch_wait_timeout_s(cfg.runtime.batch_wait_timeout_s)
+        for batched in (self._verify_batch, self._block_batch):
+            batched.set_max_batch_size(cfg.runtime.max_batch_size)
+            batched.set_batch_wait_timeout_s(cfg.runtime.batch_wait_timeout_s)
 
     # --- the handle API (Python objects inside the Ray cluster) ---
 
@@ -82,17 +101,26 @@ class VerifierDeployment:
     async def verify_group(self, requests: list[VerifyRequest]) -> list[VerifyResult]:
         """A device actor's drafts of one round in one call: queued together, so they share a batch (with other
         actors' drafts that arrive meanwhile) instead of trickling in one handle call at a time."""
-        results = await asyncio.gather(*[self._verify_batch(r) for r in requests])
-        for result in results:
-            if isinstance(result, Exception):
-                raise result
-        return list(results)
+        return _raise_any(await asyncio.gather(*[self._verify_batch(r) for r in requests]))
+
+    async def verify_block(self, request: BlockRequest) -> BlockResult:
+        (result,) = await self.verify_block_group([request])
+        return result
+
+    async def verify_block_group(self, requests: list[BlockRequest]) -> list[BlockResult]:
+        """A device actor's blocks of one round: blocks of different lengths from many devices share one padded
+        batched pass."""
+        return _raise_any(await asyncio.gather(*[self._block_batch(r) for r in requests]))
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
     async def _verify_batch(self, requests: list[VerifyRequest]) -> list[VerifyResult | Exception]:
-        return await asyncio.to_thread(self._verify_valid, requests)
+        return await asyncio.to_thread(self._verify_valid, requests, self.core.verify)
 
-    def _verify_valid(self, requests: list[VerifyRequest]) -> list[VerifyResult | Exception]:
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+    async def _block_batch(self, requests: list[BlockRequest]) -> list[BlockResult | Exception]:
+        return await asyncio.to_thread(self._verify_valid, requests, self.core.verify_blocks)
+
+    def _verify_valid(self, requests: list, verify) -> list:
         """One bad request (an unknown session, a session twice) fails alone, not its whole batch."""
         out: list[VerifyResult | Exception | None] = [None] * len(requests)
         seen: set[str] = set()
@@ -104,15 +132,15 @@ class VerifierDeployment:
                 seen.add(r.session_id)
                 good.append(i)
         try:
-            for i, result in zip(good, self.core.verify([requests[i] for i in good]), strict=True):
+            for i, result in zip(good, verify([requests[i] for i in good]), strict=True):
                 out[i] = result
         except SessionError:  # isolate the unknown session(s) and verify the rest
             for i in good:
                 try:
-                    (out[i],) = self.core.verify([requests[i]])
+                    (out[i],) = verify([requests[i]])
                 except SessionError as err:
                     out[i] = err
-        return out  # type: ignore[return-value]
+        return out
 
     async def score(self, session_id: str, new_tokens: list[int]) -> tuple[list[float], float]:
         return await asyncio.to_thread(self.core.score, session_id=session_id, new_tokens=new_tokens)
@@ -151,6 +179,20 @@ class VerifierDeployment:
         return VerifyAnswer(token_id=r.token, accepted=r.accepted, resampled=r.resampled, y_d=r.y_d, beta=r.beta,
                             tau_llm_s=r.tau_llm_s, catch_up_tokens=r.catch_up_tokens, batch_size=r.batch_size,
                             new_token_probs=r.new_token_probs)
+
+    @app.post("/v1/sessions/{session_id}/block")
+    async def http_block(self, session_id: str, body: Block) -> BlockAnswer:
+        try:
+            request = to_block_request(session_id=session_id, body=body, vocab_size=self.core.vocab_size)
+        except FieldError as err:
+            raise _field_error(err) from err
+        try:
+            r = await self.verify_block(request)
+        except SessionError as err:
+            raise HTTPException(status_code=404, detail=str(err)) from err
+        return BlockAnswer(token_ids=r.tokens, num_accepted=r.num_accepted, recovered=r.recovered, bonus=r.bonus,
+                           y_d=r.y_d, accept_prob=r.accept_prob, tau_llm_s=r.tau_llm_s, pass_tokens=r.pass_tokens,
+                           batch_size=r.batch_size, new_token_probs=r.new_token_probs)
 
     @app.delete("/v1/sessions/{session_id}")
     async def http_close(self, session_id: str) -> dict:
@@ -192,6 +234,9 @@ class ServeVerifierClient:
 
     def verify(self, requests: list[VerifyRequest]) -> list[VerifyResult]:
         return self.handle.verify_group.remote(requests).result() if requests else []
+
+    def verify_blocks(self, requests: list[BlockRequest]) -> list[BlockResult]:
+        return self.handle.verify_block_group.remote(requests).result() if requests else []
 
     def score(self, *, session_id: str, new_tokens: list[int]) -> tuple[list[float], float]:
         return tuple(self.handle.score.remote(session_id, new_tokens).result())  # type: ignore[return-value]

@@ -1,19 +1,22 @@
 """Wall-clock race on the embedded pair: the LLM alone, Hugging Face assisted generation and our hybrid methods.
 
-    .venv/bin/python bench/assisted_race.py [--prompts 3] [--tokens 32] [overrides...]
+    .venv/bin/python bench/assisted_race.py [--prompts 3] [--tokens 32] [--repeats 3] [overrides...]
 
 Same prompts (chat-templated built-ins), same max new tokens, same machine, same process, plain sampling at
-temperature 1 everywhere (no top-k/top-p, no repetition penalty), measured in one run:
+temperature 1 everywhere (no top-k/top-p, no repetition penalty), measured in one run, every row `--repeats` times
+(round robin, so slow spells of a noisy machine spread over all rows); the table shows medians:
 
 - LLM alone: `llm.generate(do_sample=True)`.
 - HF assisted: `llm.generate(assistant_model=slm, do_sample=True)` (speculative sampling, lossless), with its
-  default assistant settings and with a few tuned ones (the fastest is marked).
-- Ours: HLM (lossless, every token verified), U-HLM and CU-HLM at their default thresholds, decoded by the core loop
-  with the channel at zero latency (the uplink is modelled, never slept, so it is not on the wall clock), no
+  default assistant settings and with a few tuned ones (the fastest is marked and is the reference of the last
+  ratio column).
+- Ours: HLM (lossless, every token verified), U-HLM and CU-HLM at their default thresholds, and the block method
+  (lossless) with the ids and truncated payloads, the uncertainty stop and a fixed n; decoded by the core loop with
+  the channel at zero latency (the uplink is modelled, never slept, so it is not on the wall clock), no
   evaluation-mode scoring and no shared passes.
 
-Each time includes the prompt prefill. Prints tokens per second, the ratio to the LLM alone, and for our methods the
-share of round time outside model forward passes (the framework's overhead).
+Each time includes the prompt prefill. Prints tokens per second, the ratios to the LLM alone and to HF assisted's
+fastest setting, and for our methods the share of round time outside model forward passes (framework overhead).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import argparse
 import statistics
 import sys
 import time
+from collections.abc import Callable
 
 import torch
 from transformers import GenerationConfig
@@ -35,9 +39,18 @@ from uhlm_ray.models import load_pair
 TUNED = [{"num_assistant_tokens": 3, "num_assistant_tokens_schedule": "constant"},
          {"num_assistant_tokens": 6, "num_assistant_tokens_schedule": "constant"},
          {"num_assistant_tokens": 5, "num_assistant_tokens_schedule": "heuristic"}]
+# the block method's rows: (label, overrides)
+BLOCKS = [
+    ("ids, uncertainty stop u <= 0.2", ["block.payload=ids", "block.stop=uncertainty", "block.stop_u_th=0.2"]),
+    ("ids, fixed n = 1", ["block.payload=ids", "block.stop=fixed", "block.fixed_drafts=1"]),
+    ("truncated top-p 0.95, uncertainty stop u <= 0.2",
+     ["block.payload=truncated", "block.stop=uncertainty", "block.stop_u_th=0.2"]),
+    ("truncated top-p 0.95, fixed n = 1", ["block.payload=truncated", "block.stop=fixed", "block.fixed_drafts=1"]),
+    ("truncated top-p 0.95, fixed n = 3", ["block.payload=truncated", "block.stop=fixed", "block.fixed_drafts=3"]),
+]
 
 
-def hf_generate(*, pair, prompts: list[list[int]], tokens: int, assistant: dict | None) -> tuple[int, float]:
+def hf_generate(*, pair, prompts: list[list[int]], tokens: int, assistant: dict | None) -> tuple[int, float, None]:
     """Generated tokens and seconds over all prompts; `assistant` None is the LLM alone."""
     eos = sorted(pair.eos_token_ids)
     sampling = {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "eos_token_id": eos,
@@ -57,7 +70,7 @@ def hf_generate(*, pair, prompts: list[list[int]], tokens: int, assistant: dict 
                                           assistant_model=pair.slm.model if assistant is not None else None)
         seconds += time.perf_counter() - start
         produced += out.shape[1] - input_ids.shape[1]
-    return produced, seconds
+    return produced, seconds, None
 
 
 def ours(*, pair, prompts: list[list[int]], method: str, cfg) -> tuple[int, float, float]:
@@ -78,45 +91,63 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prompts", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
-    cfg = load_config(overrides=[f"data.n_prompts={args.prompts}", f"decode.max_new_tokens={args.tokens}",
-                                 "decode.evaluation_methods=[]", "runtime.share_prefixes=false", *args.overrides])
+    base = [f"data.n_prompts={args.prompts}", f"decode.max_new_tokens={args.tokens}", "decode.evaluation_methods=[]",
+            "runtime.share_prefixes=false", *args.overrides]
+    cfg = load_config(overrides=base)
     pair = load_pair(cfg.model)
     prompts = [chat_prompt_ids(tokenizer=pair.tokenizer, prompt=e.prompt) for e in load_examples(cfg.data)]
     hf_generate(pair=pair, prompts=prompts[:1], tokens=4, assistant={})  # warm-up: first-call costs off the table
-    rows: list[tuple[str, int, float, float | None]] = []
-    n, s = hf_generate(pair=pair, prompts=prompts, tokens=args.tokens, assistant=None)
-    rows.append(("LLM alone (HF generate)", n, s, None))
+
     defaults = GenerationConfig._get_default_generation_params()  # what HF fills in for unset settings
-    n, s = hf_generate(pair=pair, prompts=prompts, tokens=args.tokens, assistant={})
-    rows.append((f"HF assisted, default ({defaults['num_assistant_tokens']} tokens, "
-                 f"{defaults['num_assistant_tokens_schedule']}, confidence stop "
-                 f"{defaults['assistant_confidence_threshold']})", n, s, None))
-    tuned = []
+    rows: list[tuple[str, str, Callable[[], tuple[int, float, float | None]]]] = [
+        ("llm", "LLM alone (HF generate)",
+         lambda: hf_generate(pair=pair, prompts=prompts, tokens=args.tokens, assistant=None)),
+        ("hf", f"HF assisted, default ({defaults['num_assistant_tokens']} tokens, "
+               f"{defaults['num_assistant_tokens_schedule']}, confidence stop "
+               f"{defaults['assistant_confidence_threshold']})",
+         lambda: hf_generate(pair=pair, prompts=prompts, tokens=args.tokens, assistant={})),
+    ]
     for setting in TUNED:
-        n, s = hf_generate(pair=pair, prompts=prompts, tokens=args.tokens, assistant=setting)
-        tuned.append((f"HF assisted, {setting['num_assistant_tokens']} tokens, "
-                      f"{setting['num_assistant_tokens_schedule']}", n, s, None))
-    best = max(tuned, key=lambda row: row[1] / row[2])
-    for row in tuned:
-        rows.append((row[0] + (" (tuned: fastest)" if row is best else ""), *row[1:]))
+        rows.append(("hf", f"HF assisted, {setting['num_assistant_tokens']} tokens, "
+                           f"{setting['num_assistant_tokens_schedule']}",
+                     lambda s=setting: hf_generate(pair=pair, prompts=prompts, tokens=args.tokens, assistant=s)))
     for method, label in (("hlm", "ours: HLM (lossless)"), ("u_hlm", f"ours: U-HLM (u_th {cfg.policy.u_th})"),
                           ("cu_hlm", f"ours: CU-HLM ({cfg.cu_hlm.measure} <= {cfg.cu_hlm.u_th}, "
                                      f"{cfg.cu_hlm.truncation} {cfg.cu_hlm.top_p})")):
-        n, s, overhead = ours(pair=pair, prompts=prompts, method=method, cfg=cfg)
-        rows.append((label, n, s, overhead))
+        rows.append(("ours", label, lambda m=method: ours(pair=pair, prompts=prompts, method=m, cfg=cfg)))
+    for label, overrides in BLOCKS:
+        block_cfg = load_config(overrides=[*base, *overrides])
+        rows.append(("block", f"ours: Block-HLM (lossless), {label}",
+                     lambda c=block_cfg: ours(pair=pair, prompts=prompts, method="block_hlm", cfg=c)))
 
-    base = rows[0][1] / rows[0][2]
+    rates: dict[int, list[float]] = {i: [] for i in range(len(rows))}
+    shares: dict[int, list[float]] = {i: [] for i in range(len(rows))}
+    produced: dict[int, int] = {}
+    for repeat in range(args.repeats):
+        for i, (_, label, run) in enumerate(rows):
+            n, seconds, share = run()
+            rates[i].append(n / seconds)
+            produced[i] = n
+            if share is not None:
+                shares[i].append(share)
+            print(f"[race] repeat {repeat + 1}/{args.repeats}: {label}: {n / seconds:.2f} tok/s", flush=True)
+
+    median = {i: statistics.median(r) for i, r in rates.items()}
+    llm = median[0]
+    hf = [i for i, (kind, _, _) in enumerate(rows) if kind == "hf"]
+    fastest = max(hf[1:], key=lambda i: median[i])  # the tuned settings
     print(f"\n{len(prompts)} prompts x up to {args.tokens} new tokens, {torch.get_num_threads()} torch threads, "
-          f"{next(pair.llm.model.parameters()).dtype}")
-    print("| run | tokens | seconds | tok/s | x LLM alone | overhead share |")
+          f"{next(pair.llm.model.parameters()).dtype}, median of {args.repeats} repeats")
+    print("| run | tokens | tok/s (median) | x LLM alone | x HF assisted fastest | overhead share |")
     print("|---|---:|---:|---:|---:|---:|")
-    for label, n, s, overhead in rows:
-        share = "-" if overhead is None else f"{overhead:.1%}"
-        print(f"| {label} | {n} | {s:.1f} | {n / s:.2f} | {n / s / base:.2f} | {share} |")
-    print(f"(median tok/s over the HF assisted settings: "
-          f"{statistics.median(r[1] / r[2] for r in rows[1:5]):.2f})")
+    for i, (_, label, _) in enumerate(rows):
+        share = f"{statistics.median(shares[i]):.1%}" if shares[i] else "-"
+        mark = " (tuned: fastest)" if i == fastest else ""
+        print(f"| {label}{mark} | {produced[i]} | {median[i]:.2f} | {median[i] / llm:.2f} | "
+              f"{median[i] / median[fastest]:.2f} | {share} |")
     return 0
 
 

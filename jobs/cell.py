@@ -46,7 +46,8 @@ DEVICE_COLUMNS = [
     ("distance_m", "distance m", "{:.0f}"), ("mean_snr_db", "SNR dB", "{:.1f}"), ("accuracy", "cos sim", "{:.4f}"),
     ("transmission_rate", "TR", "{:.2%}"), ("true_skip_rate", "TSR", "{:.2%}"),
     ("acceptance_rate", "accept", "{:.2%}"), ("throughput_modelled", "tok/s model", "{:.3f}"),
-    ("mean_uplink_ms", "uplink ms", "{:.0f}"), ("num_tokens", "tokens", "{:.0f}"),
+    ("mean_uplink_ms", "uplink ms", "{:.0f}"), ("median_uplink_ms", "median", "{:.0f}"),
+    ("num_tokens", "tokens", "{:.0f}"),
 ]
 
 
@@ -112,7 +113,8 @@ def main(argv: list[str]) -> int:
     serve.delete(APP_NAME)  # frees the verifier (and its GPU) on a shared cluster
 
     clock = run_clock(results={cell.method: results}, cfg=cfg)
-    summary = summarize_cell(results=results, distances_m=distances, channel=cfg.channel, clock=clock)
+    summary = summarize_cell(results=results, distances_m=distances, channel=cfg.channel, clock=clock,
+                             seed=cfg.decode.seed)
     summary["cell"]["decode_wall_s"] = decode_s
     summary["cell"]["cell_throughput_wall"] = summary["cell"]["num_tokens"] / decode_s
     batch_sizes = [r.verify_batch_size for res in results for r in res.records if r.sent]

@@ -1,4 +1,5 @@
-"""Compare LLM, SLM, HLM, Rand-HLM and U-HLM on one prompt set (the U-HLM paper's Table I and Fig. 6).
+"""Compare the LLM, SLM, HLM, Rand-HLM, U-HLM, CU-HLM and the block method on one prompt set (the U-HLM paper's
+Table I and Fig. 6, and where exact hybrid inference sits against the LLM alone).
 
     python jobs/evaluate.py                                   # embedded Qwen2.5-Coder pair, built-in prompts
     python jobs/evaluate.py data.n_prompts=20 policy.u_th=0.4
@@ -26,6 +27,7 @@ from uhlm_ray.evaluate import (
     ResultStore,
     evaluate_methods,
     format_table,
+    format_value,
     run_key,
     summarize_methods,
 )
@@ -93,6 +95,15 @@ def main(argv: list[str]) -> int:
     print(f"\n[evaluate] modelled clock: tau_SLM={any_summary['tau_slm_ms']:.1f} ms, "
           f"tau_LLM={any_summary['tau_llm_ms']:.1f} ms; average SNR {mean_snr_db(cfg.channel):.2f} dB")
     print(table)
+    print(f"\nuplink ({cfg.channel.model}): upload time per sent round (ms), uploads and bits per generated token:")
+    print("| method | mean | median | p95 | uploads/token | bits/token |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for method, s in summaries.items():
+        if method != "llm":
+            cells = [format_value(s.get(k), f) for k, f in (
+                ("mean_uplink_ms", "{:.4g}"), ("median_uplink_ms", "{:.4g}"), ("p95_uplink_ms", "{:.4g}"),
+                ("uploads_per_token", "{:.3f}"), ("bits_per_token", "{:.4g}"))]
+            print(f"| {METHOD_LABELS[method]} | " + " | ".join(cells) + " |")
     print("\nmodelled throughput (tok/s) vs average SNR, same fading draws:")
     snr_keys = [k for k in any_summary if k.startswith("throughput_modelled_snr_")]
     print("| method | " + " | ".join(k.removeprefix("throughput_modelled_snr_") for k in snr_keys) + " |")

@@ -5,9 +5,9 @@ import math
 import numpy as np
 import pytest
 
-from uhlm_ray.cell import apply_shared_uplink, device_distances, shared_uplink_seconds, slot_transmitters
+from uhlm_ray.cell import apply_shared_uplink, device_distances, slot_transmitters
 from uhlm_ray.channel import uplink_seconds
-from uhlm_ray.config import CellConfig, load_config
+from uhlm_ray.config import CellConfig, ChannelConfig, load_config
 from uhlm_ray.records import RoundRecord
 from uhlm_ray.validation import ConfigError
 
@@ -21,12 +21,24 @@ def _record(*, sent: bool, snr_db: float = 0.0, bits: int = 1_000_000) -> RoundR
     )
 
 
+# eq. 3 at a fixed SNR (no fading, no per-upload overhead), so each share of the band can be worked out by hand
+EQ3 = ChannelConfig(model="shannon", fading="none", upload_overhead_ms=0.0)
+
+
+def _share(records, snrs=None):
+    return apply_shared_uplink(records_by_device=records, channel=EQ3, mean_snrs=snrs or dict.fromkeys(records, 1.0),
+                               seed=0)
+
+
 def test_one_transmitter_is_eq3_and_sharing_by_hand():
-    assert shared_uplink_seconds(bits=1e6, bandwidth_hz=1e6, snr=1.0, sharers=1) == \
-        uplink_seconds(bits=1e6, bandwidth_hz=1e6, snr=1.0)
+    alone = _share({0: [_record(sent=True)]})
+    assert alone[0][0].tau_up_s == pytest.approx(uplink_seconds(bits=1e6, bandwidth_hz=1e6, snr=1.0))
     # two devices at SNR 1 split W = 1 MHz: each gets 0.5 MHz with noise halved, rate 0.5e6 * log2(1 + 2)
-    assert shared_uplink_seconds(bits=1e6, bandwidth_hz=1e6, snr=1.0, sharers=2) == \
-        pytest.approx(1e6 / (0.5e6 * math.log2(3.0)))
+    pair = _share({0: [_record(sent=True)], 1: [_record(sent=True)]})
+    assert pair[1][0].tau_up_s == pytest.approx(1e6 / (0.5e6 * math.log2(3.0)))
+    # a device at SNR 3 sharing with one at SNR 1: 0.5 MHz at 2 x 3
+    mixed = _share({0: [_record(sent=True)], 1: [_record(sent=True)]}, snrs={0: 3.0, 1: 1.0})
+    assert mixed[0][0].tau_up_s == pytest.approx(1e6 / (0.5e6 * math.log2(7.0)))
 
 
 def test_slots_count_transmitters_by_round_not_by_arrival():
@@ -36,7 +48,7 @@ def test_slots_count_transmitters_by_round_not_by_arrival():
         2: [_record(sent=False), _record(sent=True), _record(sent=True), _record(sent=True)],
     }
     assert slot_transmitters(records) == {0: 2, 1: 2, 2: 2, 3: 1}
-    shared = apply_shared_uplink(records_by_device=records, bandwidth_hz=1e6)
+    shared = _share(records)
     assert shared[0][0].tau_up_s == pytest.approx(1e6 / (0.5e6 * math.log2(1 + 2 * 1.0)))
     assert shared[0][1].tau_up_s == 0.0  # skipped rounds upload nothing
     assert shared[2][3].tau_up_s == pytest.approx(1e6 / (1e6 * math.log2(2.0)))  # alone in slot 3

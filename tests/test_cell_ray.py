@@ -107,7 +107,7 @@ def test_eight_devices_complete_and_match_their_solo_runs(verifier, tiny_pair, t
                                        example=EXAMPLES[result.prompt_index % len(EXAMPLES)])
         assert result.tokens == tokens, (result.device_index, result.prompt_index)
     summary = summarize_cell(results=results, distances_m=[500.0 + 100 * d for d in range(8)],
-                             channel=cfg.channel, clock=ModelledClock(tau_slm=0.02, tau_llm=0.1))
+                             channel=cfg.channel, clock=ModelledClock(tau_slm=0.02, tau_llm=0.1), seed=0)
     assert summary["cell"]["num_devices"] == 8 and summary["cell"]["transmission_rate"] == 1.0
     assert summary["cell"]["max_transmitters_per_slot"] == 8
     assert set(summary["devices"]) == set(range(8))
@@ -190,3 +190,81 @@ def test_http_route_verifies_and_rejects_bad_input_naming_the_field(verifier, ti
     assert too_big.status_code == 413
     assert requests.delete(_url(cfg, "/v1/sessions/http-1"), timeout=30).json() == {"closed": True}
     assert requests.get(_url(cfg, "/v1/health"), timeout=30).json()["sessions"] == 0
+
+
+def test_block_cell_equals_the_core_loop_and_batches_blocks_of_different_lengths(verifier, tiny_pair, tiny_pair_dirs,
+                                                                                 tmp_path, encoder):
+    """Four devices run the block method against the Serve verifier: the same tokens and verdicts as each device
+    alone in the core loop (float32), and blocks of different lengths verified together in one padded batch."""
+    from actors.cell_runner import run_cell
+
+    cfg = _cfg(tiny_pair_dirs, n_devices=4, prompts_per_device=1, devices_per_actor=4, method="block_hlm")
+    cfg.block.stop, cfg.block.stop_u_th, cfg.block.payload = "uncertainty", 0.5, "truncated"
+    results = run_cell(cfg=cfg, examples=EXAMPLES, store=ResultStore(tmp_path), encoder=encoder, run="blocks")
+    mixed = False
+    for result in results:
+        tokens, records, _, _ = _core_tokens(tiny_pair, cfg, device=result.device_index,
+                                             prompt_index=result.prompt_index, example=EXAMPLES[result.prompt_index])
+        assert result.tokens == tokens
+        for cell_r, core_r in zip(result.records, records, strict=True):
+            assert (cell_r.drafts, cell_r.num_accepted, cell_r.tokens) == (core_r.drafts, core_r.num_accepted,
+                                                                             core_r.tokens)
+            mixed |= cell_r.verify_batch_size > 1
+    lengths = {len(r.drafts) for res in results for r in res.records}
+    assert mixed and len(lengths) > 1, "blocks of several lengths from several devices shared batches"
+    summary = summarize_cell(results=results, distances_m=[500.0] * 4, channel=cfg.channel,
+                             clock=ModelledClock(tau_slm=0.02, tau_llm=0.1), seed=0)
+    assert summary["cell"]["mean_accepted_length"] >= 1.0 and summary["cell"]["exact"] == 1.0
+
+
+def test_http_block_route_verifies_as_the_core_and_names_bad_fields(verifier, tiny_pair):
+    import torch
+
+    from uhlm_ray.verifier import BlockRequest, SessionKey, Verifier
+
+    cfg = verifier
+    vocab = tiny_pair.vocab_size
+    prompt = [2, 3, 4, 5]
+    local = Verifier(model=tiny_pair.llm)
+    x = torch.softmax(torch.linspace(-2, 2, vocab), 0)
+    for format_, payload, probs in (
+        ("ids", {"format": "ids"}, None),
+        ("full", {"format": "full", "probs": [x.tolist()] * 2}, torch.stack([x, x])),
+        ("truncated", {"format": "truncated", "token_ids": [[9, 3], [4]], "probs": [[0.75, 0.25], [1.0]]}, None),
+    ):
+        session = f"block-{format_}"
+        opened = requests.post(_url(cfg, "/v1/sessions"), json={"session_id": session, "prompt_token_ids": prompt,
+                                                                "seed": 3}, timeout=30)
+        assert opened.status_code == 200, opened.text
+        drafts = [9, 4]
+        answer = requests.post(_url(cfg, f"/v1/sessions/{session}/block"), timeout=30,
+                               json={"round": 1, "draft_token_ids": drafts, "payload": payload})
+        assert answer.status_code == 200, answer.text
+        if format_ == "truncated":
+            probs = torch.zeros(2, vocab)
+            probs[0, 9], probs[0, 3], probs[1, 4] = 0.75, 0.25, 1.0
+        local.open(session_id=session, prompt_ids=prompt, key=SessionKey(seed=3, device=0, prompt=0))
+        (expected,) = local.verify_blocks([BlockRequest(session_id=session, round_index=1, new_tokens=[],
+                                                        drafts=drafts, draft_probs=probs)])
+        got = answer.json()
+        assert got["token_ids"] == expected.tokens and got["num_accepted"] == expected.num_accepted
+        assert got["y_d"] == pytest.approx(expected.y_d, abs=1e-6) and got["pass_tokens"] == 2
+
+    def rejected(payload):
+        reply = requests.post(_url(cfg, "/v1/sessions/block-ids/block"), json=payload, timeout=30)
+        assert reply.status_code == 422, reply.text
+        return reply.json()["detail"]
+
+    def names(detail, field):
+        return any(field in [str(part) for part in err["loc"]] for err in detail) or \
+            any(field in err["msg"] for err in detail)
+
+    good = {"round": 2, "new_token_ids": [1], "draft_token_ids": [4], "payload": {"format": "ids"}}
+    assert names(rejected({**good, "draft_token_ids": []}), "draft_token_ids")
+    assert names(rejected({**good, "draft_token_ids": [vocab]}), "draft_token_ids")
+    assert names(rejected({**good, "verify": [True, False]}), "verify")
+    assert names(rejected({**good, "payload": {"format": "full", "probs": [[1.0]]}}), "probs")
+    assert names(rejected({**good, "payload": {"format": "truncated", "token_ids": [[4]], "probs": [[0.5]]}}),
+                 "probs")
+    assert names(rejected({**good, "payload": {"format": "truncated", "token_ids": [[3]], "probs": [[1.0]]}}),
+                 "draft_token_ids")

@@ -202,3 +202,30 @@ def test_operating_point_by_hand():
     samples = rng.random(200_000)
     assert threshold_for_budget(u=samples, beta=samples, budget=0.125, epsilon=0.1) == pytest.approx(
         -0.1 + math.sqrt(0.26), abs=0.01)
+
+
+def test_block_payload_bits_by_hand():
+    from uhlm_ray.payload import block_payload_bits
+
+    fp32 = PayloadConfig(prob_bits=32)
+    # ids: 18 bits a draft; truncated: k (18 + 32) + 18 a draft; full: |V| 32 + 18 a draft
+    assert block_payload_bits(payload="ids", kept=[0, 0, 0], verified=[True] * 3, vocab_size=QWEN_V, cfg=fp32) == 54
+    assert block_payload_bits(payload="truncated", kept=[4, 1], verified=[True, True], vocab_size=QWEN_V,
+                              cfg=fp32) == 4 * 50 + 18 + 1 * 50 + 18
+    assert block_payload_bits(payload="full", kept=[QWEN_V], verified=[True], vocab_size=QWEN_V,
+                              cfg=fp32) == QWEN_V * 32 + 18
+    # a draft committed unverified rides as its id, and every draft gets a flag bit
+    assert block_payload_bits(payload="full", kept=[QWEN_V, QWEN_V], verified=[False, True], vocab_size=QWEN_V,
+                              cfg=fp32) == 18 + QWEN_V * 32 + 18 + 2
+
+
+def test_top_p_from_a_partial_sort_equals_the_full_sort():
+    """The truncation grows a topk until it holds mass p: the kept set and mass are those of a full sort."""
+    rng = np.random.default_rng(8)
+    x = torch.from_numpy(rng.dirichlet(np.full(5000, 0.05))).float()
+    for p in (0.5, 0.9, 0.999, 1.0):
+        got = truncate(probs=x, truncation="top_p", top_k=1, top_p=p)
+        ordered = torch.sort(x, descending=True).values
+        kept = int(torch.searchsorted(torch.cumsum(ordered, 0), torch.tensor([p * float(x.sum())]))[0]) + 1
+        assert got.kept == min(kept, 5000)
+        assert got.kept_mass == pytest.approx(float(ordered[:got.kept].sum() / x.sum()), rel=1e-5)

@@ -36,8 +36,9 @@ def test_job_prints_the_table_and_logs_one_run_per_method(tiny_pair_dirs, tmp_pa
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "average SNR -8.92 dB" in done.stdout
-    for label in ("| LLM |", "| SLM |", "| HLM |", "| Rand-HLM |", "| U-HLM |", "| CU-HLM |"):
+    for label in ("| LLM |", "| SLM |", "| HLM |", "| Rand-HLM |", "| U-HLM |", "| CU-HLM |", "| Block-HLM |"):
         assert label in done.stdout
+    assert "median | p95 | uploads/token | bits/token" in done.stdout
 
     uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri)
@@ -47,7 +48,7 @@ def test_job_prints_the_table_and_logs_one_run_per_method(tiny_pair_dirs, tmp_pa
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert len(parents) == 1 and len(children) == len(METHODS)
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
-    assert {r.data.params["method"] for r in children} == {"llm", "slm", "hlm", "rand_hlm", "u_hlm", "cu_hlm"}
+    assert {r.data.params["method"] for r in children} == set(METHODS)
     cu = next(r for r in children if r.data.params["method"] == "cu_hlm")
     assert 0.0 < cu.data.metrics["compression_rate"] < 1.0  # top-p uploads are truncated
     hlm = next(r for r in children if r.data.params["method"] == "hlm")
@@ -58,6 +59,13 @@ def test_job_prints_the_table_and_logs_one_run_per_method(tiny_pair_dirs, tmp_pa
                                                 dst_path=str(tmp_path / "dl"))
     records = pd.read_parquet(local)
     assert len(records) == hlm.data.metrics["num_tokens"] and records["sent"].all()
+    block = next(r for r in children if r.data.params["method"] == "block_hlm")
+    assert block.data.metrics["exact"] == 1.0 and block.data.metrics["mean_accepted_length"] >= 1.0
+    local = mlflow.artifacts.download_artifacts(run_id=block.info.run_id,
+                                                artifact_path="records/block_hlm_records.parquet",
+                                                dst_path=str(tmp_path / "dl"))
+    rounds = pd.read_parquet(local)  # one row per block round, its drafts as a list
+    assert rounds["tokens"].map(len).sum() >= block.data.metrics["num_tokens"]
     assert (tmp_path / "mlruns" / "artifacts").is_dir()  # artifacts beside the database, not in a stray folder
 
     # a second run with the same settings resumes: nothing is decoded again

@@ -99,3 +99,26 @@ def test_entropy_and_confidence_limits():
 def test_bad_settings_name_the_field(k, theta_max, field):
     with pytest.raises(ConfigError, match=field):
         draw_temperatures(rng=np.random.default_rng(0), k=k, theta_max=theta_max)
+
+
+def test_the_two_pass_measure_draws_what_an_inverse_cdf_sampler_draws():
+    """Eq. 7 from two weight sums per temperature (uncertainty.py) against the K x |V| sampler it replaces: the same
+    uniforms give the same d_k == d verdicts, on bf16 logits (the bincount path) and on float32 ones."""
+    from uhlm_ray.verify import sample_inverse_cdf
+
+    rng = np.random.default_rng(21)
+    for dtype in (torch.bfloat16, torch.float32):
+        logits = (torch.randn(4000, generator=torch.Generator().manual_seed(3)) * 4).to(dtype).float()  # [V]
+        thetas = rng.uniform(0.0, 2.0, size=400)
+        uniforms = rng.random(400)
+        for draft in (int(torch.argmax(logits)), 17, 3999):
+            u = _u_from(logits, draft, thetas, uniforms)
+            weights = torch.exp((logits - logits.max()).unsqueeze(0) / torch.from_numpy(thetas).float().unsqueeze(-1))
+            samples = sample_inverse_cdf(probs=weights, uniform=torch.from_numpy(uniforms))  # [K] the full sampler
+            assert u == pytest.approx(float((samples != draft).float().mean()), abs=2 / 400)  # rounding at edges
+
+
+def _u_from(logits, draft, thetas, uniforms) -> float:
+    return float(temperature_perturbation(logits=logits.unsqueeze(0), draft=torch.tensor([draft]),
+                                          thetas=torch.from_numpy(thetas).reshape(1, -1),
+                                          uniforms=torch.from_numpy(uniforms).reshape(1, -1))[0])

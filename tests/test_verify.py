@@ -126,3 +126,31 @@ def test_wrong_length_names_the_field():
     with pytest.raises(ConfigError, match="y has length 3, expected the vocabulary size 2"):
         verify_draft(x=torch.tensor([[0.5, 0.5]]), y=torch.tensor([[0.2, 0.3, 0.5]]), draft=torch.tensor([0]),
                      u_accept=torch.zeros(1), u_resample=torch.zeros(1))
+
+
+def test_a_uniform_just_below_one_never_draws_a_zero_probability_token():
+    """The largest float64 below 1 rounds to 1.0 in float32: the draw must still be the last token of positive
+    probability, never the last id of the vocabulary."""
+    below_one = torch.tensor([np.nextafter(1.0, 0.0)], dtype=torch.float64)
+    assert float(below_one.float()) == 1.0  # the edge this test is about
+    probs = torch.tensor([[0.2, 0.5, 0.3, 0.0, 0.0]])
+    assert sample_inverse_cdf(probs=probs, uniform=below_one).item() == 2
+    assert sample_inverse_cdf(probs=torch.tensor([[0.0, 1.0, 0.0]]), uniform=below_one).item() == 1
+    # the rest of the range is unchanged: the first positive token at 0, the token whose cdf interval holds u
+    assert sample_inverse_cdf(probs=probs, uniform=torch.tensor([0.0], dtype=torch.float64)).item() == 0
+    assert sample_inverse_cdf(probs=probs, uniform=torch.tensor([0.69], dtype=torch.float64)).item() == 1
+
+
+def test_a_draft_with_x_d_at_most_y_d_is_kept_whatever_the_uniform():
+    below_one = torch.tensor([np.nextafter(1.0, 0.0)], dtype=torch.float64)
+    x, y = torch.tensor([[0.4, 0.6]]), torch.tensor([[0.4, 0.6]])
+    verdict = verify_draft(x=x, y=y, draft=torch.tensor([1]), u_accept=below_one, u_resample=below_one)
+    assert verdict.accepted.item() and verdict.token.item() == 1
+
+
+def test_keyed_uniforms_stay_below_one_in_float64():
+    from uhlm_ray.device import keyed_uniform
+    from uhlm_ray.rng import Purpose, SessionKey
+
+    u = keyed_uniform(key=SessionKey(seed=0, device=0, prompt=0), round_index=1, purpose=Purpose.ACCEPT)
+    assert u.dtype == torch.float64 and 0.0 <= u.item() < 1.0

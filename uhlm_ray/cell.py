@@ -1,9 +1,11 @@
 """A cell: N devices at their own distances, each with its own Rayleigh fading, sharing one uplink and one LLM.
 
 Sharing rule (default "equal"): rounds are slotted, a device's k-th round (counted over its prompts in order) is
-slot k, and the devices that transmit in the same slot split the bandwidth W equally. The noise power N of eq. 3 is
-taken over the whole band, so a device with a share W/n sees noise N/n and rate (W/n) log2(1 + n SNR). Slots are
-defined by round counts, not by arrival times, so the modelled uplink does not depend on scheduling noise.
+slot k, and the devices that transmit in the same slot split the bandwidth W equally. The noise power N is taken
+over the whole band, so a device with a share W/n sees noise N/n: its upload is priced on the configured link model
+(uhlm_ray/channel.py) with bandwidth W/n at n times its SNR, which for eq. 3 is the rate (W/n) log2(1 + n SNR).
+Slots are defined by round counts, not by arrival times, so the modelled uplink does not depend on scheduling
+noise. A block round is one slot, like a one-draft round.
 
 Everything here is a pure function of the per-round records; the Ray runtime (actors/, jobs/cell.py) produces them.
 """
@@ -11,16 +13,17 @@ Everything here is a pure function of the per-round records; the Ray runtime (ac
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections import Counter
 
 import numpy as np
 
-from uhlm_ray.channel import db_to_linear, mean_snr, mean_snr_db
+from uhlm_ray.channel import mean_snr, mean_snr_db
 from uhlm_ray.config import CellConfig, ChannelConfig
 from uhlm_ray.metrics import ModelledClock, summarize
-from uhlm_ray.records import PromptResult, RoundRecord
+from uhlm_ray.records import BlockRecord, PromptResult, RoundRecord
+from uhlm_ray.rng import SessionKey
 from uhlm_ray.throughput import run_throughput
+from uhlm_ray.uplink import reprice
 
 
 def device_distances(cell: CellConfig) -> list[float]:
@@ -37,29 +40,27 @@ def device_channel(*, channel: ChannelConfig, distance_m: float) -> ChannelConfi
     return dataclasses.replace(channel, distance_m=distance_m)
 
 
-def shared_uplink_seconds(*, bits: float, bandwidth_hz: float, snr: float, sharers: int) -> float:
-    """Eq. 3 with an equal share of the band: B / ((W/n) log2(1 + n SNR)); n = 1 is eq. 3 itself."""
-    rate = bandwidth_hz / sharers * math.log2(1.0 + sharers * snr)
-    return bits / rate if rate > 0 else math.inf
+Record = RoundRecord | BlockRecord
 
 
-def slot_transmitters(records_by_device: dict[int, list[RoundRecord]]) -> Counter:
+def slot_transmitters(records_by_device: dict[int, list[Record]]) -> Counter:
     """How many devices transmit in each slot (a device's k-th round is slot k)."""
     return Counter(slot for records in records_by_device.values()
                    for slot, r in enumerate(records) if r.sent)
 
 
 def apply_shared_uplink(
-    *, records_by_device: dict[int, list[RoundRecord]], bandwidth_hz: float
-) -> dict[int, list[RoundRecord]]:
-    """Copies of the records with tau_up_s recomputed for the shared band (each record keeps its own SNR)."""
+    *, records_by_device: dict[int, list[Record]], channel: ChannelConfig, mean_snrs: dict[int, float], seed: int
+) -> dict[int, list[Record]]:
+    """Copies of the records with each upload priced on its slot's share of the band (W/n at n times the device's
+    SNR, the round's own fading draws); `mean_snrs` holds each device's average SNR."""
     sharers = slot_transmitters(records_by_device)
     out = {}
     for device, records in records_by_device.items():
         out[device] = [
-            dataclasses.replace(r, tau_up_s=shared_uplink_seconds(
-                bits=r.payload_bits, bandwidth_hz=bandwidth_hz, snr=db_to_linear(r.snr_db), sharers=sharers[slot]))
-            if r.sent else r
+            reprice(record=r, channel=channel, mean_snr=sharers[slot] * mean_snrs[device],
+                    key=SessionKey(seed=seed, device=device, prompt=r.prompt_index),
+                    bandwidth_hz=channel.bandwidth_hz / sharers[slot]) if r.sent else r
             for slot, r in enumerate(records)
         ]
     return out
@@ -71,6 +72,7 @@ def summarize_cell(
     distances_m: list[float],
     channel: ChannelConfig,
     clock: ModelledClock,
+    seed: int,
 ) -> dict[str, dict]:
     """Per-device metrics and cell-wide ones (`cell`), on the modelled clock with the shared uplink.
 
@@ -80,9 +82,10 @@ def summarize_cell(
     by_device: dict[int, list[PromptResult]] = {}
     for res in sorted(results, key=lambda r: (r.device_index, r.prompt_index)):
         by_device.setdefault(res.device_index, []).append(res)
+    channels = {d: device_channel(channel=channel, distance_m=distances_m[d]) for d in by_device}
     shared = apply_shared_uplink(
         records_by_device={d: [r for res in rs for r in res.records] for d, rs in by_device.items()},
-        bandwidth_hz=channel.bandwidth_hz,
+        channel=channel, mean_snrs={d: mean_snr(ch) for d, ch in channels.items()}, seed=seed,
     )
     shared_results = {}
     for device, rs in by_device.items():
@@ -91,13 +94,12 @@ def summarize_cell(
 
     devices = {}
     for device, rs in shared_results.items():
-        ch = device_channel(channel=channel, distance_m=distances_m[device])
-        summary = summarize(results=rs, clock=clock, base_mean_snr=mean_snr(ch), snr_sweep_db=[])
+        summary = summarize(results=rs, clock=clock, channel=channels[device], seed=seed, snr_sweep_db=[])
         summary["distance_m"] = distances_m[device]
-        summary["mean_snr_db"] = mean_snr_db(ch)
+        summary["mean_snr_db"] = mean_snr_db(channels[device])
         devices[device] = summary
     pooled = summarize(results=[res for rs in shared_results.values() for res in rs], clock=clock,
-                       base_mean_snr=mean_snr(channel), snr_sweep_db=[])
+                       channel=channel, seed=seed, snr_sweep_db=[])
     device_seconds = [devices[d]["modelled_s"] for d in devices]
     pooled["cell_throughput_modelled"] = run_throughput(tokens=pooled["num_tokens"], seconds=max(device_seconds))
     pooled["mean_device_throughput_modelled"] = float(np.mean([devices[d]["throughput_modelled"] for d in devices]))

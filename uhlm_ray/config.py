@@ -15,11 +15,16 @@ from omegaconf.errors import OmegaConfBaseException
 
 from uhlm_ray.validation import ConfigError, check_choice, check_range
 
-METHODS = ("llm", "slm", "hlm", "rand_hlm", "u_hlm", "cu_hlm")
+METHODS = ("llm", "slm", "hlm", "rand_hlm", "u_hlm", "cu_hlm", "block_hlm")
 UNCERTAINTY_MEASURES = ("temperature", "entropy", "confidence", "mc_dropout", "prompt_perturbation")
 DATASET_NAMES = ("builtin", "alpaca", "qed", "creak", "strategyqa")
 FADING_MODELS = ("rayleigh", "none")
+CHANNEL_MODELS = ("shannon", "arq", "inversion")
+DEADLINE_MODES = ("wait", "fallback")
 TRUNCATIONS = ("none", "top_k", "top_p")
+BLOCK_STOPS = ("uncertainty", "confidence", "fixed", "channel_aware")
+BLOCK_PAYLOADS = ("full", "truncated", "ids")
+LLM_PASS_PRICING = ("measured", "flat")
 
 
 @dataclass
@@ -86,6 +91,18 @@ class ChannelConfig:
     distance_m: float = 2500.0  # rho
     mean_snr_db: float | None = None  # set the average SNR directly instead of from p, N, alpha, rho
     fading: str = "rayleigh"  # "rayleigh" (block fading, redrawn every round) or "none"
+    # How an upload's time follows from its bits (uhlm_ray/channel.py): "shannon" is the paper's eq. 3 (capacity
+    # at the round's SNR; its mean is infinite under Rayleigh fading, jobs/reproduce.py uses it); "arq" (default)
+    # is fixed-rate transmission with retransmissions; "inversion" is truncated channel inversion with a cut-off.
+    model: str = "arq"
+    arq_rate: float | None = None  # bit/s/Hz; None: the rate that minimises the expected upload time
+    arq_feedback_ms: float = 4.0  # NACK round trip before a retransmission (LTE's HARQ: 8 ms per cycle)
+    inversion_cutoff: float | None = None  # h0; None: the cut-off that maximises the average rate
+    coherence_ms: float = 10.0  # inversion: a fade below the cut-off is waited out one block at a time
+    # scheduling request, grant and round trip, paid once per upload (LTE: about 10 ms; 0 in the paper)
+    upload_overhead_ms: float = 10.0
+    deadline_ms: float | None = None  # an upload longer than this ...
+    deadline_mode: str = "wait"  # ... is waited for (exact), or given up: the drafts are kept unverified (lossy)
 
 
 @dataclass
@@ -104,6 +121,37 @@ class ClockConfig:
     tau_llm_ms: float | None = None
     # Average SNRs (dB) at which modelled throughput is also reported (Fig. 6 right), reusing each round's fading.
     snr_sweep_db: list[float] = field(default_factory=lambda: [-10.0, -5.0, 0.0, 5.0, 10.0, 15.0, 20.0])
+    # The LLM pass of a block round (catch-up plus n drafts): "measured" prices it as measured for its length
+    # (scaled so that a one-token pass costs tau_LLM); "flat" at tau_LLM for up to `flat_pass_tokens` tokens and
+    # one tau_LLM more per further `flat_pass_tokens`, as on a GPU where such a pass is memory-bound.
+    llm_pass: str = "measured"
+    flat_pass_tokens: int = 16
+
+
+@dataclass
+class BlockConfig:
+    """The block method (`block_hlm`): several drafts per upload and per LLM pass (uhlm_ray/block_device.py)."""
+
+    # When the SLM stops drafting and uploads (uhlm_ray/stopping.py): "uncertainty" goes on while u <= stop_u_th
+    # (the measure of `uncertainty.measure`); "confidence" is Hugging Face's assistant confidence stop (x_d below
+    # the threshold) with its online re-fit; "fixed" drafts fixed_drafts; "channel_aware" goes on while one more
+    # draft raises the round's expected tokens per second, pricing the upload on the channel.
+    stop: str = "uncertainty"
+    max_drafts: int = 8  # never more drafts in one block
+    fixed_drafts: int = 3
+    stop_u_th: float = 0.5
+    confidence_threshold: float = 0.4  # Hugging Face's assistant_confidence_threshold
+    confidence_refit: bool = True  # re-fit the threshold on the verdicts (ROC, false negatives cost 3x)
+    # Lossy: a draft whose u <= skip_u_th is committed without verification (U-HLM's skip inside a block).
+    # None keeps every draft verified: the output is then distributed exactly as the LLM's.
+    skip_u_th: float | None = None
+    # What a block uploads per draft (uhlm_ray/payload.py): "ids" the token id only (verified as a point mass,
+    # exact whatever the SLM drew from); "truncated" the top-k / top-p x~ the draft was drawn from; "full" x.
+    payload: str = "truncated"
+    truncation: str = "top_p"  # top_k | top_p, for payload=truncated
+    top_k: int = 64
+    top_p: float = 0.95
+    greedy: bool = False  # ids payload only: draft the SLM's argmax (still exact: a point mass proposal)
 
 
 @dataclass
@@ -139,7 +187,7 @@ class TrackingConfig:
 
 
 BANDWIDTH_SHARING = ("equal",)
-CELL_METHODS = ("slm", "hlm", "rand_hlm", "u_hlm", "cu_hlm")
+CELL_METHODS = ("slm", "hlm", "rand_hlm", "u_hlm", "cu_hlm", "block_hlm")
 
 
 @dataclass
@@ -202,6 +250,7 @@ class EvaluateConfig:
     uncertainty: UncertaintyConfig = field(default_factory=UncertaintyConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     cu_hlm: CuHlmConfig = field(default_factory=CuHlmConfig)
+    block: BlockConfig = field(default_factory=BlockConfig)
     channel: ChannelConfig = field(default_factory=ChannelConfig)
     payload: PayloadConfig = field(default_factory=PayloadConfig)
     clock: ClockConfig = field(default_factory=ClockConfig)
@@ -214,10 +263,14 @@ class EvaluateConfig:
     reproduce: ReproduceConfig = field(default_factory=ReproduceConfig)
 
 
-def load_config(*, overrides: list[str] | None = None, yaml_path: str | Path | None = None) -> EvaluateConfig:
-    """Defaults <- YAML file <- dotted overrides; returns a validated EvaluateConfig object."""
+def load_config(
+    *, overrides: list[str] | None = None, yaml_path: str | Path | None = None, defaults: list[str] | None = None
+) -> EvaluateConfig:
+    """Defaults <- a job's own `defaults` <- YAML file <- dotted overrides; returns a validated EvaluateConfig."""
     merged = OmegaConf.structured(EvaluateConfig)
     try:
+        if defaults:
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(defaults)))
         if yaml_path is not None:
             merged = OmegaConf.merge(merged, OmegaConf.load(yaml_path))
         if overrides:
@@ -266,6 +319,19 @@ def validate_config(cfg: EvaluateConfig) -> None:
     check_range(cfg.channel.distance_m, field="channel.distance_m", low=0.0, low_open=True)
     check_range(cfg.channel.path_loss_exponent, field="channel.path_loss_exponent", low=0.0, low_open=True)
     check_choice(cfg.channel.fading, field="channel.fading", allowed=FADING_MODELS)
+    check_choice(cfg.channel.model, field="channel.model", allowed=CHANNEL_MODELS)
+    if cfg.channel.arq_rate is not None:
+        check_range(cfg.channel.arq_rate, field="channel.arq_rate", low=0.0, high=30.0, low_open=True)
+    if cfg.channel.inversion_cutoff is not None:
+        check_range(cfg.channel.inversion_cutoff, field="channel.inversion_cutoff", low=0.0, high=10.0, low_open=True)
+    for name in ("arq_feedback_ms", "coherence_ms", "upload_overhead_ms"):
+        check_range(getattr(cfg.channel, name), field=f"channel.{name}", low=0.0)
+    if cfg.channel.deadline_ms is not None:
+        check_range(cfg.channel.deadline_ms, field="channel.deadline_ms", low=0.0, low_open=True)
+    check_choice(cfg.channel.deadline_mode, field="channel.deadline_mode", allowed=DEADLINE_MODES)
+    check_choice(cfg.clock.llm_pass, field="clock.llm_pass", allowed=LLM_PASS_PRICING)
+    check_range(cfg.clock.flat_pass_tokens, field="clock.flat_pass_tokens", low=1)
+    validate_block(cfg)
     check_choice(cfg.data.name, field="data.name", allowed=DATASET_NAMES)
     validate_cell(cfg)
     for i, name in enumerate(cfg.reproduce.datasets):
@@ -275,6 +341,24 @@ def validate_config(cfg: EvaluateConfig) -> None:
     for i, value in enumerate(cfg.reproduce.thresholds):
         check_range(value, field=f"reproduce.thresholds[{i}]", low=0.0, high=1.0)
     check_range(cfg.reproduce.n_prompts, field="reproduce.n_prompts", low=1)
+
+
+def validate_block(cfg: EvaluateConfig) -> None:
+    block = cfg.block
+    check_choice(block.stop, field="block.stop", allowed=BLOCK_STOPS)
+    check_range(block.max_drafts, field="block.max_drafts", low=1, high=64)
+    check_range(block.fixed_drafts, field="block.fixed_drafts", low=1, high=block.max_drafts)
+    check_range(block.stop_u_th, field="block.stop_u_th", low=0.0, high=1.0)
+    check_range(block.confidence_threshold, field="block.confidence_threshold", low=0.0, high=1.0)
+    if block.skip_u_th is not None:
+        check_range(block.skip_u_th, field="block.skip_u_th", low=0.0, high=1.0)
+    check_choice(block.payload, field="block.payload", allowed=BLOCK_PAYLOADS)
+    check_choice(block.truncation, field="block.truncation", allowed=("top_k", "top_p"))
+    check_range(block.top_k, field="block.top_k", low=1)
+    check_range(block.top_p, field="block.top_p", low=0.0, high=1.0, low_open=True)
+    if block.greedy and block.payload != "ids":
+        raise ConfigError(f"block.greedy=true needs block.payload='ids' (got {block.payload!r}): a full or truncated "
+                          "upload must be the distribution the draft was sampled from")
 
 
 def validate_cell(cfg: EvaluateConfig) -> None:
@@ -305,15 +389,15 @@ def validate_cell(cfg: EvaluateConfig) -> None:
     check_choice(runtime.verifier_device, field="runtime.verifier_device", allowed=("auto", "cpu", "cuda"))
 
 
-def config_from_argv(argv: list[str], *, description: str) -> EvaluateConfig:
-    """A job's command line: `[--config file.yaml] [dotted.override=value ...]`."""
+def config_from_argv(argv: list[str], *, description: str, defaults: list[str] | None = None) -> EvaluateConfig:
+    """A job's command line: `[--config file.yaml] [dotted.override=value ...]`, over the job's `defaults`."""
     import argparse
 
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML file merged over the defaults, before the overrides")
     parser.add_argument("overrides", nargs="*", help="dotted omegaconf overrides, e.g. policy.u_th=0.4")
     args = parser.parse_args(argv)
-    return load_config(overrides=args.overrides, yaml_path=args.config)
+    return load_config(overrides=args.overrides, yaml_path=args.config, defaults=defaults)
 
 
 def config_to_dict(cfg: EvaluateConfig) -> dict:

@@ -3,8 +3,9 @@
 `decode_lockstep` runs several device decoders that share one SLM in lockstep: one batched SLM forward per round for
 every unfinished device, then one verification call carrying every sent draft. It does not know how requests reach
 the verifier: the core passes an in-process `Verifier`, the Ray device actor passes a Serve client, so the one-device
-cell and the core loop are the same code. `decode_prompt` is the single-device, single-prompt case, plus the
-LLM-alone reference (r(t) ~ y every round).
+cell and the core loop are the same code. The block method's rounds (`block_hlm`) run the same way: each drafting
+step is one batched SLM forward over the devices still drafting, then one call verifies every uploaded block.
+`decode_prompt` is the single-device, single-prompt case, plus the LLM-alone reference (r(t) ~ y every round).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from uhlm_ray.block_device import BlockDecoder
 from uhlm_ray.channel import mean_snr
 from uhlm_ray.config import METHODS, EvaluateConfig
 from uhlm_ray.device import DeviceDecoder, PerturbedLogits, keyed_uniform
@@ -33,9 +35,10 @@ from uhlm_ray.policies import (
 )
 from uhlm_ray.records import NAN, RoundRecord
 from uhlm_ray.rng import Purpose
+from uhlm_ray.stopping import make_stop_rule
 from uhlm_ray.uncertainty import draw_dropout_probs
 from uhlm_ray.validation import ConfigError
-from uhlm_ray.verifier import SessionKey, Verifier, VerifyRequest, VerifyResult
+from uhlm_ray.verifier import BlockRequest, BlockResult, SessionKey, Verifier, VerifyRequest, VerifyResult
 from uhlm_ray.verify import sample_inverse_cdf
 
 
@@ -46,14 +49,16 @@ class VerifierClient(Protocol):
 
     def verify(self, requests: list[VerifyRequest]) -> list[VerifyResult]: ...
 
+    def verify_blocks(self, requests: list[BlockRequest]) -> list[BlockResult]: ...
+
     def score(self, *, session_id: str, new_tokens: list[int]) -> tuple[list[float], float]: ...
 
     def close(self, *, session_id: str) -> bool: ...
 
 
 def make_policy(*, method: str, cfg: EvaluateConfig, send_prob: float | None = None) -> SkipPolicy | None:
-    """The skip policy of a method; None for the LLM alone."""
-    if method == "llm":
+    """The skip policy of a method; None for the LLM alone and the block method (its stopping rule decides)."""
+    if method in ("llm", "block_hlm"):
         return None
     if method == "slm":
         return NeverSend()
@@ -95,7 +100,7 @@ class DeviceJob:
     key: SessionKey
     prompt_ids: list[int]
     method: str
-    policy: SkipPolicy
+    policy: SkipPolicy | None  # None for the block method
     mean_snr: float  # the device's average SNR (its distance in a cell)
     paraphrase_ids: list[list[int]] | None = None  # prompt perturbation's K paraphrased prompts, chat-templated
 
@@ -118,6 +123,11 @@ def decode_lockstep(
     prefixes: PrefixCache | None = None,
 ) -> list[DeviceOutcome]:
     """Decode every job to the end, a round at a time for all of them together."""
+    if any(job.method == "block_hlm" for job in jobs):
+        if any(job.method != "block_hlm" for job in jobs):
+            raise ConfigError("decode_lockstep: block_hlm jobs cannot share a lockstep with one-draft methods")
+        return decode_blocks_lockstep(slm=slm, verifier=verifier, jobs=jobs, cfg=cfg, eos_token_ids=eos_token_ids,
+                                      prefixes=prefixes)
     sessions, decoders, prefill_s, paraphrased = [], [], [], []
     for job in jobs:
         session = CausalSession(model=slm, prompt_ids=job.prompt_ids, prefixes=prefixes)
@@ -151,14 +161,84 @@ def decode_lockstep(
             record.verify_wall_s = verify_wall + results[i].replayed_s if i in results else 0.0
             for session in (sessions[i], *paraphrased[i]):
                 session.append(record.token)
-        for i in [i for i in active if decoders[i].done]:
-            if decoders[i].evaluate and decoders[i].unscored_tokens():
-                probs, _ = verifier.score(session_id=jobs[i].session_id, new_tokens=decoders[i].unscored_tokens())
-                decoders[i].finish_scoring(probs)
-            verifier.close(session_id=jobs[i].session_id)
+        _finish_done(verifier=verifier, jobs=jobs, decoders=decoders, active=active)
         active = [i for i in active if not decoders[i].done]
     return [DeviceOutcome(tokens=d.tokens, records=d.records, stop_reason=d.stop_reason or "", prefill_s=p)
             for d, p in zip(decoders, prefill_s, strict=True)]
+
+
+def decode_blocks_lockstep(
+    *,
+    slm: LoadedModel,
+    verifier: VerifierClient,
+    jobs: list[DeviceJob],
+    cfg: EvaluateConfig,
+    eos_token_ids: frozenset[int],
+    prefixes: PrefixCache | None = None,
+) -> list[DeviceOutcome]:
+    """The block method for every job, a block round at a time for all of them together."""
+    sessions, decoders, prefill_s, paraphrased = [], [], [], []
+    for job in jobs:
+        session = CausalSession(model=slm, prompt_ids=job.prompt_ids, prefixes=prefixes)
+        llm_prefill = verifier.open(session_id=job.session_id, prompt_ids=job.prompt_ids, key=job.key)
+        sessions.append(session)
+        decoders.append(BlockDecoder(
+            key=job.key, cfg=cfg, rule=make_stop_rule(cfg=cfg), mean_snr=job.mean_snr, vocab_size=slm.vocab_size,
+            eos_token_ids=eos_token_ids, evaluate=evaluates(method=job.method, cfg=cfg),
+            prompt_last_token=job.prompt_ids[-1]))
+        measure = cfg.uncertainty.measure if decoders[-1].measures else ""
+        paraphrased.append(_paraphrase_sessions(slm=slm, job=job, measure=measure))
+        prefill_s.append(session.prefill_s + llm_prefill + sum(p.prefill_s for p in paraphrased[-1]))
+    active = list(range(len(jobs)))
+    while active:
+        start = time.perf_counter()
+        replayed = dict.fromkeys(active, 0.0)  # SLM passes replayed from the prefix cache count as computed
+        drafting = list(active)
+        for i in active:
+            decoders[i].begin_round()
+        while drafting:  # one batched SLM step for every device still drafting
+            forward_sessions([sessions[i] for i in drafting])
+            going = []
+            for i in drafting:
+                replayed[i] += sessions[i].timing.replayed_s
+                perturbed = _perturbed_passes(measure=cfg.uncertainty.measure, session=sessions[i],
+                                              paraphrased=paraphrased[i], cfg=cfg)
+                if decoders[i].add_draft(logits=sessions[i].next_logits(), tau_slm_s=sessions[i].timing.forward_s,
+                                         perturbed=perturbed):
+                    for session in (sessions[i], *paraphrased[i]):
+                        session.append(decoders[i].last_draft)
+                    going.append(i)
+            drafting = going
+        sent = [i for i in active if decoders[i].close_block()]
+        verify_start = time.perf_counter()
+        replies = verifier.verify_blocks([decoders[i].request(session_id=jobs[i].session_id)
+                                          for i in sent]) if sent else []
+        verify_wall = time.perf_counter() - verify_start
+        results: dict[int, BlockResult] = dict(zip(sent, replies, strict=True))
+        wall = time.perf_counter() - start
+        for i in active:
+            reply = results.get(i)
+            record = decoders[i].commit(result=reply, wall_s=wall + replayed[i] +
+                                        (reply.replayed_s if reply is not None else 0.0))
+            record.verify_wall_s = verify_wall + reply.replayed_s if reply is not None else 0.0
+            drop, last, logits, follow = decoders[i].slm_rewind()
+            for session in (sessions[i], *paraphrased[i]):  # back to the kept prefix, then what the LLM added
+                session.discard(count=drop, last_token=last, logits=logits if session is sessions[i] else None)
+                for token in follow:
+                    session.append(token)
+        _finish_done(verifier=verifier, jobs=jobs, decoders=decoders, active=active)
+        active = [i for i in active if not decoders[i].done]
+    return [DeviceOutcome(tokens=d.tokens, records=d.records, stop_reason=d.stop_reason or "", prefill_s=p)
+            for d, p in zip(decoders, prefill_s, strict=True)]
+
+
+def _finish_done(*, verifier: VerifierClient, jobs: list[DeviceJob], decoders: list, active: list[int]) -> None:
+    """Devices done this round: the LLM scores what it has not seen (evaluation mode), then the session closes."""
+    for i in [i for i in active if decoders[i].done]:
+        if decoders[i].evaluate and decoders[i].unscored_tokens():
+            probs, _ = verifier.score(session_id=jobs[i].session_id, new_tokens=decoders[i].unscored_tokens())
+            decoders[i].finish_scoring(probs)
+        verifier.close(session_id=jobs[i].session_id)
 
 
 def _paraphrase_sessions(*, slm: LoadedModel, job: DeviceJob, measure: str) -> list[CausalSession]:
@@ -205,7 +285,7 @@ def decode_prompt(
     key = SessionKey(seed=cfg.decode.seed, device=device_index, prompt=prompt_index)
     if method == "llm":
         return _decode_llm_alone(pair=pair, prompt_ids=prompt_ids, key=key, cfg=cfg, prefixes=prefixes)
-    if policy is None:
+    if policy is None and method != "block_hlm":
         raise ConfigError(f"method={method!r} needs a skip policy")
     job = DeviceJob(session_id=f"local-{device_index}-{prompt_index}", key=key, prompt_ids=prompt_ids,
                     method=method, policy=policy, mean_snr=mean_snr(cfg.channel), paraphrase_ids=paraphrase_ids)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from uhlm_ray.channel import draw_fading_gain, linear_to_db, uplink_seconds
+from uhlm_ray.channel import expected_upload_seconds, linear_to_db, upload
 from uhlm_ray.config import EvaluateConfig
 from uhlm_ray.payload import Truncated, full_payload_bits, sync_bits, truncate, truncated_payload_bits
 from uhlm_ray.policies import SkipPolicy
@@ -84,8 +84,9 @@ def measure_uncertainty(
     return float(u[0])
 
 
-def keyed_uniform(*, key: SessionKey, round_index: int, purpose: Purpose) -> torch.Tensor:
-    return torch.tensor([key.rng(round_index=round_index, purpose=purpose).random()])
+def keyed_uniform(*, key: SessionKey, round_index: int, purpose: Purpose, offset: int | None = None) -> torch.Tensor:
+    """[1] float64: one keyed uniform in [0, 1), not rounded to float32 (which would make some of them 1.0)."""
+    return torch.tensor([key.uniform(round_index=round_index, purpose=purpose, offset=offset)], dtype=torch.float64)
 
 
 @dataclass
@@ -105,7 +106,9 @@ class Draft:
     distribution_bits: int  # the upload's distribution and draft index (full or truncated)
     sync_bits: int  # the ids of the tokens skipped since the last upload
     kept_tokens: int  # tokens in the uploaded distribution
-    upload_s: float  # eq. 3 at this round's SNR for distribution_bits + sync_bits
+    upload_s: float  # the channel model's time for distribution_bits + sync_bits (eq. 3 in the paper's mode)
+    upload_attempts: int
+    deadline_fallback: bool  # the policy sent, the upload missed its deadline: the draft is kept unverified
 
 
 class DeviceDecoder:
@@ -163,21 +166,25 @@ class DeviceDecoder:
                                 rng=key.rng(round_index=t, purpose=Purpose.TEMPERATURES), perturbed=perturbed)
         spent = time.perf_counter() - start
         tau_u, eval_s = (spent, 0.0) if self.policy.needs_uncertainty else (0.0, spent)
-        gain = draw_fading_gain(rng=key.rng(round_index=t, purpose=Purpose.FADING), fading=self.cfg.channel.fading)
         dist_bits = self.full_bits if truncated is None else truncated_payload_bits(
             kept=truncated.kept, vocab_size=self.vocab_size, cfg=self.cfg.payload)
         # the LLM chose the response token of the last sent round itself; every later token was a skipped draft
         skipped = len(self.tokens) - self.llm_seen - (1 if self.uploaded else 0)
         sync = sync_bits(skipped_tokens=skipped, vocab_size=self.vocab_size) if self.cfg.payload.sync_token_ids else 0
-        bandwidth = self.cfg.channel.bandwidth_hz
-        upload_s = uplink_seconds(bits=dist_bits + sync, bandwidth_hz=bandwidth, snr=self.mean_snr * gain)
+        channel = self.cfg.channel
+        # the round's keyed fading (its first draw is h(t)), whatever the policy decides
+        up = upload(bits=dist_bits + sync, channel=channel, mean_snr=self.mean_snr,
+                    rng=key.rng(round_index=t, purpose=Purpose.FADING))
         sent = self.policy.should_send(
-            uncertainty=u, rng=key.rng(round_index=t, purpose=Purpose.POLICY), upload_s=upload_s,
-            mean_upload_s=uplink_seconds(bits=dist_bits + sync, bandwidth_hz=bandwidth, snr=self.mean_snr))
-        return Draft(round_index=t, draft=draft, probs=draft_probs, uncertainty=u, sent=sent, fading_gain=gain,
-                     snr=self.mean_snr * gain, tau_slm_s=tau_slm_s, tau_uncertainty_s=tau_u, eval_s=eval_s,
-                     distribution_bits=dist_bits, sync_bits=sync,
-                     kept_tokens=truncated.kept if truncated is not None else self.vocab_size, upload_s=upload_s)
+            uncertainty=u, rng=key.rng(round_index=t, purpose=Purpose.POLICY),
+            upload_s=expected_upload_seconds(bits=dist_bits + sync, channel=channel, mean_snr=self.mean_snr,
+                                             gain=up.gain),
+            mean_upload_s=expected_upload_seconds(bits=dist_bits + sync, channel=channel, mean_snr=self.mean_snr))
+        return Draft(round_index=t, draft=draft, probs=draft_probs, uncertainty=u, sent=sent and up.delivered,
+                     fading_gain=up.gain, snr=self.mean_snr * up.gain, tau_slm_s=tau_slm_s, tau_uncertainty_s=tau_u,
+                     eval_s=eval_s, distribution_bits=dist_bits, sync_bits=sync,
+                     kept_tokens=truncated.kept if truncated is not None else self.vocab_size, upload_s=up.seconds,
+                     upload_attempts=up.attempts, deadline_fallback=sent and not up.delivered)
 
     def request(self, *, session_id: str, draft: Draft) -> VerifyRequest:
         """Step 2's upload: the draft, x, and the response tokens the LLM has not seen yet."""
@@ -194,9 +201,10 @@ class DeviceDecoder:
             method=self.method, prompt_index=self.key.prompt, round=draft.round_index, draft=draft.draft,
             token=draft.draft, uncertainty=draft.uncertainty, sent=draft.sent, x_d=x_d, y_d=NAN, beta=NAN,
             accepted=None, resampled=None, payload_bits=draft.distribution_bits + draft.sync_bits if draft.sent else 0,
-            catch_up_tokens=0, fading_gain=draft.fading_gain,
-            snr_db=linear_to_db(draft.snr) if draft.snr > 0 else -math.inf,
-            tau_up_s=draft.upload_s if draft.sent else 0.0,
+            catch_up_tokens=0, fading_gain=draft.fading_gain, snr_db=linear_to_db(draft.snr),
+            tau_up_s=draft.upload_s if draft.sent or draft.deadline_fallback else 0.0,
+            upload_attempts=draft.upload_attempts if draft.sent or draft.deadline_fallback else 0,
+            deadline_fallback=draft.deadline_fallback,
             tau_slm_s=draft.tau_slm_s, tau_uncertainty_s=draft.tau_uncertainty_s, tau_llm_s=0.0,
             wall_s=wall_s - draft.eval_s - (result.scoring_s if result is not None else 0.0),
         )

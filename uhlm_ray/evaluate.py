@@ -16,7 +16,6 @@ from pathlib import Path
 from filelock import FileLock
 from omegaconf import OmegaConf
 
-from uhlm_ray.channel import mean_snr
 from uhlm_ray.config import EvaluateConfig
 from uhlm_ray.datasets import Example
 from uhlm_ray.decode import chat_prompt_ids, decode_prompt, make_policy
@@ -27,7 +26,8 @@ from uhlm_ray.paraphrase import paraphrase_prompt_ids
 from uhlm_ray.records import PromptResult
 from uhlm_ray.similarity import Encoder, response_similarity
 
-DECODE_SECTIONS = ("model", "uncertainty", "policy", "cu_hlm", "channel", "payload", "decode", "data", "metrics")
+DECODE_SECTIONS = ("model", "uncertainty", "policy", "cu_hlm", "block", "channel", "payload", "decode", "data",
+                   "metrics")
 # sections that change no decoded token or stored record (the modelled clock is applied when summarising; the cell
 # and reproduction jobs add their own section to the key); a new section must join one of the two lists
 NON_DECODE_SECTIONS = ("clock", "tracking", "cell", "runtime", "reproduce")
@@ -71,7 +71,7 @@ class ResultStore:
 
 def ordered_methods(methods: list[str]) -> list[str]:
     """U-HLM before Rand-HLM, so that Rand-HLM can match U-HLM's transmission rate."""
-    order = ["llm", "slm", "hlm", "u_hlm", "rand_hlm", "cu_hlm"]
+    order = ["llm", "slm", "hlm", "u_hlm", "rand_hlm", "cu_hlm", "block_hlm"]
     return sorted(methods, key=order.index)
 
 
@@ -86,7 +86,7 @@ def run_method(
     examples: list[Example],
     method: str,
     cfg: EvaluateConfig,
-    encoder: Encoder,
+    encoder: Encoder | None,
     store: ResultStore | None,
     send_prob: float | None = None,
     on_prompt: Callable[[PromptResult], None] | None = None,
@@ -94,7 +94,7 @@ def run_method(
     stored: dict[tuple[int, int], PromptResult] | None = None,
 ) -> list[PromptResult]:
     """Decode every example with one method, skipping those the store already holds (`stored`: the caller's
-    `store.load(method)`, when it has read it already)."""
+    `store.load(method)`, when it has read it already). Without an encoder the responses are not scored."""
     if stored is None:
         stored = store.load(method) if store is not None and cfg.resume else {}
     policy = make_policy(method=method, cfg=cfg, send_prob=send_prob)
@@ -113,7 +113,7 @@ def run_method(
             )
             response = pair.tokenizer.decode(tokens, skip_special_tokens=True)
             similarity = float(response_similarity(encoder=encoder, responses=[response],
-                                                   references=[example.reference])[0])
+                                                   references=[example.reference])[0]) if encoder else math.nan
             result = PromptResult(
                 method=method, prompt_index=index, example_id=example.id, reference=example.reference,
                 response=response, tokens=tokens, stop_reason=stop_reason, prompt_tokens=len(prompt_ids),
@@ -155,24 +155,30 @@ def evaluate_methods(
 
 
 def run_clock(*, results: dict[str, list[PromptResult]], cfg: EvaluateConfig) -> ModelledClock:
-    """The modelled clock shared by every method of a run: configured times, else medians measured in the run."""
+    """The modelled clock shared by every method of a run: configured times, else medians measured in the run.
+    A block round's LLM pass is priced as measured (scaled to the clock's tau_LLM) or flat (`clock.llm_pass`)."""
     measured = measured_clock([r for rs in results.values() for res in rs for r in res.records])
+    tau_llm = cfg.clock.tau_llm_ms / 1e3 if cfg.clock.tau_llm_ms is not None else measured.tau_llm
     return ModelledClock(
         tau_slm=cfg.clock.tau_slm_ms / 1e3 if cfg.clock.tau_slm_ms is not None else measured.tau_slm,
-        tau_llm=cfg.clock.tau_llm_ms / 1e3 if cfg.clock.tau_llm_ms is not None else measured.tau_llm,
+        tau_llm=tau_llm, llm_pass=cfg.clock.llm_pass, flat_pass_tokens=cfg.clock.flat_pass_tokens,
+        llm_scale=tau_llm / measured.tau_llm if math.isfinite(measured.tau_llm) and measured.tau_llm > 0 else 1.0,
     )
 
 
 def summarize_methods(*, results: dict[str, list[PromptResult]], cfg: EvaluateConfig) -> dict[str, dict[str, float]]:
     clock = run_clock(results=results, cfg=cfg)
     summaries = {
-        method: summarize(results=rs, clock=clock, base_mean_snr=mean_snr(cfg.channel),
+        method: summarize(results=rs, clock=clock, channel=cfg.channel, seed=cfg.decode.seed,
                           snr_sweep_db=cfg.clock.snr_sweep_db)
         for method, rs in results.items()
     }
     if "llm" in summaries:
+        llm = summaries["llm"]
         for s in summaries.values():
-            s["accuracy_vs_llm"] = s["accuracy"] / summaries["llm"]["accuracy"]
+            s["accuracy_vs_llm"] = s["accuracy"] / llm["accuracy"]
+            s["throughput_modelled_vs_llm"] = s["throughput_modelled"] / llm["throughput_modelled"]
+            s["throughput_wall_vs_llm"] = s["throughput_wall"] / llm["throughput_wall"]
     if "hlm" in summaries:
         for s in summaries.values():
             s["throughput_modelled_vs_hlm"] = s["throughput_modelled"] / summaries["hlm"]["throughput_modelled"]
@@ -187,7 +193,7 @@ def format_value(value: float | None, fmt: str) -> str:
 
 
 METHOD_LABELS = {"llm": "LLM", "slm": "SLM", "hlm": "HLM", "rand_hlm": "Rand-HLM", "u_hlm": "U-HLM",
-                 "cu_hlm": "CU-HLM"}
+                 "cu_hlm": "CU-HLM", "block_hlm": "Block-HLM"}
 
 
 def format_table(summaries: dict[str, dict[str, float]]) -> str:
@@ -195,15 +201,17 @@ def format_table(summaries: dict[str, dict[str, float]]) -> str:
     columns = [
         ("accuracy", "cos sim", "{:.4f}"),
         ("accuracy_vs_llm", "vs LLM", "{:.2%}"),
+        ("exact", "exact", "{:.0f}"),
         ("transmission_rate", "TR", "{:.2%}"),
         ("true_skip_rate", "TSR", "{:.2%}"),
         ("acceptance_rate", "accept", "{:.2%}"),
         ("rejection_risk", "risk", "{:.4f}"),
         ("compression_rate", "compr.", "{:.2%}"),
         ("throughput_modelled", "tok/s model", "{:.3f}"),
+        ("throughput_modelled_vs_llm", "x LLM", "{:.2f}"),
         ("throughput_modelled_vs_hlm", "x HLM", "{:.2f}"),
         ("throughput_wall", "tok/s wall", "{:.2f}"),
-        ("throughput_wall_vs_hlm", "x HLM", "{:.2f}"),
+        ("throughput_wall_vs_llm", "x LLM", "{:.2f}"),
         ("num_tokens", "tokens", "{:.0f}"),
     ]
     header = "| method | " + " | ".join(label for _, label, _ in columns) + " |"

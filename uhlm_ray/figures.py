@@ -121,9 +121,10 @@ def fig6_rates_and_snr(*, summaries: dict[str, dict[str, float]], path: Path) ->
     method (right)."""
     plt = _plt()
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
-    hybrid = [m for m in ("hlm", "rand_hlm", "u_hlm", "cu_hlm") if m in summaries]
+    hybrid = [m for m in ("hlm", "rand_hlm", "u_hlm", "cu_hlm", "block_hlm") if m in summaries]
     xs = np.arange(len(hybrid))
-    left.bar(xs - 0.27, [summaries[m]["true_skip_rate"] if m != "hlm" else 0.0 for m in hybrid], 0.27, label="TSR")
+    left.bar(xs - 0.27, [summaries[m].get("true_skip_rate", 0.0) if m != "hlm" else 0.0 for m in hybrid], 0.27,
+             label="TSR")
     left.bar(xs, [summaries[m]["transmission_rate"] for m in hybrid], 0.27, label="TR")
     left.bar(xs + 0.27, [summaries[m].get("compression_rate", 0.0) for m in hybrid], 0.27, label="compression")
     left.set_xticks(xs, [METHOD_LABELS[m] for m in hybrid])
@@ -148,7 +149,7 @@ def table_one(*, accuracy: dict[str, dict[str, float]]) -> tuple[list[dict], str
     rows, lines = [], []
     header = "| method | " + " | ".join(f"{d} (ours) | {d} (paper)" for d in datasets) + " |"
     lines += [header, "|---|" + "---:|---:|" * len(datasets)]
-    for method in ("llm", "slm", "hlm", "rand_hlm", "u_hlm", "cu_hlm"):
+    for method in ("llm", "slm", "hlm", "rand_hlm", "u_hlm", "cu_hlm", "block_hlm"):
         if method not in accuracy:
             continue
         row = {"method": method}

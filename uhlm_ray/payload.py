@@ -9,6 +9,9 @@ mass reaches p (the most probable first, which is the smallest set of that mass)
 renormalised distribution x~ it sends, so verification stays exact with respect to its draft distribution.
 A payload is never larger than the full one: past |V| b_prob / (ceil(log2 |V|) + b_prob) tokens the dense codec wins.
 
+A block of the block method uploads, per draft, its id alone (`ids`), or with its truncated or full distribution
+(`block_payload_bits`).
+
 Sync cost (neglected by the paper): the LLM has not seen the tokens of the rounds skipped since the last upload, so
 the upload also carries their ids, ceil(log2 |V|) bits each (`payload.sync_token_ids`).
 """
@@ -50,6 +53,26 @@ def sync_bits(*, skipped_tokens: int, vocab_size: int) -> int:
     return skipped_tokens * index_bits(vocab_size=vocab_size)
 
 
+def block_payload_bits(*, payload: str, kept: list[int], verified: list[bool], vocab_size: int,
+                       cfg: PayloadConfig) -> int:
+    """The bits of an uploaded block of n drafts (sync ids not included).
+
+    Each verified draft costs, by `payload`: "ids" its id, ceil(log2 |V|) bits (the verifier treats it as a point
+    mass); "full" the full payload |V| b_prob (+ its id); "truncated" its kept tokens k_i (ceil(log2 |V|) + b_prob)
+    (+ its id). A draft committed unverified rides as its id only, and a block with such drafts carries one flag
+    bit per draft so the verifier knows which to test. Message framing (lengths) is left to the transport.
+    """
+    bits = 0
+    for k, check in zip(kept, verified, strict=True):
+        if not check or payload == "ids":
+            bits += index_bits(vocab_size=vocab_size)
+        elif payload == "full":
+            bits += full_payload_bits(vocab_size=vocab_size, cfg=cfg)
+        else:
+            bits += truncated_payload_bits(kept=k, vocab_size=vocab_size, cfg=cfg)
+    return bits + (len(verified) if not all(verified) else 0)
+
+
 def compression_rate(*, payload_bits: int, vocab_size: int, cfg: PayloadConfig) -> float:
     """1 - B / B_full of one sent round (0 for a full upload)."""
     return 1.0 - payload_bits / full_payload_bits(vocab_size=vocab_size, cfg=cfg)
@@ -71,14 +94,21 @@ def truncate(*, probs: torch.Tensor, truncation: str, top_k: int, top_p: float) 
         raise ConfigError(f"truncation={truncation!r} is not one of {list(TRUNCATIONS)}")
     if truncation == "none":
         return Truncated(probs=x, kept=int((x > 0).sum()), kept_mass=float(x.sum()))
-    sorted_probs, order = torch.sort(x, descending=True)  # [V] each
+    vocab, total = x.shape[-1], float(x.sum())
     if truncation == "top_k":
-        kept = min(top_k, x.shape[-1])
+        kept = min(top_k, vocab)
+        sorted_probs, order = torch.topk(x, kept)  # [k] each, most probable first
     else:  # the fewest tokens whose mass reaches p: the first index where the running mass is >= p
-        running = torch.cumsum(sorted_probs, dim=-1)  # [V]
-        kept = min(int(torch.searchsorted(running, torch.tensor([top_p * float(running[-1])]))[0]) + 1, x.shape[-1])
+        width = 64  # a partial sort (topk) grown until it holds that mass: a full sort of |V| costs ~40x more
+        while True:
+            sorted_probs, order = torch.topk(x, min(width, vocab))  # [w] each
+            running = torch.cumsum(sorted_probs, dim=-1)  # [w]
+            if float(running[-1]) >= top_p * total or width >= vocab:
+                break
+            width *= 4
+        kept = min(int(torch.searchsorted(running, torch.tensor([top_p * total]))[0]) + 1, sorted_probs.shape[-1])
     keep = order[:kept]  # [k]
     mass = float(sorted_probs[:kept].sum())
     out = torch.zeros_like(x)  # [V]
     out[keep] = x[keep] / mass
-    return Truncated(probs=out, kept=kept, kept_mass=mass / float(x.sum()))
+    return Truncated(probs=out, kept=kept, kept_mass=mass / total)

@@ -1,4 +1,8 @@
-"""What every round leaves behind, and what a prompt's run leaves behind. All metrics are functions of these."""
+"""What every round leaves behind, and what a prompt's run leaves behind. All metrics are functions of these.
+
+The paper's methods leave one `RoundRecord` per response token (one draft a round); the block method leaves one
+`BlockRecord` per round, which holds several drafts and emits several tokens.
+"""
 
 from __future__ import annotations
 
@@ -44,9 +48,60 @@ class RoundRecord:
     kept_tokens: int = 0  # tokens in the uploaded distribution (|V| for a full upload; 0: not sent)
     sync_bits: int = 0  # of payload_bits, the ids of skipped tokens the LLM catches up on
     compression: float = NAN  # 1 - distribution bits / full payload bits, of a sent round
+    upload_attempts: int = 0  # transmissions the upload took (ARQ), or fading blocks waited through plus one
+    deadline_fallback: bool = False  # the upload missed channel.deadline_ms; the draft was kept unverified (lossy)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass
+class BlockRecord:
+    """One round of the block method: n drafts, at most one upload, one LLM pass, a + 1 tokens.
+
+    Per-draft lists have n entries, in drafting order. y_d and accept_prob come from the LLM's pass (NaN when the
+    block was not uploaded); a draft after the first rejection has a y_d in a context that was discarded.
+    Times in seconds: tau_slm_s sums the round's n SLM steps, tau_llm_s is the measured LLM pass over
+    `llm_pass_tokens` tokens (catch-up plus drafts), tau_up_s the modelled upload (0 when not uploaded).
+    """
+
+    method: str
+    prompt_index: int
+    round: int  # r, from 1
+    position: int  # index (from 1) of the round's first response token
+    drafts: list[int]
+    uncertainty: list[float]  # u of each draft, NaN where the stop rule and the skip did not need it
+    x_d: list[float]  # each draft's probability under what it was drawn from (x, or x~ when truncating)
+    verified: list[bool]  # False: committed without verification (block.skip_u_th, lossy)
+    sent: bool  # the block was uploaded and verified
+    tokens: list[int]  # the round's response tokens: the kept drafts, then the recovered or bonus token
+    num_accepted: int  # a, the leading drafts kept
+    recovered: bool
+    bonus: bool
+    y_d: list[float]
+    accept_prob: list[float]  # min(1, y_d / x_d), or y_d for an ids upload (a point mass)
+    payload_bits: int  # the whole upload: the drafts, their distributions when sent, sync ids
+    sync_bits: int
+    kept_tokens: int  # entries of the uploaded distributions, over the block
+    fading_gain: float
+    snr_db: float
+    upload_attempts: int
+    deadline_fallback: bool  # the upload missed channel.deadline_ms; the drafts were kept unverified (lossy)
+    tau_up_s: float
+    tau_slm_s: float
+    tau_uncertainty_s: float
+    tau_llm_s: float
+    llm_pass_tokens: int
+    wall_s: float
+    verify_batch_size: int = 0
+    verify_wall_s: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def record_from_dict(data: dict) -> RoundRecord | BlockRecord:
+    return BlockRecord(**data) if "drafts" in data else RoundRecord(**data)
 
 
 @dataclass
@@ -60,7 +115,7 @@ class PromptResult:
     stop_reason: str  # "eos" or "max_new_tokens"
     prompt_tokens: int
     prefill_s: float  # SLM and LLM prompt prefill (wall), not part of any round
-    records: list[RoundRecord] = field(default_factory=list)
+    records: list[RoundRecord] | list[BlockRecord] = field(default_factory=list)
     similarity: float = NAN
     device_index: int = 0  # the simulated device in a cell; 0 in single-device runs
 
@@ -72,5 +127,5 @@ class PromptResult:
     @classmethod
     def from_dict(cls, data: dict) -> PromptResult:
         data = dict(data)
-        data["records"] = [RoundRecord(**r) for r in data["records"]]
+        data["records"] = [record_from_dict(r) for r in data["records"]]
         return cls(**data)

@@ -26,11 +26,16 @@ class Purpose(enum.IntEnum):
     LLM_SAMPLE = 7  # the LLM-alone baseline's token
     MC_DROPOUT = 8  # MC dropout's K dropout probabilities and masks
     PARAPHRASE = 9  # prompt perturbation's K paraphrases (round 0: once per prompt)
+    UPLINK = 10  # a block round's channel: fading draws, retransmissions
 
 
-def keyed_rng(*, seed: int, device: int = 0, prompt: int, round_index: int, purpose: Purpose) -> np.random.Generator:
-    """A Generator determined by (seed, device, prompt, round, purpose) alone."""
-    return np.random.default_rng(np.random.SeedSequence([seed, device, prompt, round_index, int(purpose)]))
+def keyed_rng(
+    *, seed: int, device: int = 0, prompt: int, round_index: int, purpose: Purpose, offset: int | None = None
+) -> np.random.Generator:
+    """A Generator determined by (seed, device, prompt, round, purpose) alone, and by `offset` when given: the
+    position of a draw inside a block round (its k-th draft), so that no two draws of a run share a key."""
+    key = [seed, device, prompt, round_index, int(purpose)] + ([] if offset is None else [offset])
+    return np.random.default_rng(np.random.SeedSequence(key))
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,10 @@ class SessionKey:
     device: int
     prompt: int
 
-    def rng(self, *, round_index: int, purpose: Purpose) -> np.random.Generator:
+    def rng(self, *, round_index: int, purpose: Purpose, offset: int | None = None) -> np.random.Generator:
         return keyed_rng(seed=self.seed, device=self.device, prompt=self.prompt, round_index=round_index,
-                         purpose=purpose)
+                         purpose=purpose, offset=offset)
+
+    def uniform(self, *, round_index: int, purpose: Purpose, offset: int | None = None) -> float:
+        """One uniform in [0, 1), kept in float64: rounding it to float32 would turn about 3e-8 of draws into 1.0."""
+        return float(self.rng(round_index=round_index, purpose=purpose, offset=offset).random())

@@ -17,7 +17,8 @@ A space file (tune_spaces/*.yaml):
       uncertainty.k: {choice: [10, 20]}
 
 Shared work: a method's decoded prompts depend only on some settings (the LLM alone ignores u_th and K; no token
-depends on the channel, only the modelled uplink does, unless the threshold is channel-aware). Each (method, prompt)
+depends on the channel, only the modelled uplink does, unless the threshold or the block stop is channel-aware or a
+missed deadline falls back to the draft). Each (method, prompt)
 is stored once under a key of exactly those settings, in a store all trials of a sweep share; a trial decodes only
 what no earlier trial has, and recomputes each record's uplink time for its own channel from the stored fading gain
 (`rechannel`). Below that, the forward passes trials share are computed once (models/prefix_cache.py).
@@ -28,7 +29,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,7 +36,7 @@ import numpy as np
 import yaml
 from omegaconf import OmegaConf
 
-from uhlm_ray.channel import linear_to_db, mean_snr, uplink_seconds
+from uhlm_ray.channel import mean_snr
 from uhlm_ray.config import METHODS, ChannelConfig, EvaluateConfig, load_config
 from uhlm_ray.cu_theory import operating_point
 from uhlm_ray.datasets import Example
@@ -46,6 +46,7 @@ from uhlm_ray.models.prefix_cache import PrefixCache
 from uhlm_ray.records import PromptResult
 from uhlm_ray.similarity import Encoder
 from uhlm_ray.theory import risk_at_threshold
+from uhlm_ray.uplink import reprice_results
 from uhlm_ray.validation import ConfigError, check_choice
 
 SEARCHES = ("grid", "random", "optuna")
@@ -139,31 +140,24 @@ def method_key(*, cfg: EvaluateConfig, method: str, send_prob: float | None) -> 
         relevant["u_th"] = cfg.policy.u_th
     if method == "cu_hlm":
         relevant["cu_hlm"] = section("cu_hlm")
-    if method in ("u_hlm", "cu_hlm") and cfg.policy.channel_aware:  # then the tokens depend on the channel too
+    if method == "block_hlm":
+        relevant["block"] = section("block")
+    channel_aware = (method in ("u_hlm", "cu_hlm") and cfg.policy.channel_aware) or \
+        (method == "block_hlm" and cfg.block.stop == "channel_aware")
+    if channel_aware:  # then the tokens depend on the channel too
         relevant["channel_aware"] = {"channel": section("channel"), "fit": [cfg.policy.fit_a, cfg.policy.fit_b],
-                                     "tau_llm_ms": cfg.clock.tau_llm_ms}
+                                     "tau_ms": [cfg.clock.tau_slm_ms, cfg.clock.tau_llm_ms]}
+    if cfg.channel.deadline_ms is not None and cfg.channel.deadline_mode == "fallback" and method != "llm":
+        relevant["deadline"] = section("channel")  # a missed deadline keeps the draft: the channel picks tokens
     if method == "rand_hlm":
         relevant["send_prob"] = None if send_prob is None else round(send_prob, 6)
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def rechannel(*, results: list[PromptResult], channel: ChannelConfig) -> list[PromptResult]:
-    """Copies with each sent round's SNR and uplink time recomputed for `channel`, from its stored fading gain."""
-    base = mean_snr(channel)
-    out = []
-    for res in results:
-        records = []
-        for r in res.records:
-            if r.method == "llm" or math.isnan(r.fading_gain):
-                records.append(r)
-                continue
-            snr = base * r.fading_gain
-            records.append(dataclasses.replace(
-                r, snr_db=linear_to_db(snr) if snr > 0 else -math.inf,
-                tau_up_s=uplink_seconds(bits=r.payload_bits, bandwidth_hz=channel.bandwidth_hz, snr=snr)
-                if r.sent else 0.0))
-        out.append(dataclasses.replace(res, records=records))
-    return out
+def rechannel(*, results: list[PromptResult], channel: ChannelConfig, seed: int) -> list[PromptResult]:
+    """Copies with each sent round's SNR and uplink time recomputed for `channel`, from the round's own keyed fading
+    draws (uhlm_ray/uplink.py): decoded prompts are shared by trials that differ only in the channel."""
+    return reprice_results(results=results, channel=channel, mean_snr=mean_snr(channel), seed=seed)
 
 
 @dataclass
@@ -190,7 +184,7 @@ def evaluate_trial(
                                     store=store, send_prob=send_prob, prefixes=prefixes, stored=stored)
         reused += found
         decoded += len(examples) - found
-        results[method] = rechannel(results=method_results, channel=cfg.channel)
+        results[method] = rechannel(results=method_results, channel=cfg.channel, seed=cfg.decode.seed)
     summaries = summarize_methods(results=results, cfg=cfg)
     if "u_hlm" in results:  # Theorem 1's risk for this trial's threshold, beside the measured rejection risk
         summaries["u_hlm"].update(risk_at_threshold([r for res in results["u_hlm"] for r in res.records],

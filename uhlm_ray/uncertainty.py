@@ -34,18 +34,41 @@ def temperature_perturbation(
     """Eq. 6-7: u = (1/K) sum_k 1(d_k != d), with d_k ~ softmax(z / theta_k).
 
     logits: [B, V] the SLM's logits z; draft: [B] int64; thetas: [B, K] temperatures; uniforms: [B, K] in [0, 1)
-    for the K sample draws. Returns u as float32 [B]. All K samples are drawn in one vectorised pass.
+    for the K sample draws. Returns u as float32 [B].
+
+    Each d_k is the inverse-CDF draw over the vocabulary in id order, and eq. 7 only asks whether it is d: that is
+    the case exactly when U_k Z_k falls in [W_<d, W_<d + w_d), with w_v = exp((z_v - max z) / theta_k), W_<d the
+    weight of the ids below d and Z_k the total. Those two sums are all that is needed, not the K x |V| table of
+    samples: for logits that are bf16 values (what a bf16 model emits) they are sums over the few thousand distinct
+    values, weighted by how often each occurs (a bincount of the bit patterns), so a round costs two passes over
+    the vocabulary instead of K. The draws are the ones a full inverse-CDF sampler makes (up to float rounding).
     """
-    batch, vocab = logits.shape
-    k = thetas.shape[-1]
-    z = logits.float()
-    shifted = z - z.max(dim=-1, keepdim=True).values  # [B, V], <= 0 with a 0 at the argmax
-    # eq. 6 up to its normaliser, which inverse-CDF sampling does not need: exp((z - max z) / theta_k) in (0, 1],
-    # exactly 1 at the argmax, so no row is ever all zero (about 3x cheaper than a [B, K, V] softmax)
-    weights = torch.exp(shifted.unsqueeze(1) / thetas.float().clamp_min(_MIN_THETA).unsqueeze(-1))  # [B, K, V]
-    perturbed = weights.reshape(batch * k, vocab)  # [B*K, V]
-    samples = sample_inverse_cdf(probs=perturbed, uniform=uniforms.reshape(-1)).reshape(batch, k)  # [B, K]
-    return (samples != draft.unsqueeze(-1)).float().mean(dim=-1)  # [B] eq. 7
+    out = torch.empty(thetas.shape[0], dtype=torch.float32)
+    for b in range(thetas.shape[0]):
+        z, d = logits[b].float(), int(draft[b])
+        theta = thetas[b].double().clamp_min(_MIN_THETA).unsqueeze(-1)  # [K, 1]
+        top = z.max().double()
+        w_below, w_total = _weight_sums(z, draft=d, theta=theta, top=top)  # [K] each: W_<d and Z_k
+        w_draft = torch.exp((z[d].double() - top) / theta.squeeze(-1))  # [K]
+        target = uniforms[b].double() * w_total  # [K] U_k Z_k
+        same = (target >= w_below) & (target < w_below + w_draft)  # [K] d_k == d
+        out[b] = 1.0 - same.double().mean()  # eq. 7
+    return out
+
+
+def _weight_sums(z: torch.Tensor, *, draft: int, theta: torch.Tensor, top: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """sum_{v < draft} w_v and sum_v w_v for each temperature theta [K, 1], w_v = exp((z_v - top) / theta)."""
+    as_bf16 = z.to(torch.bfloat16)
+    if bool((as_bf16.float() == z).all()):  # bf16 logits: sums over at most 65,536 distinct values
+        patterns = as_bf16.view(torch.int16).long() & 0xFFFF  # [V]
+        total = torch.bincount(patterns, minlength=65536)  # [65536]
+        present = total.nonzero().squeeze(-1)  # [J]
+        below = torch.bincount(patterns[:draft], minlength=65536)[present].double()  # [J]
+        values = present.to(torch.int32).to(torch.int16).view(torch.bfloat16).double()  # [J]
+        weights = torch.exp((values.unsqueeze(0) - top) / theta)  # [K, J]
+        return weights @ below, weights @ total[present].double()
+    weights = torch.exp((z.unsqueeze(0) - top.float()) / theta.float())  # [K, V] any other dtype: each id alone
+    return weights[:, :draft].sum(dim=-1).double(), weights.sum(dim=-1).double()  # cascade sums in float32
 
 
 def entropy_uncertainty(*, probs: torch.Tensor) -> torch.Tensor:

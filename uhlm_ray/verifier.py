@@ -1,7 +1,9 @@
 """The base station's side of a hybrid round: one LLM session per device session, verification in batches.
 
 Terminology (vLLM's): a *draft* is the SLM's token d sent with its distribution x; it is *accepted* or rejected and
-replaced by a *recovered* (resampled) token from norm(max(y - x, 0)). There are no bonus tokens: one draft per round.
+replaced by a *recovered* (resampled) token from norm(max(y - x, 0)). The paper's methods send one draft per round
+and get no bonus token; the block method sends n drafts, verified in the same pass (uhlm_ray/block_verify.py), and
+gets a *bonus* token from y_{n+1} when all are accepted. The LLM's KV cache then drops the rejected drafts.
 
 `Verifier` is transport-free: the core loop calls it in-process, the Ray Serve deployment (actors/) wraps the same
 object behind a handle and an HTTP route. A request carries the tokens the LLM has not seen yet (the previous
@@ -17,6 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from uhlm_ray.block_verify import verify_block
 from uhlm_ray.models.loading import LoadedModel
 from uhlm_ray.models.prefix_cache import PrefixCache
 from uhlm_ray.models.session import CausalSession, forward_sessions
@@ -56,10 +59,46 @@ class VerifyResult:
     replayed_s: float = 0.0  # of tau_llm_s, seconds replayed from a PrefixCache rather than spent here
 
 
+@dataclass
+class BlockRequest:
+    """A block round's upload: the drafts, what they were drawn from (or nothing: ids only), the catch-up tokens."""
+
+    session_id: str
+    round_index: int  # r, from 1: keys the accept and final-token draws
+    new_tokens: list[int]  # response tokens the LLM has not processed, oldest first
+    drafts: list[int]  # d_1 .. d_n
+    draft_probs: torch.Tensor | None  # [n, V] float32 (dense or sparse) q_i per draft; None: ids only (point masses)
+    verify: list[bool] | None = None  # False: committed unverified (lossy); None: verify every draft
+    score: bool = False  # also return y of each catch-up token (evaluation mode)
+
+
+@dataclass
+class BlockResult:
+    tokens: list[int]  # the kept drafts, then the recovered or bonus token
+    num_accepted: int
+    recovered: bool
+    bonus: bool
+    y_d: list[float]  # per draft, in the block's context
+    accept_prob: list[float]
+    tau_llm_s: float  # the batched pass over catch-up and drafts (wall, or replayed)
+    pass_tokens: int  # tokens in that pass for this session
+    batch_size: int
+    new_token_probs: list[float] = field(default_factory=list)  # y of each catch-up token, with score=True
+    scoring_s: float = 0.0
+    replayed_s: float = 0.0
+
+
 def uniforms(*, key: SessionKey, round_index: int) -> tuple[float, float]:
-    """The accept-test and resampling uniforms of a round."""
-    return (key.rng(round_index=round_index, purpose=Purpose.ACCEPT).random(),
-            key.rng(round_index=round_index, purpose=Purpose.RESAMPLE).random())
+    """The accept-test and resampling uniforms of a round, in float64."""
+    return (key.uniform(round_index=round_index, purpose=Purpose.ACCEPT),
+            key.uniform(round_index=round_index, purpose=Purpose.RESAMPLE))
+
+
+def block_uniforms(*, key: SessionKey, round_index: int, drafts: int) -> tuple[list[float], float]:
+    """A block round's accept-test uniforms (one per draft, keyed by its place in the block) and the uniform of its
+    recovered or bonus token; keyed by round, so a retried round verifies to the same tokens."""
+    accept = [key.uniform(round_index=round_index, purpose=Purpose.ACCEPT, offset=i) for i in range(drafts)]
+    return accept, key.uniform(round_index=round_index, purpose=Purpose.RESAMPLE, offset=drafts)
 
 
 class Verifier:
@@ -115,8 +154,8 @@ class Verifier:
                 u_accept, u_resample = uniforms(key=key, round_index=request.round_index)
                 verdict = verify_draft(
                     x=request.draft_probs.float().unsqueeze(0), y=y.unsqueeze(0),  # [1, V] each
-                    draft=torch.tensor([request.draft]), u_accept=torch.tensor([u_accept]),
-                    u_resample=torch.tensor([u_resample]), validate=False,
+                    draft=torch.tensor([request.draft]), u_accept=torch.tensor([u_accept], dtype=torch.float64),
+                    u_resample=torch.tensor([u_resample], dtype=torch.float64), validate=False,
                 )
                 caught_up = bool(request.new_tokens)
                 results.append(VerifyResult(
@@ -127,6 +166,62 @@ class Verifier:
                     new_token_probs=session.pending_probs if request.score and caught_up else [],
                     scoring_s=session.timing.scoring_s if caught_up else 0.0,
                     replayed_s=session.timing.replayed_s if caught_up else 0.0,
+                ))
+            return results
+
+    def verify_blocks(self, requests: list[BlockRequest]) -> list[BlockResult]:
+        """Verify a block per request: every session catches up and scores its drafts in one batched pass (padded
+        to the longest), then each keeps its accepted prefix and drops the rest from its KV cache."""
+        with self._lock:
+            ids = [r.session_id for r in requests]
+            if len(set(ids)) != len(ids):
+                raise SessionError(f"sessions {sorted({i for i in ids if ids.count(i) > 1})} appear twice in a batch")
+            entries = [self._get(r.session_id) for r in requests]
+            before = []
+            for (session, _), request in zip(entries, requests, strict=True):
+                if not request.drafts:
+                    raise ValueError(f"session {request.session_id!r}: a block needs at least one draft")
+                before.append(request.new_tokens[-1] if request.new_tokens else session.last_token)
+                for token in (*request.new_tokens, *request.drafts):
+                    session.append(token)
+                session.want_rows(len(request.drafts) + 1)
+            forward_sessions([s for s, _ in entries], score=any(r.score for r in requests))
+            n_max = max(len(r.drafts) for r in requests)
+            batch, vocab = len(requests), self.vocab_size
+            target = torch.zeros(batch, n_max + 1, vocab)  # [B, N + 1, V] y_1 .. y_{n+1}, padded
+            drafts = torch.zeros(batch, n_max, dtype=torch.long)  # [B, N]
+            probs = None if all(r.draft_probs is None for r in requests) else torch.zeros(batch, n_max, vocab)
+            verify = torch.ones(batch, n_max, dtype=torch.bool)  # [B, N]
+            u_accept = torch.zeros(batch, n_max, dtype=torch.float64)  # [B, N]
+            u_final = torch.zeros(batch, dtype=torch.float64)  # [B]
+            for b, ((session, key), r) in enumerate(zip(entries, requests, strict=True)):
+                n = len(r.drafts)
+                target[b, :n + 1] = torch.softmax(session.row_logits, dim=-1)  # [n + 1, V]
+                drafts[b, :n] = torch.tensor(r.drafts)
+                if r.draft_probs is not None:  # a sparse upload (truncated) is densified here
+                    probs[b, :n] = r.draft_probs.to_dense() if r.draft_probs.is_sparse else r.draft_probs
+                elif probs is not None:  # a point mass among distributions in the same batch
+                    probs[b, torch.arange(n), drafts[b, :n]] = 1.0
+                if r.verify is not None:
+                    verify[b, :n] = torch.tensor(r.verify)
+                accept, u_final[b] = block_uniforms(key=key, round_index=r.round_index, drafts=n)
+                u_accept[b, :n] = torch.tensor(accept, dtype=torch.float64)
+            verdict = verify_block(target=target, drafts=drafts,
+                                   num_drafts=torch.tensor([len(r.drafts) for r in requests]),
+                                   draft_probs=probs, u_accept=u_accept, u_final=u_final, verify=verify)
+            results = []
+            for b, ((session, _), r) in enumerate(zip(entries, requests, strict=True)):
+                n, a = len(r.drafts), int(verdict.num_accepted[b])
+                rows = session.row_logits  # [n + 1, V]
+                session.discard(count=n - a, last_token=r.drafts[a - 1] if a else before[b], logits=rows[a])
+                catch_up = len(r.new_tokens)
+                results.append(BlockResult(
+                    tokens=verdict.tokens[b, :a + 1].tolist(), num_accepted=a,
+                    recovered=bool(verdict.recovered[b]), bonus=bool(verdict.bonus[b]),
+                    y_d=verdict.y_d[b, :n].tolist(), accept_prob=verdict.accept_prob[b, :n].tolist(),
+                    tau_llm_s=session.timing.forward_s, pass_tokens=catch_up + n, batch_size=batch,
+                    new_token_probs=session.pending_probs[:catch_up] if r.score else [],
+                    scoring_s=session.timing.scoring_s, replayed_s=session.timing.replayed_s,
                 ))
             return results
 

@@ -11,7 +11,8 @@ Terminology (as vLLM's spec-decode metrics use it):
 With these rules the response token is distributed exactly as y, whatever x is (Leviathan et al., 2023).
 All arithmetic is float32, whatever dtype the models use (torch's CPU cumsum accumulates float32 in double, so the
 inverse-CDF table is exact up to its final rounding).
-Randomness enters only through explicit uniforms in [0, 1), so callers decide how draws are keyed and seeded.
+Randomness enters only through explicit uniforms in [0, 1), so callers decide how draws are keyed and seeded. The
+accept test compares them in float64, so a uniform stays strictly below 1 and a draft with x_d <= y_d is always kept.
 """
 
 from __future__ import annotations
@@ -42,7 +43,13 @@ def sample_inverse_cdf(*, probs: torch.Tensor, uniform: torch.Tensor) -> torch.T
     target = (uniform.float() * cdf[:, -1]).unsqueeze(-1)  # [B, 1]
     # right=True: the first index whose cdf exceeds the target, which skips zero-probability tokens
     index = torch.searchsorted(cdf, target, right=True).squeeze(-1)  # [B]
-    return index.clamp_max(probs.shape[-1] - 1)
+    # A uniform just below 1 can round up to 1.0 in float32 (about 3e-8 of draws), and the target then reaches
+    # the total: the limit of the inverse CDF there is the last token of positive probability, not the last id.
+    over = index >= probs.shape[-1]  # [B]
+    if bool(over.any()):
+        positive = probs[over] > 0  # [R, V]
+        index[over] = probs.shape[-1] - 1 - positive.flip(-1).int().argmax(dim=-1)
+    return index
 
 
 def rejection_probability(*, x_d: torch.Tensor, y_d: torch.Tensor) -> torch.Tensor:
@@ -87,7 +94,7 @@ def verify_draft(
     y_d = y[rows, draft]  # [B]
     # immediate acceptance when x_d <= y_d; otherwise accept with probability y_d / x_d
     accept_prob = torch.clamp(y_d / x_d, max=1.0)  # [B]
-    accepted = u_accept.float() < accept_prob  # [B]
+    accepted = u_accept.double() < accept_prob.double()  # [B] float64: a uniform below 1 stays below 1
     token = draft.clone()  # [B]
     rejected = ~accepted  # [B]
     if bool(rejected.any()):  # the residual costs O(V) per row: build it only for rejected rows

@@ -61,6 +61,8 @@ class CausalSession:
         # the chain of chunks this session fed its model; None once it left the shareable (solo) path
         self._prefixes = prefixes
         self._chunk: str | None = f"{model.source}|{next(model.model.parameters()).dtype}|{self._device}"
+        self._rows = 1  # next-token logits wanted from the next pass: its last `_rows` positions (a block's y)
+        self.row_logits: torch.Tensor | None = None  # [rows, V] float32 after a pass that asked for several
         self.next_logits()
         self.prefill_s = self.timing.forward_s  # the prompt's pass, measured or replayed
         self.timing = StepTiming(tokens=0)  # the prefill is reported in prefill_s, never as a round's forward
@@ -81,6 +83,37 @@ class CausalSession:
         self._pending.append(int(token))
         self._logits = None
 
+    def want_rows(self, rows: int) -> None:
+        """Ask the next pass for the next-token logits after each of its last `rows` positions, not only the last
+        (a block's y_1 .. y_{n+1}); they land in `row_logits`. When the pass has fewer new tokens than `rows`, the
+        first row is the logits the previous pass left (they predicted the first pending token)."""
+        if rows > len(self._pending) + 1 or (rows == len(self._pending) + 1 and self._last_logits is None):
+            raise ValueError(f"want_rows({rows}): only {len(self._pending)} pending tokens and "
+                             f"{'no' if self._last_logits is None else 'one'} earlier row")
+        self._rows = rows
+
+    @property
+    def last_token(self) -> int:
+        """The most recently processed token."""
+        return self._last_token
+
+    def discard(self, *, count: int, last_token: int, logits: torch.Tensor | None = None) -> None:
+        """Forget the last `count` tokens appended (rejected drafts): pending ones are dropped, processed ones cut
+        from the KV cache, so nothing kept is recomputed. `last_token` is the last token kept; `logits` [V], when
+        given, are the next-token logits after it (they then predict the next token appended)."""
+        if not 0 <= count < self.processed + len(self._pending):
+            raise ValueError(f"discard count={count} outside [0, {self.processed + len(self._pending) - 1}]")
+        unprocessed = min(count, len(self._pending))
+        del self._pending[len(self._pending) - unprocessed:]
+        if count > unprocessed:
+            self.processed -= count - unprocessed
+            self._cache.crop(-(count - unprocessed))  # transformers 5: a negative count of tokens to remove
+            self._chunk = None  # the chunks this session fed are no longer its history: leave the shared path
+            self._last_token = int(last_token)
+            self._logits = logits
+        elif unprocessed and not self._pending:
+            self._logits = self._last_logits  # back where the first dropped token was appended
+
     def next_logits(self, *, score: bool = False) -> torch.Tensor:
         """Next-token logits [V] (float32, CPU) given everything appended so far; catches up in one forward pass.
 
@@ -95,6 +128,15 @@ class CausalSession:
         """Take the pass's results: hidden states [n, H] of this session's new tokens and the next-token logits
         [V] (float32, CPU) from the last one; score the new tokens if asked."""
         self._logits = logits
+        self.row_logits = None
+        if self._rows > 1:  # the block's earlier rows: part of the pass (the LM head over those positions)
+            start = time.perf_counter()
+            earlier = self._model.get_output_embeddings()(hidden[-self._rows:-1]).float().cpu()  # [<= rows-1, V]
+            if earlier.shape[0] < self._rows - 1:  # the first row predicted the first pending token already
+                earlier = torch.cat([self._last_logits.unsqueeze(0), earlier])
+            self.row_logits = torch.cat([earlier, logits.unsqueeze(0)])  # [rows, V]
+            forward_s += time.perf_counter() - start
+            self._rows = 1
         self.timing = StepTiming(forward_s=forward_s, tokens=len(self._pending), batch_size=batch_size)
         self.pending_probs = []
         if score:  # off the clocks: the output projection of the other positions

@@ -1,0 +1,160 @@
+"""The modelled clock at the paper's operating point, for each link model: where exact hybrid inference sits.
+
+    .venv/bin/python bench/modelled_clock.py [--prompts 4] [--tokens 32] [overrides...]
+
+Decodes the built-in prompts once per method (the LLM alone, HLM, U-HLM, CU-HLM and the lossless block method with
+each payload and stopping rule) on the embedded pair, then prices every round on the modelled clock at the paper's
+average SNR (-8.92 dB) under each link model of uhlm_ray/channel.py, with the same keyed fading draws for all:
+
+- `shannon`: the paper's eq. 3, no per-upload overhead (its mean upload time is infinite under Rayleigh fading);
+- `arq`: fixed-rate ARQ at the latency-optimal rate, 10 ms per-upload overhead;
+- `inversion`: truncated channel inversion at the rate-optimal cut-off, 10 ms per-upload overhead.
+
+Two clocks: the paper's tau_SLM = 24.6 ms and tau_LLM = 104.6 ms with a block's LLM pass priced flat (tau_LLM for up
+to 16 tokens, a memory-bound GPU), and the taus measured in this run with each pass priced as measured for its
+length. Rows decoded with the channel-aware stop are decoded again for each link model (their block lengths depend
+on it). Prints tok/s with the ratios to the LLM alone and to HLM, then each method's mean / median / p95 upload
+time, then eq. 3's sample mean and median against the number of fading draws.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import numpy as np
+
+from uhlm_ray.channel import mean_snr, upload
+from uhlm_ray.config import EvaluateConfig, load_config
+from uhlm_ray.datasets import load_examples
+from uhlm_ray.evaluate import run_method
+from uhlm_ray.metrics import ModelledClock, measured_clock, summarize
+from uhlm_ray.models import load_pair
+from uhlm_ray.payload import full_payload_bits
+from uhlm_ray.uplink import reprice_results
+
+CHANNELS = {
+    "shannon (eq. 3)": ["channel.model=shannon", "channel.upload_overhead_ms=0"],
+    "arq": ["channel.model=arq", "channel.upload_overhead_ms=10"],
+    "inversion": ["channel.model=inversion", "channel.upload_overhead_ms=10"],
+}
+PAPER_CLOCK = ["clock.tau_slm_ms=24.6", "clock.tau_llm_ms=104.6", "clock.llm_pass=flat"]
+ROWS = [  # (label, method, overrides)
+    ("LLM alone", "llm", []),
+    ("HLM", "hlm", []),
+    ("U-HLM", "u_hlm", []),
+    ("CU-HLM", "cu_hlm", []),
+    *[(f"Block-HLM {payload}, {label}", "block_hlm", [f"block.payload={payload}", *stop])
+      for payload in ("full", "truncated", "ids")
+      for label, stop in (("uncertainty stop u <= 0.2", ["block.stop=uncertainty", "block.stop_u_th=0.2"]),
+                          ("fixed n = 3", ["block.stop=fixed", "block.fixed_drafts=3"]),
+                          ("fixed n = 5", ["block.stop=fixed", "block.fixed_drafts=5"]))],
+    *[(f"Block-HLM {payload}, channel-aware stop", "block_hlm",
+       [f"block.payload={payload}", "block.stop=channel_aware", *PAPER_CLOCK]) for payload in ("truncated", "ids")],
+]
+
+
+class Decoder:
+    """Decodes each (method, settings) once and keeps the results."""
+
+    def __init__(self, *, pair, base: list[str]) -> None:
+        self.pair, self.base, self.done = pair, base, {}
+        self.examples = load_examples(load_config(overrides=base).data)
+
+    def results(self, *, method: str, overrides: list[str]):
+        cfg = load_config(overrides=[*self.base, *overrides])
+        key = (method, tuple(overrides))
+        if key not in self.done:
+            start = time.perf_counter()
+            self.done[key] = run_method(pair=self.pair, examples=self.examples, method=method, cfg=cfg,
+                                        encoder=None, store=None)
+            print(f"[clock] decoded {method} {' '.join(overrides)} in {time.perf_counter() - start:.0f} s",
+                  flush=True)
+        return cfg, self.done[key]
+
+
+def channel_aware(overrides: list[str]) -> bool:
+    return "block.stop=channel_aware" in overrides
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--prompts", type=int, default=4)
+    parser.add_argument("--tokens", type=int, default=32)
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args(argv)
+    base = [f"data.n_prompts={args.prompts}", f"decode.max_new_tokens={args.tokens}", "decode.evaluation_methods=[]",
+            "runtime.share_prefixes=false", *args.overrides]
+    pair = load_pair(load_config(overrides=base).model)
+    decoder = Decoder(pair=pair, base=base)
+
+    # every (row, link model): its results priced on that link
+    priced: dict[tuple[str, str], tuple[EvaluateConfig, list]] = {}
+    for label, method, overrides in ROWS:
+        for name, channel in CHANNELS.items():
+            decode_with = [*overrides, *channel] if channel_aware(overrides) else overrides
+            cfg, results = decoder.results(method=method, overrides=decode_with)
+            link = load_config(overrides=[*base, *channel]).channel
+            priced[label, name] = (cfg, reprice_results(results=results, channel=link, mean_snr=mean_snr(link),
+                                                        seed=cfg.decode.seed))
+    measured = measured_clock([r for _, rs in priced.values() for res in rs for r in res.records])
+    clocks = {
+        "paper's taus (24.6 / 104.6 ms), LLM pass flat up to 16 tokens":
+            ModelledClock(tau_slm=0.0246, tau_llm=0.1046, llm_pass="flat", flat_pass_tokens=16),
+        f"measured taus ({measured.tau_slm * 1e3:.1f} / {measured.tau_llm * 1e3:.1f} ms), LLM pass as measured":
+            measured,
+    }
+    print(f"\n{args.prompts} built-in prompts x up to {args.tokens} tokens; average SNR "
+          f"{10 * np.log10(mean_snr(load_config().channel)):.2f} dB; exact = every token verified")
+    summaries = {}
+    for clock_name, clock in clocks.items():
+        print(f"\nModelled throughput, {clock_name}:")
+        print("| method | exact | " + " | ".join(f"{c} tok/s | x LLM | x HLM" for c in CHANNELS) + " |")
+        print("|---|---:|" + "---:|---:|---:|" * len(CHANNELS))
+        for label, _, _ in ROWS:
+            cells, exact = [], "-"
+            for name in CHANNELS:
+                cfg, results = priced[label, name]
+                link = load_config(overrides=[*base, *CHANNELS[name]]).channel
+                s = summarize(results=results, clock=clock, channel=link, seed=cfg.decode.seed, snr_sweep_db=[])
+                summaries[clock_name, label, name] = s
+                llm = summaries[clock_name, "LLM alone", name]["throughput_modelled"]
+                hlm = summaries.get((clock_name, "HLM", name), {}).get("throughput_modelled", np.nan)
+                cells.append(f"{s['throughput_modelled']:.3g} | {s['throughput_modelled'] / llm:.3g} | "
+                             f"{s['throughput_modelled'] / hlm:.3g}")
+                exact = "yes" if s.get("exact", 0.0) == 1.0 else "no"
+            print(f"| {label} | {exact} | " + " | ".join(cells) + " |")
+
+    print("\nUpload time per sent round (ms): mean / median / p95, and uploads and bits per generated token")
+    print("| method | " + " | ".join(CHANNELS) + " | uploads/token | bits/token |")
+    print("|---|" + "---:|" * (len(CHANNELS) + 2))
+    first_clock = next(iter(clocks))
+    for label, method, _ in ROWS:
+        if method == "llm":
+            continue
+        cells = []
+        for name in CHANNELS:
+            s = summaries[first_clock, label, name]
+            cells.append(f"{s['mean_uplink_ms']:.4g} / {s['median_uplink_ms']:.4g} / {s['p95_uplink_ms']:.4g}")
+        s = summaries[first_clock, label, "arq"]
+        print(f"| {label} | " + " | ".join(cells) + f" | {s['uploads_per_token']:.3f} | {s['bits_per_token']:.4g} |")
+
+    # eq. 3 under Rayleigh fading: the sample mean of the upload time grows with the number of draws
+    cfg = load_config(overrides=[*base, *CHANNELS["shannon (eq. 3)"]])
+    bits = full_payload_bits(vocab_size=pair.vocab_size, cfg=cfg.payload)
+    rng = np.random.default_rng(0)
+    snr = mean_snr(cfg.channel)
+    print(f"\nEq. 3, one full upload ({bits / 1e6:.2f} Mbit) at {10 * np.log10(snr):.2f} dB: "
+          "sample mean and median of the upload time (s) against the number of fading draws")
+    print("| draws | mean | median | max |")
+    print("|---:|---:|---:|---:|")
+    times = np.array([upload(bits=bits, channel=cfg.channel, mean_snr=snr, rng=rng).seconds
+                      for _ in range(1_000_000)])
+    for n in (100, 1_000, 10_000, 100_000, 1_000_000):
+        print(f"| {n} | {times[:n].mean():.4g} | {np.median(times[:n]):.4g} | {times[:n].max():.4g} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

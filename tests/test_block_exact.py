@@ -1,0 +1,118 @@
+"""Exactness of the block method on the tiny random-weight pair (float32): the joint law of the first three response
+tokens equals the LLM's own P(t1) P(t2 | t1) P(t3 | t1, t2), computed with plain cache-free forwards.
+
+Every payload is tried (full x, truncated top-k and top-p x~, ids only, ids with greedy drafts), each with blocks of
+three drafts, so tokens 2 and 3 are verified inside a block, after a rollback, or come as bonus tokens. Chi-square
+goodness of fit over SEEDS independent decodes (the seed keys every draw), cells with an expected count below 5
+pooled, significance ALPHA per test. A negative control, drafting from x~ but uploading x, must be rejected.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+import uhlm_ray.decode as decode_module
+from uhlm_ray.block_device import BlockDecoder
+from uhlm_ray.config import load_config
+from uhlm_ray.decode import DeviceJob, decode_lockstep
+from uhlm_ray.models.prefix_cache import PrefixCache
+from uhlm_ray.rng import SessionKey
+from uhlm_ray.verifier import Verifier
+
+ALPHA = 1e-3
+SEEDS = 4000
+PROMPT = [2, 3, 4, 5, 6]
+LENGTH = 3
+
+
+@torch.inference_mode()
+def llm_joint_law(model, prompt: list[int], vocab: int) -> np.ndarray:
+    """P(t1, t2, t3) [V, V, V] from plain forwards over every prefix (no KV cache, no batching tricks)."""
+    def next_probs(prefixes: list[list[int]]) -> torch.Tensor:
+        ids = torch.tensor(prefixes)  # [P, len] equal lengths, no padding
+        return torch.softmax(model(input_ids=ids, use_cache=False).logits[:, -1].double(), dim=-1)  # [P, V]
+
+    p1 = next_probs([prompt])[0]  # [V]
+    p2 = next_probs([prompt + [a] for a in range(vocab)])  # [V, V]
+    pairs = itertools.product(range(vocab), repeat=2)
+    p3 = next_probs([prompt + [a, b] for a, b in pairs]).reshape(vocab, vocab, vocab)
+    return (p1[:, None, None] * p2[:, :, None] * p3).numpy()
+
+
+def chi_square_p(samples: list[tuple[int, ...]], law: np.ndarray) -> float:
+    """Goodness of fit of the sampled triples to `law`, cells with expected count < 5 pooled into one."""
+    counts = np.zeros(law.size)
+    for triple in samples:
+        counts[np.ravel_multi_index(triple, law.shape)] += 1
+    expected = law.ravel() / law.sum() * len(samples)
+    big = expected >= 5
+    observed = np.append(counts[big], counts[~big].sum())
+    wanted = np.append(expected[big], expected[~big].sum())
+    assert observed.sum() == len(samples)
+    return float(stats.chisquare(observed, wanted).pvalue)
+
+
+def block_samples(pair, overrides: list[str]) -> list[tuple[int, ...]]:
+    """SEEDS decodes of the first LENGTH tokens with the block method, batched in lockstep (one job per seed)."""
+    cfg = load_config(overrides=["model.pair=custom", f"decode.max_new_tokens={LENGTH}", "block.stop=fixed",
+                                 "block.fixed_drafts=3", "block.max_drafts=3", "channel.fading=none", *overrides])
+    jobs = [DeviceJob(session_id=f"s{seed}", key=SessionKey(seed=seed, device=0, prompt=0), prompt_ids=PROMPT,
+                      method="block_hlm", policy=None, mean_snr=1.0) for seed in range(SEEDS)]
+    prefixes = PrefixCache()  # the prompt's prefill is computed once
+    verifier = Verifier(model=pair.llm, max_sessions=SEEDS, prefixes=prefixes)
+    # no end-of-sequence stop: the law of three tokens, whatever they are
+    outcomes = decode_lockstep(slm=pair.slm, verifier=verifier, jobs=jobs, cfg=cfg, eos_token_ids=frozenset(),
+                               prefixes=prefixes)
+    for outcome in outcomes:
+        assert len(outcome.tokens) == LENGTH
+        assert len(outcome.records[0].drafts) == 3  # the first round really drafts a block of three
+    return [tuple(o.tokens) for o in outcomes]
+
+
+@pytest.fixture(scope="module")
+def law(tiny_pair):
+    return llm_joint_law(tiny_pair.llm.model, PROMPT, tiny_pair.vocab_size)
+
+
+PAYLOADS = {
+    "full": ["block.payload=full"],
+    "truncated_top_k": ["block.payload=truncated", "block.truncation=top_k", "block.top_k=3"],
+    "truncated_top_p": ["block.payload=truncated", "block.truncation=top_p", "block.top_p=0.6"],
+    "ids": ["block.payload=ids"],
+    "ids_greedy": ["block.payload=ids", "block.greedy=true"],
+}
+
+
+@pytest.mark.parametrize("payload", list(PAYLOADS))
+def test_first_three_tokens_are_distributed_as_the_llm(tiny_pair, law, payload):
+    samples = block_samples(tiny_pair, PAYLOADS[payload])
+    assert chi_square_p(samples, law) > ALPHA
+
+
+class _DraftsFromTruncatedUploadsFull(BlockDecoder):
+    """The negative control: drafts come from the truncated x~, but the upload carries the untruncated x."""
+
+    def request(self, *, session_id: str):
+        request = super().request(session_id=session_id)
+        request.draft_probs = torch.stack([torch.softmax(d.logits, dim=-1) for d in self.block])  # [n, V] x
+        return request
+
+
+def test_negative_control_uploading_x_for_drafts_from_x_tilde_is_detected(tiny_pair, law, monkeypatch):
+    monkeypatch.setattr(decode_module, "BlockDecoder", _DraftsFromTruncatedUploadsFull)
+    samples = block_samples(tiny_pair, PAYLOADS["truncated_top_k"])
+    assert chi_square_p(samples, law) < ALPHA
+
+
+def test_the_sampled_law_is_not_the_slms(tiny_pair, law):
+    """Power check: the SLM's own law of three tokens differs detectably from the LLM's at this sample size."""
+    slm_law = llm_joint_law(tiny_pair.slm.model, PROMPT, tiny_pair.vocab_size)
+    rng = np.random.default_rng(0)
+    flat = rng.choice(slm_law.size, size=SEEDS, p=slm_law.ravel() / slm_law.sum())
+    samples = [tuple(int(i) for i in np.unravel_index(f, slm_law.shape)) for f in flat]
+    assert chi_square_p(samples, law) < ALPHA

@@ -1,0 +1,111 @@
+"""Stopping rules of the block method (uhlm_ray/stopping.py), worked by hand."""
+
+import math
+
+import pytest
+
+from uhlm_ray.config import load_config
+from uhlm_ray.stopping import (
+    AcceptanceModel,
+    ChannelAwareStop,
+    ConfidenceStop,
+    DraftStep,
+    FixedLength,
+    PassCost,
+    UncertaintyStop,
+    make_stop_rule,
+)
+
+
+def _steps(*us: float, x_d: float = 0.9) -> list[DraftStep]:
+    return [DraftStep(uncertainty=u, x_d=x_d) for u in us]
+
+
+def test_fixed_and_uncertainty_stops():
+    block = _steps(0.1, 0.2)
+    assert FixedLength(drafts=3).go_on(step=block[-1], block=block)
+    assert not FixedLength(drafts=2).go_on(step=block[-1], block=block)
+    rule = UncertaintyStop(u_th=0.3)
+    assert rule.go_on(step=DraftStep(uncertainty=0.3, x_d=0.5), block=block)  # u <= u_th: confident, go on
+    assert not rule.go_on(step=DraftStep(uncertainty=0.31, x_d=0.5), block=block)
+
+
+def test_confidence_stop_refits_on_the_roc_like_hugging_face():
+    """HF's rule: samples are the drafts up to the first rejection; threshold = argmin over the ROC thresholds of
+    fpr + 3 fnr. Worked by hand: accepted drafts had x_d 0.9, 0.8, 0.7, 0.6, rejected ones 0.5, 0.2."""
+    rule = ConfidenceStop(threshold=0.4)
+    assert not rule.go_on(step=DraftStep(uncertainty=math.nan, x_d=0.39), block=[])
+    rule.observe(block=[DraftStep(math.nan, p) for p in (0.9, 0.8, 0.5, 0.1)], num_accepted=2, pass_tokens=5,
+                 pass_s=0.1)  # 0.1 came after the rejection: never judged, dropped
+    rule.observe(block=[DraftStep(math.nan, p) for p in (0.7, 0.6, 0.2)], num_accepted=2, pass_tokens=4, pass_s=0.1)
+    assert rule.probs == [0.9, 0.8, 0.5, 0.7, 0.6, 0.2] and rule.matches == [1, 1, 0, 1, 1, 0]
+    # thresholds 0.6 separates the classes: fpr = fnr = 0, the minimum
+    assert rule.threshold == pytest.approx(0.6)
+    frozen = ConfidenceStop(threshold=0.4, refit=False)
+    frozen.observe(block=_steps(0.1, 0.1), num_accepted=0, pass_tokens=3, pass_s=0.1)
+    assert frozen.threshold == 0.4 and frozen.probs == []
+
+
+def test_acceptance_model_starts_at_the_linear_fit_and_learns():
+    model = AcceptanceModel(fit_a=0.8, fit_b=0.0, bins=10, prior_weight=4.0)
+    assert model.estimate(0.05) == pytest.approx(1 - 0.8 * 0.05)  # bin centre 0.05
+    for _ in range(12):
+        model.update(0.05, False)
+    assert model.estimate(0.05) == pytest.approx((0.96 * 4) / 16)
+
+
+def _channel_aware(*, upload_s, pass_cost=None, tau_slm=0.0246) -> ChannelAwareStop:
+    rule = ChannelAwareStop(tau_slm_s=tau_slm, pass_cost=pass_cost or PassCost(tau_llm_s=0.1046, pricing="flat"),
+                            acceptance=AcceptanceModel(fit_a=0.82, fit_b=-0.06))
+    rule.begin_round(catch_up=1, upload_s=upload_s)
+    return rule
+
+
+def _block_length(rule: ChannelAwareStop, u: float, limit: int = 32) -> int:
+    block = []
+    while len(block) < limit:
+        block.append(DraftStep(uncertainty=u, x_d=0.9))
+        if not rule.go_on(step=block[-1], block=block):
+            break
+    return len(block)
+
+
+def test_channel_aware_blocks_grow_when_an_upload_costs_more():
+    cheap = _block_length(_channel_aware(upload_s=lambda k: 0.001), u=0.1)
+    costly = _block_length(_channel_aware(upload_s=lambda k: 0.5), u=0.1)
+    assert cheap < costly
+    # the marginal rule by hand: E_1 = 1 + a, C_1 = tau_SLM + up + tau_LLM; the 2nd draft adds a^2 for tau_SLM
+    # (flat pass, same upload); u = 0.1 falls in the bin [0.1, 0.2), whose prior is the line at its centre 0.15
+    a = 1 - (0.82 * 0.15 - 0.06)
+    rule = _channel_aware(upload_s=lambda k: 0.02)
+    one = [DraftStep(uncertainty=0.1, x_d=0.9)]
+    c1 = 0.0246 + 0.02 + 0.1046
+    assert rule.go_on(step=one[0], block=one) == (a * a * c1 > (1 + a) * 0.0246)
+
+
+def test_channel_aware_blocks_shrink_when_the_pass_grows_with_its_length():
+    flat = _block_length(_channel_aware(upload_s=lambda k: 0.01), u=0.3)
+    linear = PassCost(tau_llm_s=None, pricing="measured")
+    for tokens in (2, 3, 4, 5):  # a compute-bound CPU: each token of the pass costs 0.13 s
+        linear.observe(tokens, 0.05 + 0.13 * tokens)
+    assert linear.seconds(6) == pytest.approx(0.05 + 0.13 * 6)
+    compute_bound = _block_length(_channel_aware(upload_s=lambda k: 0.01, pass_cost=linear, tau_slm=0.07), u=0.3)
+    assert compute_bound < flat
+
+
+def test_pass_cost_flat_and_scaled():
+    flat = PassCost(tau_llm_s=0.1, pricing="flat", flat_tokens=16)
+    assert flat.seconds(16) == pytest.approx(0.1) and flat.seconds(17) == pytest.approx(0.2)
+    scaled = PassCost(tau_llm_s=0.1, pricing="measured")
+    scaled.observe(1, 0.2)
+    assert scaled.seconds(9) == pytest.approx(0.1)  # one length seen: flat at the configured tau_LLM
+    scaled.observe(3, 0.4)  # measured 0.1 + 0.1 t, scaled so one token costs 0.1 s: 0.05 + 0.05 t
+    assert scaled.seconds(5) == pytest.approx(0.3)
+
+
+@pytest.mark.parametrize("stop", ["uncertainty", "confidence", "fixed", "channel_aware"])
+def test_every_configured_rule_is_built(stop):
+    rule = make_stop_rule(cfg=load_config(overrides=[f"block.stop={stop}"]))
+    rule.begin_round(catch_up=1, upload_s=lambda k: 0.0)
+    assert isinstance(rule.go_on(step=DraftStep(uncertainty=0.1, x_d=0.9), block=_steps(0.1)), bool)
+    assert rule.needs_uncertainty == (stop in ("uncertainty", "channel_aware"))

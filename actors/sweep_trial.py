@@ -1,10 +1,9 @@
-"""The Ray Tune trainable of a sweep: one trial = one real decoding run of every method, logged to MLflow.
+"""The Ray Tune trainable of a sweep: one trial = one real decoding run of every method.
 
-Each trial logs to the sweep's own tracking URI (passed in, never inherited from the environment of the worker),
-as a child of the sweep's parent run (MLflow's `mlflow.parentRunId` tag), with the trial's parameters, every
-method's metrics (`<method>.<metric>`), and its per-round records as Parquet. A trial restarted by Tune's restore
-finds its child run by the `trial_key` tag and its decoded prompts in the shared store, so nothing is logged or
-decoded twice.
+A trial may run on any node, so it writes nothing the sweep's results depend on: it decodes through the sweep's
+shared store on the driver's node (actors/sweep_store.py), hands its per-round records to that store, and reports
+its metrics to Tune. The driver logs everything to MLflow (jobs/sweep.py). The forward passes it shares with other
+trials stay on its own node (`runtime.scratch_dir`): they change no result, only time.
 """
 
 from __future__ import annotations
@@ -12,23 +11,22 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import tempfile
 import time
 from functools import lru_cache
 from pathlib import Path
 
+import ray
 from ray import tune
 
-from uhlm_ray.config import ModelConfig
+from actors.sweep_store import RemoteStoreView
+from uhlm_ray.config import ModelConfig, RuntimeConfig
 from uhlm_ray.datasets import load_examples
 from uhlm_ray.models import load_pair
 from uhlm_ray.models.prefix_cache import PrefixCache, prefix_cache
 from uhlm_ray.similarity import load_encoder
 from uhlm_ray.sweep import Objective, SearchSpace, evaluate_trial, trial_config
-from uhlm_ray.tracking import finite_metrics, flat_params, write_records_parquet
-
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+from uhlm_ray.tracking import finite_metrics, write_records_parquet
 
 
 @lru_cache(maxsize=2)
@@ -49,60 +47,40 @@ def trial_key(params: dict) -> str:
     return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+def node_scratch(runtime: RuntimeConfig, *, sweep_id: str) -> Path:
+    """This node's folder for a sweep's shared forward passes (the system temp folder unless configured)."""
+    return Path(runtime.scratch_dir or tempfile.gettempdir()) / "uhlm_ray" / sweep_id
+
+
 def run_trial(config: dict, sweep: dict) -> None:
     """Tune calls this with the trial's parameters (dotted config keys) and the sweep's constants."""
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
+    started = time.time()
     params = dict(config)
     space = SearchSpace(**{**sweep["space"], "objectives": [Objective(**o) for o in sweep["space"]["objectives"]]})
     cfg = trial_config(base_overrides=sweep["overrides"], space=space, params=params)
     model_key = json.dumps(dataclasses.asdict(cfg.model), sort_keys=True)
     pair = _pair(model_key)
     encoder = _encoder(cfg.metrics.encoder)
-    shared_dir = Path(sweep["shared_dir"])
-    if model_key not in _PREFIXES:  # forward passes shared with the sweep's other trials, in any worker process
-        _PREFIXES[model_key] = prefix_cache(cfg.runtime, directory=shared_dir / "prefixes")
+    if model_key not in _PREFIXES:  # forward passes shared with the sweep's other trials on this node
+        _PREFIXES[model_key] = prefix_cache(
+            cfg.runtime, directory=node_scratch(cfg.runtime, sweep_id=sweep["sweep_id"]) / "prefixes")
     prefixes = _PREFIXES[model_key]
     before = (prefixes.misses, prefixes.hits) if prefixes is not None else (0, 0)
+    store = sweep["store"]
     outcome = evaluate_trial(pair=pair, examples=load_examples(cfg.data), cfg=cfg, encoder=encoder,
-                             shared_dir=shared_dir, prefixes=prefixes)
+                             store_for=lambda name: RemoteStoreView(store, name), prefixes=prefixes)
 
-    metrics = {f"{m}.{k}": v for m, s in outcome.summaries.items() for k, v in s.items()}
-    metrics = finite_metrics(metrics)
+    metrics = finite_metrics({f"{m}.{k}": v for m, s in outcome.summaries.items() for k, v in s.items()})
     metrics["decoded_prompts"] = float(outcome.decoded_prompts)
     metrics["reused_prompts"] = float(outcome.reused_prompts)
     if prefixes is not None:  # forward passes this trial computed, and those it found computed by another trial
         metrics["passes_computed"] = float(prefixes.misses - before[0])
         metrics["passes_replayed"] = float(prefixes.hits - before[1])
-
-    client = MlflowClient(tracking_uri=sweep["tracking_uri"])
     key = trial_key(params)
-    existing = client.search_runs(
-        [sweep["experiment_id"]],
-        filter_string=f"tags.sweep_run_id = '{sweep['parent_run_id']}' and tags.trial_key = '{key}'",
-    )
-    if existing and existing[0].info.status == "FINISHED":
-        # Tune reran a trial whose report the interruption lost: its run is complete, log nothing twice
-        tune.report({**metrics, "mlflow_run_id": existing[0].info.run_id, "trial_key": key})
-        return
-    if existing:
-        run_id = existing[0].info.run_id  # a trial interrupted while logging: complete its run, add none
-    else:
-        run = client.create_run(sweep["experiment_id"], run_name=f"trial-{key}", tags={
-            "mlflow.parentRunId": sweep["parent_run_id"], "sweep_run_id": sweep["parent_run_id"],
-            "trial_key": key, "sweep": space.name})
-        run_id = run.info.run_id
-    # params are logged again on a completed run (MLflow accepts a param re-logged with its value)
-    trial_params = {**flat_params(cfg), **{f"trial.{k}": str(v) for k, v in params.items()}}
-    items = [mlflow.entities.Param(k, str(v)) for k, v in trial_params.items()]
-    for i in range(0, len(items), 100):  # MLflow's limit per batch
-        client.log_batch(run_id, params=items[i:i + 100])
-    now = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[mlflow.entities.Metric(k, v, now, 0) for k, v in metrics.items()])
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp:  # the records go to the driver's node, not to a file here
         for method, results in outcome.results.items():
             path = write_records_parquet(results=results, path=Path(tmp) / f"{method}_records.parquet")
-            client.log_artifact(run_id, str(path), "records")
-    client.set_terminated(run_id)
-    tune.report({**metrics, "mlflow_run_id": run_id, "trial_key": key})
+            ray.get(store.put_artifact.remote(key, path.name, path.read_bytes()))
+    tune.report({**metrics, "trial_key": key, "trial_started": started, "trial_ended": time.time(),
+                 "trial_node": ray.get_runtime_context().get_node_id()})
+

@@ -26,7 +26,7 @@ from uhlm_ray.datasets import load_examples
 from uhlm_ray.models import load_pair
 from uhlm_ray.models.prefix_cache import PrefixCache
 from uhlm_ray.similarity import timing_only_encoder
-from uhlm_ray.sweep import SearchSpace, evaluate_trial, trial_config
+from uhlm_ray.sweep import SearchSpace, evaluate_trial, local_store, trial_config
 
 MODES = ("independent", "shared store", "shared store + prefixes")
 
@@ -52,7 +52,7 @@ def main(argv: list[str]) -> int:
                 prefixes = shared_cache if mode == "shared store + prefixes" else PrefixCache()
                 before = (prefixes.misses, prefixes.hits)
                 outcome = evaluate_trial(pair=pair, examples=examples, cfg=cfg, encoder=timing_only_encoder,
-                                         shared_dir=shared_dir, prefixes=prefixes)
+                                         store_for=local_store(shared_dir), prefixes=prefixes)
                 decoded += outcome.decoded_prompts
                 computed += prefixes.misses - before[0]
                 replayed += prefixes.hits - before[1]

@@ -41,7 +41,7 @@ from uhlm_ray.figures import (
 from uhlm_ray.models import load_pair
 from uhlm_ray.models.prefix_cache import prefix_cache
 from uhlm_ray.similarity import load_encoder
-from uhlm_ray.sweep import evaluate_trial
+from uhlm_ray.sweep import evaluate_trial, local_store
 from uhlm_ray.theory import PAPER, theorem_report_from_records
 from uhlm_ray.tracking import experiment_name, finite_metrics, flat_params, setup_experiment
 
@@ -74,8 +74,8 @@ def main(argv: list[str]) -> int:
     def run(trial_cfg: EvaluateConfig, label: str):
         examples = load_examples(trial_cfg.data)
         t0 = time.perf_counter()
-        outcome = evaluate_trial(pair=pair, examples=examples, cfg=trial_cfg, encoder=encoder, shared_dir=shared,
-                                 prefixes=prefixes)
+        outcome = evaluate_trial(pair=pair, examples=examples, cfg=trial_cfg, encoder=encoder,
+                                 store_for=local_store(shared), prefixes=prefixes)
         print(f"[reproduce] {label}: {len(examples)} prompts, {outcome.decoded_prompts} decoded, "
               f"{outcome.reused_prompts} reused, {time.perf_counter() - t0:.0f} s", flush=True)
         return outcome

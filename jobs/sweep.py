@@ -29,10 +29,13 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import ray  # noqa: E402
 from ray import tune  # noqa: E402
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # noqa: E402
 
 from actors.connect import connect  # noqa: E402
-from actors.sweep_trial import run_trial  # noqa: E402
-from uhlm_ray.config import load_config  # noqa: E402
+from actors.sweep_mlflow import TrialRunLogger, TrialRuns  # noqa: E402
+from actors.sweep_store import start_sweep_store  # noqa: E402
+from actors.sweep_trial import node_scratch, run_trial  # noqa: E402
+from uhlm_ray.config import RuntimeConfig, load_config  # noqa: E402
 from uhlm_ray.sweep import SearchSpace, load_space  # noqa: E402
 from uhlm_ray.sweep_report import frontier_report  # noqa: E402
 from uhlm_ray.tracking import experiment_name, resolve_tracking_uri, setup_experiment  # noqa: E402
@@ -72,6 +75,33 @@ def search_alg(space: SearchSpace):
                         seed=0)
 
 
+@ray.remote(num_cpus=0)
+def _free_scratch(runtime: dict, sweep_id: str) -> float:
+    folder = node_scratch(RuntimeConfig(**runtime), sweep_id=sweep_id)
+    size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 2**20 if folder.is_dir() else 0.0
+    shutil.rmtree(folder, ignore_errors=True)
+    return size
+
+
+def free_node_scratch(*, runtime: RuntimeConfig, sweep_id: str) -> float:
+    """Remove the sweep's node-local folders on every node alive now; returns the MiB freed."""
+    tasks = [_free_scratch.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node["NodeID"],
+                                                                                       soft=False))
+             .remote(dataclasses.asdict(runtime), sweep_id) for node in ray.nodes() if node["Alive"]]
+    return sum(ray.get(tasks))
+
+
+def trial_node_cpus(runtime: RuntimeConfig) -> int:
+    """The CPUs of the largest alive node that offers every resource a trial asks for (one trial runs on one node)."""
+    wanted = runtime.trial_resources
+    cpus = [node["Resources"].get("CPU", 0) for node in ray.nodes()
+            if node["Alive"] and all(node["Resources"].get(k, 0) >= v for k, v in wanted.items())]
+    if not cpus:
+        raise ConfigError(f"runtime.trial_resources={dict(wanted)}: no node of the cluster offers them "
+                          f"(nodes offer {sorted({k for n in ray.nodes() for k in n['Resources']})})")
+    return int(max(cpus))
+
+
 def main(argv: list[str]) -> int:
     if argv and "=" not in argv[0] and not argv[0].startswith("-"):
         name, overrides = argv[0], argv[1:]
@@ -108,12 +138,19 @@ def main(argv: list[str]) -> int:
         client.log_artifact(parent_id, str(resolve_space(name)), "space")
 
     connect(base_cfg.runtime, job="sweep")
-    cpus = int(ray.cluster_resources().get("CPU", 1))
-    per_trial = max(1, cpus // max(1, space.max_concurrent_trials))
-    constants = {"space": dataclasses.asdict(space), "overrides": list(overrides),
-                 "shared_dir": str(sweep_dir / "shared"), "tracking_uri": tracking_uri,
-                 "experiment_id": experiment_id, "parent_run_id": parent_id}
-    trainable = tune.with_resources(tune.with_parameters(run_trial, sweep=constants), {"cpu": per_trial})
+    store = start_sweep_store(sweep_dir)  # on this node: what trials share and hand back lives in sweep_dir
+    runs = TrialRuns(client=client, experiment_id=experiment_id, parent_id=parent_id, space=space,
+                     overrides=list(overrides), folder=sweep_dir)
+    try:
+        per_trial = max(1, trial_node_cpus(base_cfg.runtime) // max(1, space.max_concurrent_trials))
+    except ConfigError as err:
+        client.set_terminated(parent_id, status="FAILED")
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    constants = {"space": dataclasses.asdict(space), "overrides": list(overrides), "sweep_id": sweep_dir.name,
+                 "store": store}
+    resources = tune.PlacementGroupFactory([{"CPU": per_trial, **base_cfg.runtime.trial_resources}])
+    trainable = tune.with_resources(tune.with_parameters(run_trial, sweep=constants), resources)
     storage = sweep_dir / "tune"
     start = time.perf_counter()
     if tune.Tuner.can_restore(str(storage / space.name)):
@@ -130,12 +167,14 @@ def main(argv: list[str]) -> int:
                 metric=None if space.search == "optuna" else objective.metric,
                 mode=None if space.search == "optuna" else objective.mode,
             ),
-            run_config=tune.RunConfig(name=space.name, storage_path=str(storage), verbose=1),
+            run_config=tune.RunConfig(name=space.name, storage_path=str(storage), verbose=1,
+                                      callbacks=[TrialRunLogger(runs)]),
         )
     grid = tuner.fit()
     elapsed = time.perf_counter() - start
-    trials = [r.metrics | {"params": dict(r.config or {})}
-              for r in grid if r.metrics and r.error is None]
+    trials = runs.recorded()  # what the trials reported to this driver, whichever node they ran on
+    for trial in trials:  # a result the driver kept but had not logged when it was interrupted is logged now
+        runs.log(params=trial["params"], result=trial)
     errors = [str(r.error)[:300] for r in grid if r.error is not None]
     if len(trials) + len(errors) < expected_trials(space):  # Ctrl-C / `ray job stop`: Tune saved its state
         client.set_terminated(parent_id, status="KILLED")
@@ -155,11 +194,10 @@ def main(argv: list[str]) -> int:
                        "passes_computed": computed, "passes_replayed": replayed}.items():
         client.log_metric(parent_id, key, float(value))
     client.set_terminated(parent_id, status="FAILED" if errors else "FINISHED")
-    prefixes = sweep_dir / "shared" / "prefixes"
-    if not errors and prefixes.is_dir():  # shared forward passes only speed up this sweep's resume: free the disk
-        freed = sum(f.stat().st_size for f in prefixes.iterdir()) / 2**20
-        shutil.rmtree(prefixes, ignore_errors=True)
-        print(f"[sweep] removed the shared forward passes ({freed:.0f} MiB) now that every trial is done")
+    if not errors:  # shared forward passes only speed up this sweep's resume: free every node's disk
+        freed = free_node_scratch(runtime=base_cfg.runtime, sweep_id=sweep_dir.name)
+        print(f"[sweep] removed the shared forward passes ({freed:.0f} MiB over the nodes) now that every trial "
+              "is done")
     print(report)
     print(f"\n[sweep] {len(trials)} trials in {elapsed:.0f} s; (method, prompt) runs decoded {decoded:.0f}, reused "
           f"{reused:.0f} (a sweep without sharing would decode {decoded + reused:.0f}); forward passes computed "

@@ -229,6 +229,11 @@ class RuntimeConfig:
     # clocks are the same either way, off costs only time
     share_prefixes: bool = True
     prefix_cache_mb: float = 1024.0  # in-memory bound per process (least recently used out)
+    # a node's own folder for what may stay on it (a sweep's shared forward passes); None: the system temp folder
+    scratch_dir: str | None = None
+    # Ray resources each sweep trial asks for besides its CPUs, e.g. {trial: 1} to place trials on nodes that
+    # advertise that resource (`ray start --resources '{"trial": 4}'`)
+    trial_resources: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass

@@ -29,8 +29,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import yaml
@@ -168,16 +170,31 @@ class TrialOutcome:
     reused_prompts: int  # ... and those it found in the shared store
 
 
+class StoreView(Protocol):
+    """One method key's part of a sweep's shared store: what `run_method` needs of a ResultStore."""
+
+    def load(self, method: str) -> dict[tuple[int, int], PromptResult]: ...
+
+    def append(self, result: PromptResult) -> None: ...
+
+
+def local_store(shared_dir: Path) -> Callable[[str], StoreView]:
+    """The shared store as folders on this machine, one per method key (a sweep's trials use a store on the
+    driver's node instead: actors/sweep_store.py)."""
+    return lambda name: ResultStore(shared_dir / name)
+
+
 def evaluate_trial(
-    *, pair: ModelPair, examples: list[Example], cfg: EvaluateConfig, encoder: Encoder, shared_dir: Path,
-    prefixes: PrefixCache | None = None,
+    *, pair: ModelPair, examples: list[Example], cfg: EvaluateConfig, encoder: Encoder,
+    store_for: Callable[[str], StoreView], prefixes: PrefixCache | None = None,
 ) -> TrialOutcome:
-    """Every method of one trial, reusing what earlier trials of the sweep already decoded."""
+    """Every method of one trial, reusing what earlier trials of the sweep already decoded (`store_for` gives the
+    shared store's part for a method key)."""
     results: dict[str, list[PromptResult]] = {}
     decoded = reused = 0
     for method in ordered_methods(cfg.methods):
         send_prob = matched_send_prob(method=method, cfg=cfg, results=results)
-        store = ResultStore(shared_dir / f"{method}-{method_key(cfg=cfg, method=method, send_prob=send_prob)}")
+        store = store_for(f"{method}-{method_key(cfg=cfg, method=method, send_prob=send_prob)}")
         stored = store.load(method)
         found = sum((0, index) in stored for index in range(len(examples)))
         method_results = run_method(pair=pair, examples=examples, method=method, cfg=cfg, encoder=encoder,

@@ -1,0 +1,107 @@
+"""A sweep's trial results and MLflow child runs, written by the driver alone (as Ray's MLflowLoggerCallback does).
+
+Trials report their metrics to Tune and leave their records in the sweep store on the driver's node
+(actors/sweep_store.py), so whatever node a trial ran on, its run lands in the driver's tracking store. The driver
+also keeps every reported result in the sweep folder (`trials.jsonl`): Tune's own per-trial files are written on
+the trial's node, which the driver may not see, so the sweep's report never reads them. Each trial has one child
+run, found again by its `trial_key` tag after an interruption, named by its parameters, spanning the trial's own
+start and end.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+from ray import tune
+
+from uhlm_ray.sweep import SearchSpace, trial_config
+from uhlm_ray.tracking import flat_params
+
+BOOKKEEPING = ("trial_key", "trial_started", "trial_ended", "trial_node")
+
+
+def trial_label(*, space: SearchSpace, params: dict) -> str:
+    """A child run's name: the space and the trial's parameters by their last key part, e.g. `default u_th=0.431`."""
+    return " ".join([space.name, *(f"{key.rsplit('.', 1)[-1]}={value}" for key, value in params.items())])
+
+
+class TrialRuns:
+    """Creates, fills and finishes one child run per trial, never twice."""
+
+    def __init__(self, *, client: MlflowClient, experiment_id: str, parent_id: str, space: SearchSpace,
+                 overrides: list[str], folder: Path) -> None:
+        self.client, self.experiment_id, self.parent_id = client, experiment_id, parent_id
+        self.space, self.overrides = space, overrides
+        self.artifacts, self.results = folder / "artifacts", folder / "trials.jsonl"
+
+    def record(self, *, params: dict, result: dict) -> None:
+        """Keep a reported result in the driver's sweep folder, then log its run."""
+        kept = {k: v for k, v in result.items() if isinstance(v, int | float | str) and not isinstance(v, bool)}
+        with self.results.open("a") as f:
+            f.write(json.dumps({"params": params, "result": kept}) + "\n")
+        self.log(params=params, result=kept)
+
+    def recorded(self) -> list[dict]:
+        """Every trial result this sweep has reported, once each (the last report of a trial key wins), as
+        `{**metrics, "params": {...}}`."""
+        by_key: dict[str, dict] = {}
+        if self.results.is_file():
+            for line in self.results.read_text().splitlines():
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:  # a torn last line of an interrupted write
+                    continue
+                by_key[entry["result"]["trial_key"]] = {**entry["result"], "params": entry["params"]}
+        return list(by_key.values())
+
+    def find(self, key: str):
+        runs = self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.sweep_run_id = '{self.parent_id}' and tags.trial_key = '{key}'")
+        return runs[0] if runs else None
+
+    def log(self, *, params: dict, result: dict) -> str:
+        """The trial's child run, complete: parameters, metrics, records; returns its id."""
+        key = result["trial_key"]
+        existing = self.find(key)
+        if existing is not None and existing.info.status == "FINISHED":
+            return existing.info.run_id  # logged before an interruption: nothing twice
+        started = int(result.get("trial_started", time.time()) * 1000)
+        if existing is None:
+            run_id = self.client.create_run(
+                self.experiment_id, run_name=trial_label(space=self.space, params=params), start_time=started,
+                tags={"mlflow.parentRunId": self.parent_id, "sweep_run_id": self.parent_id, "trial_key": key,
+                      "sweep": self.space.name, "trial_node": str(result.get("trial_node", ""))}).info.run_id
+        else:
+            run_id = existing.info.run_id  # interrupted while logging: complete it, add nothing
+        cfg = trial_config(base_overrides=self.overrides, space=self.space, params=params)
+        items = [Param(k, str(v)) for k, v in {**flat_params(cfg),
+                                               **{f"trial.{k}": str(v) for k, v in params.items()}}.items()]
+        for i in range(0, len(items), 100):  # MLflow's limit per batch
+            self.client.log_batch(run_id, params=items[i:i + 100])
+        ended = int(result.get("trial_ended", time.time()) * 1000)
+        metrics = [Metric(k, float(v), ended, 0) for k, v in result.items()
+                   if k not in BOOKKEEPING and isinstance(v, int | float) and not isinstance(v, bool)]
+        for i in range(0, len(metrics), 1000):
+            self.client.log_batch(run_id, metrics=metrics[i:i + 1000])
+        folder = self.artifacts / key
+        if folder.is_dir():
+            for path in sorted(folder.glob("*.parquet")):
+                self.client.log_artifact(run_id, str(path), "records")
+        self.client.set_terminated(run_id, end_time=ended)
+        return run_id
+
+
+class TrialRunLogger(tune.Callback):
+    """Logs each trial's child run the moment Tune hands its result to the driver."""
+
+    def __init__(self, runs: TrialRuns) -> None:
+        self.runs = runs
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        if "trial_key" in result:
+            self.runs.record(params=dict(trial.config or {}), result=result)
+

@@ -71,9 +71,8 @@ def two_nodes(tmp_path):
          f"--resources='{{\"trial_node\": 2}}' --block"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     try:
         deadline = time.time() + 120
-        probe = ("import ray; ray.init(address='127.0.0.1:%d', log_to_driver=False); "
-                 "print(*[n['NodeID'] for n in ray.nodes() if n['Alive'] and n['NodeManagerAddress'] == '127.0.0.2'])"
-                 % port)
+        probe = (f"import ray; ray.init(address='127.0.0.1:{port}', log_to_driver=False); "
+                 "print(*[n['NodeID'] for n in ray.nodes() if n['Alive'] and n['NodeManagerAddress'] == '127.0.0.2'])")
         while time.time() < deadline:
             out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
             if out.stdout.strip():

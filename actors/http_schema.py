@@ -84,6 +84,7 @@ class VerifyAnswer(BaseModel):
     catch_up_tokens: int
     batch_size: int
     new_token_probs: list[float]
+    replica: str  # the replica that holds the session
 
 
 class IdsPayload(_Strict):
@@ -141,6 +142,7 @@ class BlockAnswer(BaseModel):
     pass_tokens: int
     batch_size: int
     new_token_probs: list[float]
+    replica: str  # the replica that holds the session
 
 
 class FieldError(ValueError):

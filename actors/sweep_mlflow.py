@@ -19,24 +19,43 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 from uhlm_ray.sweep import SearchSpace, trial_config
-from uhlm_ray.tracking import flat_params
+from uhlm_ray.tracking import finite_metrics, flat_params
 
 BOOKKEEPING = ("trial_key", "trial_started", "trial_ended", "trial_node")
 
 
 def trial_label(*, space: SearchSpace, params: dict) -> str:
-    """A child run's name: the space and the trial's parameters by their last key part, e.g. `default u_th=0.431`."""
-    return " ".join([space.name, *(f"{key.rsplit('.', 1)[-1]}={value}" for key, value in params.items())])
+    """A child run's name: the trial's parameters by their last key part, e.g. `u_th=0.431 payload=ids` (the full
+    dotted key where two parameters share a last part)."""
+    short = [key.rsplit(".", 1)[-1] for key in params]
+    parts = [f"{name if short.count(name) == 1 else key}={_value(value)}"
+             for key, name, value in zip(params, short, params.values(), strict=True)]
+    return " ".join(parts) or space.name
+
+
+def _value(value: object) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 class TrialRuns:
-    """Creates, fills and finishes one child run per trial, never twice."""
+    """Creates, fills and finishes one child run per trial, never twice; keeps every result in `trials.jsonl`.
+    Without a client (tracking.enabled=false) only the file is written."""
 
-    def __init__(self, *, client: MlflowClient, experiment_id: str, parent_id: str, space: SearchSpace,
-                 overrides: list[str], folder: Path) -> None:
+    def __init__(self, *, client: MlflowClient | None, experiment_id: str, parent_id: str | None,
+                 space: SearchSpace, overrides: list[str], folder: Path) -> None:
         self.client, self.experiment_id, self.parent_id = client, experiment_id, parent_id
         self.space, self.overrides = space, overrides
         self.artifacts, self.results = folder / "artifacts", folder / "trials.jsonl"
+
+    def log_report(self, folder: Path) -> None:
+        if self.client is not None:
+            for path in sorted(folder.iterdir()):
+                self.client.log_artifact(self.parent_id, str(path), "frontier")
+
+    def log_sweep_metrics(self, metrics: dict[str, float]) -> None:
+        if self.client is not None:
+            for key, value in finite_metrics(metrics).items():
+                self.client.log_metric(self.parent_id, key, value)
 
     def record(self, *, params: dict, result: dict) -> None:
         """Keep a reported result in the driver's sweep folder, then log its run."""
@@ -63,8 +82,10 @@ class TrialRuns:
             [self.experiment_id], filter_string=f"tags.sweep_run_id = '{self.parent_id}' and tags.trial_key = '{key}'")
         return runs[0] if runs else None
 
-    def log(self, *, params: dict, result: dict) -> str:
+    def log(self, *, params: dict, result: dict) -> str | None:
         """The trial's child run, complete: parameters, metrics, records; returns its id."""
+        if self.client is None:
+            return None
         key = result["trial_key"]
         existing = self.find(key)
         if existing is not None and existing.info.status == "FINISHED":
@@ -105,3 +126,41 @@ class TrialRunLogger(tune.Callback):
         if "trial_key" in result:
             self.runs.record(params=dict(trial.config or {}), result=result)
 
+
+
+class SweepProgress(tune.Callback):
+    """One console line per trial that ends (Tune's own boxes are off): trials done of total, what the trial
+    reported for the objectives, and the time left at the pace so far."""
+
+    def __init__(self, *, space: SearchSpace, total: int, done_before: int) -> None:
+        self.space, self.total, self.done, self.failed = space, total, done_before, 0
+        self.started = time.time()
+        self.finished_here = 0
+
+    def _eta(self) -> str:
+        left = self.total - self.done - self.failed
+        if not self.finished_here or left <= 0:
+            return ""
+        per_trial = (time.time() - self.started) / self.finished_here
+        return f"; about {per_trial * left / 60:.0f} min left" if per_trial * left >= 60 else \
+            f"; about {per_trial * left:.0f} s left"
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        print(f"[sweep] trial {self.done + self.failed + 1}/{self.total} started "
+              f"({trial_label(space=self.space, params=dict(trial.config or {}))}){self._eta()}", flush=True)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        if "trial_key" not in result:
+            return
+        self.done += 1
+        self.finished_here += 1
+        seconds = result.get("trial_ended", 0) - result.get("trial_started", 0)
+        objectives = ", ".join(f"{o.metric}={result[o.metric]:.4g}" for o in self.space.objectives
+                               if isinstance(result.get(o.metric), int | float))
+        print(f"[sweep] trial {self.done}/{self.total} done in {seconds:.0f} s "
+              f"({trial_label(space=self.space, params=dict(trial.config or {}))}): {objectives}", flush=True)
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self.failed += 1
+        print(f"[sweep] trial {trial_label(space=self.space, params=dict(trial.config or {}))} failed "
+              f"({self.failed} so far); the cause is printed at the end", flush=True)

@@ -7,13 +7,15 @@ in actors/http_schema.py. Requests that arrive together are verified in one batc
 
 
 import asyncio
+import time
 
 import ray
 import torch
-from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI, Header, HTTPException
 from ray import serve
+from ray.serve.config import RequestRouterConfig
 
+from actors import http_limits
 from actors.http_schema import (
     MAX_BODY_BYTES,
     Block,
@@ -26,14 +28,17 @@ from actors.http_schema import (
     to_block_request,
     to_request,
 )
-from uhlm_ray.config import EvaluateConfig, config_from_dict, config_to_dict, validate_config
+from uhlm_ray.config import EvaluateConfig, RuntimeConfig, config_from_dict, config_to_dict, validate_config
 from uhlm_ray.models.loading import load_model, resolve_dtype
 from uhlm_ray.models.presets import resolve_pair
+from uhlm_ray.validation import ConfigError
 from uhlm_ray.verifier import (
     BlockRequest,
     BlockResult,
+    Reopen,
     SessionError,
     SessionKey,
+    UnknownSession,
     Verifier,
     VerifyRequest,
     VerifyResult,
@@ -41,21 +46,24 @@ from uhlm_ray.verifier import (
 
 APP_NAME = "uhlm-verifier"
 DEPLOYMENT_NAME = "VerifierDeployment"
+# a session's requests go to the replica holding its KV cache: a consistent hash of the session id (the handle's
+# session_id option, the x-session-id header on HTTP), strictly (no fallback: a moved session would be rebuilt)
+SESSION_ROUTER = "ray.serve.experimental.consistent_hash_router.ConsistentHashRouter"
 
 app = FastAPI(title="uhlm_ray verifier", description="Speculative verification of SLM drafts by the LLM.")
-
-
-@app.middleware("http")
-async def _limit_body(request: Request, call_next):
-    declared = request.headers.get("content-length")
-    if declared is not None and int(declared) > MAX_BODY_BYTES:
-        return JSONResponse(status_code=413, content={"detail": [
-            {"loc": ["body"], "msg": f"body of {declared} bytes exceeds {MAX_BODY_BYTES}", "type": "too_large"}]})
-    return await call_next(request)
+http_limits.install(app, max_body_bytes=MAX_BODY_BYTES)
 
 
 def _field_error(err: FieldError) -> HTTPException:
     return HTTPException(status_code=422, detail=[{"loc": list(err.loc), "msg": str(err), "type": "value_error"}])
+
+
+def _not_open(err: SessionError, *, session_id: str, header: str | None) -> HTTPException:
+    """404 for a session this replica does not hold; the client reopens it (prompt and response so far) and
+    retries. Without the routing header a session's calls may reach a replica that never held it."""
+    hint = "" if header == session_id else \
+        f"; send the header x-session-id: {session_id} on every call so they all reach the replica that holds it"
+    return HTTPException(status_code=404, detail=f"{err}{hint}")
 
 
 def _raise_any(results: list) -> list:
@@ -79,6 +87,7 @@ class VerifierDeployment:
         self.model = load_model(llm_source, dtype=resolve_dtype(cfg.model.dtype, device=device), device=device)
         self.device = device
         self.core = Verifier(model=self.model, max_sessions=cfg.runtime.max_sessions)
+        self.replica = serve.get_replica_context().replica_tag
         self.max_batch_size = cfg.runtime.max_batch_size
         for batched in (self._verify_batch, self._block_batch):
             batched.set_max_batch_size(cfg.runtime.max_batch_size)
@@ -89,28 +98,18 @@ class VerifierDeployment:
     def info(self) -> dict:
         return {"vocab_size": self.core.vocab_size, "eos_token_ids": sorted(self.model.eos_token_ids),
                 "sessions": self.core.num_sessions, "max_batch_size": self.max_batch_size, "device": self.device,
-                "node_id": ray.get_runtime_context().get_node_id()}
+                "node_id": ray.get_runtime_context().get_node_id(), "replica": self.replica}
 
     async def open(self, session_id: str, prompt_ids: list[int], key: SessionKey) -> float:
         return await asyncio.to_thread(self.core.open, session_id=session_id, prompt_ids=prompt_ids, key=key)
 
     async def verify(self, request: VerifyRequest) -> VerifyResult:
-        (result,) = await self.verify_group([request])
-        return result
-
-    async def verify_group(self, requests: list[VerifyRequest]) -> list[VerifyResult]:
-        """A device actor's drafts of one round in one call: queued together, so they share a batch (with other
-        actors' drafts that arrive meanwhile) instead of trickling in one handle call at a time."""
-        return _raise_any(await asyncio.gather(*[self._verify_batch(r) for r in requests]))
+        """One device session's draft; requests that arrive together (from many devices) share a batched pass."""
+        return _raise_any([await self._verify_batch(request)])[0]
 
     async def verify_block(self, request: BlockRequest) -> BlockResult:
-        (result,) = await self.verify_block_group([request])
-        return result
-
-    async def verify_block_group(self, requests: list[BlockRequest]) -> list[BlockResult]:
-        """A device actor's blocks of one round: blocks of different lengths from many devices share one padded
-        batched pass."""
-        return _raise_any(await asyncio.gather(*[self._block_batch(r) for r in requests]))
+        """One device session's block; blocks of different lengths from many devices share one padded pass."""
+        return _raise_any([await self._block_batch(request)])[0]
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
     async def _verify_batch(self, requests: list[VerifyRequest]) -> list[VerifyResult | Exception]:
@@ -133,11 +132,13 @@ class VerifierDeployment:
                 good.append(i)
         try:
             for i, result in zip(good, verify([requests[i] for i in good]), strict=True):
+                result.replica = self.replica
                 out[i] = result
         except SessionError:  # isolate the unknown session(s) and verify the rest
             for i in good:
                 try:
                     (out[i],) = verify([requests[i]])
+                    out[i].replica = self.replica
                 except SessionError as err:
                     out[i] = err
         return out
@@ -167,7 +168,8 @@ class VerifierDeployment:
         return {"session_id": body.session_id, "prefill_s": prefill_s}
 
     @app.post("/v1/sessions/{session_id}/verify")
-    async def http_verify(self, session_id: str, body: Verify) -> VerifyAnswer:
+    async def http_verify(self, session_id: str, body: Verify,
+                          x_session_id: str | None = Header(default=None)) -> VerifyAnswer:
         try:
             request = to_request(session_id=session_id, body=body, vocab_size=self.core.vocab_size)
         except FieldError as err:
@@ -175,13 +177,14 @@ class VerifierDeployment:
         try:
             r = await self.verify(request)
         except SessionError as err:
-            raise HTTPException(status_code=404, detail=str(err)) from err
+            raise _not_open(err, session_id=session_id, header=x_session_id) from err
         return VerifyAnswer(token_id=r.token, accepted=r.accepted, resampled=r.resampled, y_d=r.y_d, beta=r.beta,
                             tau_llm_s=r.tau_llm_s, catch_up_tokens=r.catch_up_tokens, batch_size=r.batch_size,
-                            new_token_probs=r.new_token_probs)
+                            new_token_probs=r.new_token_probs, replica=r.replica)
 
     @app.post("/v1/sessions/{session_id}/block")
-    async def http_block(self, session_id: str, body: Block) -> BlockAnswer:
+    async def http_block(self, session_id: str, body: Block,
+                         x_session_id: str | None = Header(default=None)) -> BlockAnswer:
         try:
             request = to_block_request(session_id=session_id, body=body, vocab_size=self.core.vocab_size)
         except FieldError as err:
@@ -189,10 +192,10 @@ class VerifierDeployment:
         try:
             r = await self.verify_block(request)
         except SessionError as err:
-            raise HTTPException(status_code=404, detail=str(err)) from err
+            raise _not_open(err, session_id=session_id, header=x_session_id) from err
         return BlockAnswer(token_ids=r.tokens, num_accepted=r.num_accepted, recovered=r.recovered, bonus=r.bonus,
                            y_d=r.y_d, accept_prob=r.accept_prob, tau_llm_s=r.tau_llm_s, pass_tokens=r.pass_tokens,
-                           batch_size=r.batch_size, new_token_probs=r.new_token_probs)
+                           batch_size=r.batch_size, new_token_probs=r.new_token_probs, replica=r.replica)
 
     @app.delete("/v1/sessions/{session_id}")
     async def http_close(self, session_id: str) -> dict:
@@ -200,7 +203,8 @@ class VerifierDeployment:
 
 
 def verifier_app(cfg: EvaluateConfig):
-    """The deployment bound to a config, with the runtime section's placement and batching."""
+    """The deployment bound to a config: its replicas (fixed, or autoscaled), session-affine routing, placement,
+    batching, and the queue bound beyond which callers get a clear refusal (HTTP 503) instead of waiting."""
     runtime = cfg.runtime
     actor_options: dict = {"num_cpus": 1}
     if runtime.verifier_num_gpus > 0:
@@ -208,41 +212,135 @@ def verifier_app(cfg: EvaluateConfig):
     if runtime.verifier_resources:
         actor_options["resources"] = dict(runtime.verifier_resources)
     ongoing = runtime.max_ongoing_requests or 2 * runtime.max_batch_size
+    scaling: dict = ({"autoscaling_config": dict(runtime.verifier_autoscaling)} if runtime.verifier_autoscaling
+                     else {"num_replicas": runtime.verifier_replicas})
     return VerifierDeployment.options(
-        ray_actor_options=actor_options, max_ongoing_requests=ongoing, num_replicas=1,
+        ray_actor_options=actor_options, max_ongoing_requests=ongoing, max_queued_requests=runtime.max_queued_requests,
+        request_router_config=RequestRouterConfig(request_router_class=SESSION_ROUTER,
+                                                  request_router_kwargs={"num_fallback_replicas": 0}),
+        **scaling,
     ).bind(config_to_dict(cfg))
+
+
+def check_verifier_placement(runtime: RuntimeConfig) -> None:
+    """Refuse, before deploying, a verifier that cannot be placed: a replica's failure to start otherwise shows up
+    only as "Deploying application failed", with the cause in the replica's log."""
+    wanted = {"GPU": runtime.verifier_num_gpus, **runtime.verifier_resources}
+    total = ray.cluster_resources()
+    for name, amount in wanted.items():
+        if amount > 0 and total.get(name, 0.0) < amount:
+            field = "runtime.verifier_num_gpus" if name == "GPU" else f"runtime.verifier_resources.{name}"
+            raise ConfigError(f"{field}={amount}: the Ray cluster offers {total.get(name, 0.0):g} {name} "
+                              f"(cluster resources: {sorted(total)})")
+
+
+def verifier_url() -> str:
+    """The verifier's real HTTP address: Serve keeps the host and port it was first started with."""
+    from ray.serve.context import _get_global_client
+
+    http = _get_global_client().http_config
+    return f"http://{http.host}:{http.port}/verifier"
 
 
 def start_verifier(cfg: EvaluateConfig) -> serve.handle.DeploymentHandle:
     """Start Serve on the configured loopback address (unless already running) and deploy the verifier."""
     validate_config(cfg)  # fail here, naming the field, rather than inside a replica
+    check_verifier_placement(cfg.runtime)
     serve.start(http_options={"host": cfg.runtime.http_host, "port": cfg.runtime.http_port})
     return serve.run(verifier_app(cfg), name=APP_NAME, route_prefix="/verifier")
 
 
+# what a lost replica or a moved session looks like to a caller: the round is retried after a reopen
+SESSION_LOST = (UnknownSession, ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
+
+
 class ServeVerifierClient:
-    """The core loop's VerifierClient over a DeploymentHandle: concurrent requests, so Serve can batch them."""
+    """The core loop's VerifierClient over a DeploymentHandle.
+
+    Every call carries its device session's id (`handle.options(session_id=...)`), so with several replicas Serve's
+    consistent-hash router sends a session to the replica that holds its KV cache, and each request is its own call,
+    batched at the replica with whatever else arrives. A session the replica does not hold (lost with a dead
+    replica, or moved by the router) is rebuilt, not failed: the caller's `reopen` opens it again with its prompt
+    and the response so far, and the round is retried; its draws are keyed by round, so the tokens do not change.
+    """
+
+    patience_s = 180.0  # how long a round retries a lost session before it fails
 
     def __init__(self, handle: serve.handle.DeploymentHandle | None = None) -> None:
         self.handle = handle or serve.get_deployment_handle(DEPLOYMENT_NAME, app_name=APP_NAME)
+        self.rebuilt = 0  # sessions reopened after a loss
+
+    def _session(self, session_id: str):
+        return self.handle.options(session_id=session_id)
 
     def info(self) -> dict:
         return self.handle.info.remote().result()
 
     def open(self, *, session_id: str, prompt_ids: list[int], key: SessionKey) -> float:
-        return self.handle.open.remote(session_id, prompt_ids, key).result()
+        for pause in self._pauses():  # the replica the router picks may have just died: wait for its successor
+            try:
+                return self._session(session_id).open.remote(session_id, prompt_ids, key).result()
+            except SESSION_LOST:
+                time.sleep(pause)
+        raise RuntimeError(f"verifier: no replica took session {session_id!r} within {self.patience_s:.0f} s")
 
-    def verify(self, requests: list[VerifyRequest]) -> list[VerifyResult]:
-        return self.handle.verify_group.remote(requests).result() if requests else []
+    def verify(self, requests: list[VerifyRequest], *, reopen: Reopen | None = None) -> list[VerifyResult]:
+        return self._round(requests, method="verify", reopen=reopen)
 
-    def verify_blocks(self, requests: list[BlockRequest]) -> list[BlockResult]:
-        return self.handle.verify_block_group.remote(requests).result() if requests else []
+    def verify_blocks(self, requests: list[BlockRequest], *, reopen: Reopen | None = None) -> list[BlockResult]:
+        return self._round(requests, method="verify_block", reopen=reopen)
 
-    def score(self, *, session_id: str, new_tokens: list[int]) -> tuple[list[float], float]:
-        return tuple(self.handle.score.remote(session_id, new_tokens).result())  # type: ignore[return-value]
+    def _round(self, requests: list, *, method: str, reopen: Reopen | None) -> list:
+        results: list = [None] * len(requests)
+        todo = list(range(len(requests)))
+        for pause in self._pauses():
+            calls = {i: getattr(self._session(requests[i].session_id), method).remote(requests[i]) for i in todo}
+            lost = []
+            for i, call in calls.items():
+                try:
+                    results[i] = call.result()
+                except SESSION_LOST:
+                    if reopen is None:
+                        raise
+                    lost.append(i)
+            if not lost:
+                return results
+            time.sleep(pause)
+            for i in lost:  # a session that cannot be reopened yet fails again and is reopened next time
+                self._reopen(reopen, requests[i].session_id)
+            todo = lost
+        raise RuntimeError(f"verifier: sessions {[requests[i].session_id for i in todo]} still lost after "
+                           f"{self.patience_s:.0f} s: no replica could take them")
+
+    def _pauses(self):
+        """Waits between attempts, growing, until `patience_s` is spent (a replaced replica loads its model)."""
+        deadline, pause = time.monotonic() + self.patience_s, 0.25
+        while time.monotonic() < deadline:
+            yield pause
+            pause = min(2 * pause, 4.0)
+
+    def _reopen(self, reopen: Reopen, session_id: str) -> None:
+        """A fresh session on the replica the router picks now, holding what the lost one held."""
+        reopen(session_id)  # through `open`, which waits for a replica
+        self.rebuilt += 1
+
+    def score(self, *, session_id: str, new_tokens: list[int], reopen: Reopen | None = None
+              ) -> tuple[list[float], float]:
+        for pause in self._pauses():
+            try:
+                return tuple(self._session(session_id).score.remote(session_id, new_tokens).result())  # type: ignore
+            except SESSION_LOST:
+                if reopen is None:
+                    raise
+                time.sleep(pause)
+                self._reopen(reopen, session_id)
+        raise RuntimeError(f"verifier: session {session_id!r} still lost after {self.patience_s:.0f} s")
 
     def close(self, *, session_id: str) -> bool:
-        return self.handle.close.remote(session_id).result()
+        try:
+            return self._session(session_id).close.remote(session_id).result()
+        except SESSION_LOST:
+            return False  # its replica is gone, and the session with it
 
 
 __all__ = ["APP_NAME", "ServeVerifierClient", "VerifierDeployment", "start_verifier", "verifier_app"]

@@ -26,16 +26,18 @@ from tqdm import tqdm  # noqa: E402
 
 from actors.cell_runner import run_cell  # noqa: E402
 from actors.connect import connect  # noqa: E402
-from actors.verifier_deployment import APP_NAME, ServeVerifierClient, start_verifier  # noqa: E402
+from actors.verifier_deployment import APP_NAME, ServeVerifierClient, start_verifier, verifier_url  # noqa: E402
 from uhlm_ray.cell import device_channel, device_distances, summarize_cell  # noqa: E402
 from uhlm_ray.channel import mean_snr_db  # noqa: E402
-from uhlm_ray.cli import job_inputs  # noqa: E402
+from uhlm_ray.cli import job_inputs, refusals  # noqa: E402
 from uhlm_ray.config import EvaluateConfig  # noqa: E402
 from uhlm_ray.evaluate import DECODE_SECTIONS, ResultStore, format_value, run_clock, run_key  # noqa: E402
 from uhlm_ray.records import PromptResult  # noqa: E402
 from uhlm_ray.similarity import load_encoder  # noqa: E402
 from uhlm_ray.tracking import (  # noqa: E402
+    RUN_KEY_TAG,
     experiment_name,
+    find_logged_run,
     finite_metrics,
     flat_params,
     log_prompt_results,
@@ -45,7 +47,7 @@ from uhlm_ray.tracking import (  # noqa: E402
 DEVICE_COLUMNS = [
     ("distance_m", "distance m", "{:.0f}"), ("mean_snr_db", "SNR dB", "{:.1f}"), ("accuracy", "cos sim", "{:.4f}"),
     ("transmission_rate", "TR", "{:.2%}"), ("true_skip_rate", "TSR", "{:.2%}"),
-    ("acceptance_rate", "accept", "{:.2%}"), ("throughput_modelled", "tok/s model", "{:.3f}"),
+    ("acceptance_rate", "accept", "{:.2%}"), ("throughput_modelled", "device tok/s model", "{:.3f}"),
     ("mean_uplink_ms", "uplink ms", "{:.0f}"), ("median_uplink_ms", "median", "{:.0f}"),
     ("num_tokens", "tokens", "{:.0f}"),
 ]
@@ -54,7 +56,7 @@ DEVICE_COLUMNS = [
 def format_cell_table(summary: dict) -> str:
     header = "| device | " + " | ".join(label for _, label, _ in DEVICE_COLUMNS) + " |"
     lines = [header, "|---|" + "---:|" * len(DEVICE_COLUMNS)]
-    rows = [(str(d), s) for d, s in sorted(summary["devices"].items())] + [("cell", summary["cell"])]
+    rows = [(str(d), s) for d, s in sorted(summary["devices"].items())] + [("average device", summary["cell"])]
     for name, s in rows:
         cells = [format_value(s.get(key), fmt) for key, _, fmt in DEVICE_COLUMNS]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
@@ -66,7 +68,8 @@ def log_to_mlflow(*, cfg: EvaluateConfig, summary: dict, table: str, folder: Pat
     import mlflow
 
     experiment_id = setup_experiment(cfg.tracking, job="cell")
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"cell-{cfg.cell.method}-{key}") as run:
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"cell-{cfg.cell.method}-{key}",
+                          tags={RUN_KEY_TAG: key}) as run:
         mlflow.log_params(flat_params(cfg))
         mlflow.log_metrics(finite_metrics(summary["cell"]))
         # per-device metrics by step = device index: the UI plots them against the device
@@ -92,15 +95,16 @@ def main(argv: list[str]) -> int:
           f"{mean_snr_db(device_channel(channel=cfg.channel, distance_m=max(distances))):.1f} dB); "
           f"bandwidth sharing: {cell.bandwidth_sharing}")
     start = time.perf_counter()
-    connect(cfg.runtime, job="cell")
-    start_verifier(cfg)
+    with refusals():
+        connect(cfg.runtime, job="cell")
+        start_verifier(cfg)
     info = ServeVerifierClient().info()
     print(f"[cell] verifier up in {time.perf_counter() - start:.1f} s on {info['device']} "
           f"(node {info['node_id'][:12]}),"
-          f" |V|={info['vocab_size']}, max batch {info['max_batch_size']}; HTTP route "
-          f"http://{cfg.runtime.http_host}:{cfg.runtime.http_port}/verifier/v1/health")
+          f" |V|={info['vocab_size']}, max batch {info['max_batch_size']}; HTTP route {verifier_url()}/v1/health")
     encoder = load_encoder(cfg.metrics.encoder)
     store = ResultStore(folder)
+    stored = set(store.load(cell.method)) if cfg.resume else set()  # prompts a previous run already finished
     decode_start = time.perf_counter()
     with tqdm(total=cell.n_devices * cell.prompts_per_device, desc="prompts", unit="prompt", file=sys.stdout) as bar:
         def progress(result: PromptResult) -> None:
@@ -115,8 +119,13 @@ def main(argv: list[str]) -> int:
     clock = run_clock(results={cell.method: results}, cfg=cfg)
     summary = summarize_cell(results=results, distances_m=distances, channel=cfg.channel, clock=clock,
                              seed=cfg.decode.seed)
+    # the wall clock counts only what this run decoded: prompts found in the store took no time now
+    fresh = [res for res in results if (res.device_index, res.prompt_index) not in stored]
+    fresh_tokens = sum(len(res.tokens) for res in fresh)
     summary["cell"]["decode_wall_s"] = decode_s
-    summary["cell"]["cell_throughput_wall"] = summary["cell"]["num_tokens"] / decode_s
+    summary["cell"]["resumed_prompts"] = len(results) - len(fresh)
+    summary["cell"]["aggregate_throughput_wall"] = fresh_tokens / decode_s if fresh and len(fresh) == len(results) \
+        else math.nan  # a partly resumed run's wall time mixes prompts decoded now with prompts decoded before
     batch_sizes = [r.verify_batch_size for res in results for r in res.records if r.sent]
     summary["cell"]["mean_verify_batch_size"] = sum(batch_sizes) / len(batch_sizes) if batch_sizes else math.nan
     table = format_cell_table(summary)
@@ -126,13 +135,22 @@ def main(argv: list[str]) -> int:
     print(f"\n[cell] modelled clock tau_SLM={c['tau_slm_ms']:.1f} ms tau_LLM={c['tau_llm_ms']:.1f} ms (per device "
           f"batch); uplink shared equally by up to {c['max_transmitters_per_slot']} devices per slot")
     print(table)
-    print(f"\n[cell] cell throughput: {c['cell_throughput_modelled']:.3f} tok/s modelled, "
-          f"{c['cell_throughput_wall']:.2f} tok/s wall ({c['num_tokens']} tokens in {decode_s:.1f} s); "
-          f"mean verifier batch {c['mean_verify_batch_size']:.2f}")
+    wall = (f"{c['aggregate_throughput_wall']:.2f} tok/s on the wall clock ({c['num_tokens']} tokens in "
+            f"{decode_s:.1f} s)" if math.isfinite(c["aggregate_throughput_wall"]) else
+            f"no wall-clock figure: {c['resumed_prompts']} of {len(results)} prompts were decoded by an earlier run "
+            f"(resume=false decodes them again)")
+    print(f"\n[cell] aggregate cell throughput (all devices together): {c['aggregate_throughput_modelled']:.3f} "
+          f"tok/s on the modelled clock, {wall}; the cell row above is an average device "
+          f"({c['throughput_modelled']:.3f} tok/s modelled); mean verifier batch {c['mean_verify_batch_size']:.2f}")
     print(f"[cell] results in {folder}")
     if cfg.tracking.enabled:
-        run_id = log_to_mlflow(cfg=cfg, summary=summary, table=table, folder=folder, results=results, key=key)
-        print(f"[cell] MLflow run {run_id} in experiment {experiment_name(cfg.tracking, job='cell')!r}")
+        experiment = experiment_name(cfg.tracking, job="cell")
+        logged = find_logged_run(cfg.tracking, job="cell", key=key)
+        if logged is not None:
+            print(f"[cell] already logged as MLflow run {logged} in experiment {experiment!r}; not logging it twice")
+        else:
+            run_id = log_to_mlflow(cfg=cfg, summary=summary, table=table, folder=folder, results=results, key=key)
+            print(f"[cell] MLflow run {run_id} in experiment {experiment!r}")
     return 0
 
 

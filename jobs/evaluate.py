@@ -35,7 +35,9 @@ from uhlm_ray.models import load_pair
 from uhlm_ray.records import PromptResult
 from uhlm_ray.similarity import load_encoder
 from uhlm_ray.tracking import (
+    RUN_KEY_TAG,
     experiment_name,
+    find_logged_run,
     finite_metrics,
     flat_params,
     log_prompt_results,
@@ -49,7 +51,8 @@ def log_to_mlflow(
     import mlflow
 
     experiment_id = setup_experiment(cfg.tracking, job="evaluate")
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"evaluate-{run_key(cfg)}") as parent:
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"evaluate-{run_key(cfg)}",
+                          tags={RUN_KEY_TAG: run_key(cfg)}) as parent:
         mlflow.log_params(flat_params(cfg))
         mlflow.log_text(table, "summary.md")
         mlflow.log_dict(summaries, "summary.json")
@@ -111,9 +114,14 @@ def main(argv: list[str]) -> int:
         print(f"| {METHOD_LABELS[method]} | " + " | ".join(f"{s[k]:.3f}" for k in snr_keys) + " |")
     print(f"\n[evaluate] results in {folder}; finished in {time.perf_counter() - start:.1f} s")
     if cfg.tracking.enabled:
-        run_id = log_to_mlflow(cfg=cfg, results=results, summaries=summaries, table=table, folder=folder)
         experiment = experiment_name(cfg.tracking, job="evaluate")
-        print(f"[evaluate] MLflow parent run {run_id} in experiment {experiment!r}")
+        logged = find_logged_run(cfg.tracking, job="evaluate", key=run_key(cfg))
+        if logged is not None:
+            print(f"[evaluate] already logged as MLflow run {logged} in experiment {experiment!r}; not logging it "
+                  "twice")
+        else:
+            run_id = log_to_mlflow(cfg=cfg, results=results, summaries=summaries, table=table, folder=folder)
+            print(f"[evaluate] MLflow parent run {run_id} in experiment {experiment!r}")
     return 0
 
 

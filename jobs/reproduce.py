@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from uhlm_ray.cli import job_inputs
+from uhlm_ray.cli import job_inputs, refusals
 from uhlm_ray.config import EvaluateConfig
 from uhlm_ray.datasets import load_examples
 from uhlm_ray.evaluate import DECODE_SECTIONS, run_key
@@ -62,6 +62,9 @@ PAPER_CHANNEL = ["channel.model=shannon", "channel.upload_overhead_ms=0"]
 def main(argv: list[str]) -> int:
     cfg, _ = job_inputs(argv, description=__doc__, defaults=PAPER_CHANNEL)
     rep = cfg.reproduce
+    with refusals():  # every data set the reproduction reads, before the models load
+        for name in rep.datasets:
+            load_examples(dataclasses.replace(cfg.data, name=name, n_prompts=rep.n_prompts))
     folder = (Path(cfg.output_dir).parent / "reproduce"
               / run_key(cfg, sections=(*DECODE_SECTIONS, "reproduce"))).resolve()
     (folder / "figures").mkdir(parents=True, exist_ok=True)

@@ -26,18 +26,22 @@ from pathlib import Path
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0, no experiment box either: SweepProgress reports
 
 import ray  # noqa: E402
 from ray import tune  # noqa: E402
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # noqa: E402
 
 from actors.connect import connect  # noqa: E402
-from actors.sweep_mlflow import TrialRunLogger, TrialRuns  # noqa: E402
+from actors.sweep_mlflow import SweepProgress, TrialRunLogger, TrialRuns, trial_label  # noqa: E402
 from actors.sweep_store import start_sweep_store  # noqa: E402
 from actors.sweep_trial import node_scratch, run_trial  # noqa: E402
-from uhlm_ray.config import RuntimeConfig, load_config  # noqa: E402
-from uhlm_ray.sweep import SearchSpace, load_space  # noqa: E402
-from uhlm_ray.sweep_report import frontier_report  # noqa: E402
+from uhlm_ray.cli import refusals  # noqa: E402
+from uhlm_ray.config import EvaluateConfig, RuntimeConfig  # noqa: E402
+from uhlm_ray.datasets import load_examples  # noqa: E402
+from uhlm_ray.models.preflight import check_model_sources  # noqa: E402
+from uhlm_ray.sweep import SearchSpace, candidate_configs, load_space  # noqa: E402
+from uhlm_ray.sweep_report import frontier_report, trial_table  # noqa: E402
 from uhlm_ray.tracking import experiment_name, resolve_tracking_uri, setup_experiment  # noqa: E402
 from uhlm_ray.validation import ConfigError  # noqa: E402
 
@@ -102,60 +106,115 @@ def trial_node_cpus(runtime: RuntimeConfig) -> int:
     return int(max(cpus))
 
 
+def preflight(name: str, overrides: list[str]) -> tuple[SearchSpace, EvaluateConfig, int]:
+    """Everything knowable before Tune starts: the space (every value of every parameter, the objectives), the
+    command line, every data set and model pair the trials will read, the cluster and its placement. Returns the
+    space, the first trial's config and the CPUs per trial."""
+    space = load_space(resolve_space(name), overrides=overrides)
+    configs = candidate_configs(space=space, overrides=overrides)
+    for data in {json.dumps(dataclasses.asdict(c.data), sort_keys=True): c.data for c in configs}.values():
+        load_examples(data)
+    for model in {json.dumps(dataclasses.asdict(c.model), sort_keys=True): c.model for c in configs}.values():
+        check_model_sources(model)  # assembles the embedded pair here, with progress, before any trial needs it
+    cfg = configs[0]
+    connect(cfg.runtime, job="sweep")
+    per_trial = max(1, trial_node_cpus(cfg.runtime) // max(1, space.max_concurrent_trials))
+    return space, cfg, per_trial
+
+
+def parent_note(space: SearchSpace) -> str:
+    """The parent run's description in the MLflow UI: what the sweep is and where to look."""
+    objectives = ", ".join(f"{o.metric} ({o.mode})" for o in space.objectives)
+    return (f"**{space.name}**: {space.description or 'a sweep of ' + ', '.join(space.params)}\n\n"
+            f"Objectives: {objectives}. One child run per trial, named by its parameters: compare them in the "
+            "chart view or sort the table by an objective.\n\n"
+            "Artifacts of this run: `frontier/frontier_modelled.png` and `frontier/frontier_wall.png` (accuracy "
+            "against modelled and wall-clock throughput, every method of every trial, the Pareto frontier dashed and "
+            "its points labelled with their parameters); `frontier/frontier.md` (the frontiers as tables and where "
+            "exact hybrid inference stands against the LLM alone); `frontier/risk.png` (U-HLM's measured "
+            "rejection risk against Theorem 1); `frontier/trials.csv` (every point).")
+
+
+def error_cause(error: object) -> str:
+    """The last line of a trial's error, where Tune's traceback names the cause."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
+
+
 def main(argv: list[str]) -> int:
     if argv and "=" not in argv[0] and not argv[0].startswith("-"):
         name, overrides = argv[0], argv[1:]
     else:
         name, overrides = "default", argv
-    try:
-        space = load_space(resolve_space(name))
-        base_cfg = load_config(overrides=overrides)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    with refusals():  # one line on stderr, exit 2, before any model loads or Tune starts
+        space, base_cfg, per_trial = preflight(name, overrides)
     described = json.dumps([dataclasses.asdict(space), overrides], sort_keys=True, default=str)
     digest = hashlib.sha256(described.encode()).hexdigest()[:10]
     sweep_dir = (Path(base_cfg.output_dir).parent / "sweeps" / f"{space.name}-{digest}").resolve()
     sweep_dir.mkdir(parents=True, exist_ok=True)
+    total = expected_trials(space)
 
-    import mlflow
+    client = parent_id = None
+    experiment_id = ""
+    if base_cfg.tracking.enabled:
+        import mlflow
 
-    experiment_id = setup_experiment(base_cfg.tracking, job="sweep")
-    tracking_uri = resolve_tracking_uri(base_cfg.tracking)
-    parent_file = sweep_dir / "mlflow_parent_run_id"
-    client = mlflow.tracking.MlflowClient(tracking_uri=tracking_uri)
-    if parent_file.is_file():
-        parent_id = parent_file.read_text().strip()
-        client.update_run(parent_id, status="RUNNING")
-        print(f"[sweep] resuming {space.name!r}: parent run {parent_id}")
-    else:
-        parent = client.create_run(experiment_id, run_name=f"sweep-{space.name}-{digest}",
-                                   tags={"sweep": space.name, "sweep_dir": str(sweep_dir)})
-        parent_id = parent.info.run_id
-        parent_file.write_text(parent_id)
-        client.log_param(parent_id, "space", json.dumps(dataclasses.asdict(space))[:6000])
-        client.log_param(parent_id, "overrides", " ".join(overrides)[:6000] or "-")
-        client.log_artifact(parent_id, str(resolve_space(name)), "space")
-
-    connect(base_cfg.runtime, job="sweep")
-    store = start_sweep_store(sweep_dir)  # on this node: what trials share and hand back lives in sweep_dir
+        experiment_id = setup_experiment(base_cfg.tracking, job="sweep")
+        client = mlflow.tracking.MlflowClient(tracking_uri=resolve_tracking_uri(base_cfg.tracking))
+        parent_file = sweep_dir / "mlflow_parent_run_id"
+        if parent_file.is_file():
+            parent_id = parent_file.read_text().strip()
+            client.update_run(parent_id, status="RUNNING")
+        else:
+            parent = client.create_run(experiment_id, run_name=f"sweep {space.name} ({total} trials)",
+                                       tags={"sweep": space.name, "sweep_dir": str(sweep_dir),
+                                             "mlflow.note.content": parent_note(space)})
+            parent_id = parent.info.run_id
+            parent_file.write_text(parent_id)
+            client.log_param(parent_id, "space", json.dumps(dataclasses.asdict(space))[:6000])
+            client.log_param(parent_id, "overrides", " ".join(overrides)[:6000] or "-")
+            client.log_artifact(parent_id, str(resolve_space(name)), "space")
     runs = TrialRuns(client=client, experiment_id=experiment_id, parent_id=parent_id, space=space,
                      overrides=list(overrides), folder=sweep_dir)
+    done_before = len(runs.recorded())
+    if done_before:
+        print(f"[sweep] resuming {space.name!r}: {done_before} of {total} trials already done"
+              + (f" (parent run {parent_id})" if parent_id else ""))
+    status = "FAILED"  # what the parent run says if anything below raises
     try:
-        per_trial = max(1, trial_node_cpus(base_cfg.runtime) // max(1, space.max_concurrent_trials))
-    except ConfigError as err:
-        client.set_terminated(parent_id, status="FAILED")
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        code, status = run_sweep(space=space, base_cfg=base_cfg, overrides=overrides, per_trial=per_trial,
+                                 sweep_dir=sweep_dir, runs=runs, total=total, done_before=done_before)
+        return code
+    except KeyboardInterrupt:
+        status = "KILLED"
+        print(f"[sweep] interrupted; run the same command again to resume (files in {sweep_dir})", file=sys.stderr)
+        return 130
+    except Exception as err:
+        print(f"[sweep] failed: {type(err).__name__}: {err}", file=sys.stderr)
+        raise
+    finally:
+        if client is not None:
+            client.set_terminated(parent_id, status=status)
+
+
+def run_sweep(*, space: SearchSpace, base_cfg: EvaluateConfig, overrides: list[str], per_trial: int,
+              sweep_dir: Path, runs: TrialRuns, total: int, done_before: int) -> tuple[int, str]:
+    """Tune's run (or its resume), then the report; returns the exit code and the parent run's status."""
+    store = start_sweep_store(sweep_dir)  # on this node: what trials share and hand back lives in sweep_dir
     constants = {"space": dataclasses.asdict(space), "overrides": list(overrides), "sweep_id": sweep_dir.name,
                  "store": store}
     resources = tune.PlacementGroupFactory([{"CPU": per_trial, **base_cfg.runtime.trial_resources}])
     trainable = tune.with_resources(tune.with_parameters(run_trial, sweep=constants), resources)
     storage = sweep_dir / "tune"
+    callbacks = [TrialRunLogger(runs), SweepProgress(space=space, total=total, done_before=done_before)]
     start = time.perf_counter()
+    print(f"[sweep] {space.name}: {total} trials of {', '.join(space.methods)} over {', '.join(space.params)}; "
+          f"{per_trial} CPUs each, up to {space.max_concurrent_trials} at a time", flush=True)
     if tune.Tuner.can_restore(str(storage / space.name)):
         tuner = tune.Tuner.restore(str(storage / space.name), trainable=trainable, resume_errored=True,
                                    param_space=param_space(space))
+        tuner._local_tuner._run_config.callbacks = callbacks  # a restored run keeps no callbacks of its own
+        tuner._local_tuner._run_config.verbose = 0
     else:
         objective = space.objectives[0]
         tuner = tune.Tuner(
@@ -167,45 +226,45 @@ def main(argv: list[str]) -> int:
                 metric=None if space.search == "optuna" else objective.metric,
                 mode=None if space.search == "optuna" else objective.mode,
             ),
-            run_config=tune.RunConfig(name=space.name, storage_path=str(storage), verbose=1,
-                                      callbacks=[TrialRunLogger(runs)]),
+            # verbose=0: Tune's per-trial boxes would drown the console; SweepProgress prints a line per trial
+            run_config=tune.RunConfig(name=space.name, storage_path=str(storage), verbose=0, callbacks=callbacks),
         )
     grid = tuner.fit()
     elapsed = time.perf_counter() - start
     trials = runs.recorded()  # what the trials reported to this driver, whichever node they ran on
     for trial in trials:  # a result the driver kept but had not logged when it was interrupted is logged now
         runs.log(params=trial["params"], result=trial)
-    errors = [str(r.error)[:300] for r in grid if r.error is not None]
-    if len(trials) + len(errors) < expected_trials(space):  # Ctrl-C / `ray job stop`: Tune saved its state
-        client.set_terminated(parent_id, status="KILLED")
-        print(f"[sweep] interrupted after {len(trials)} of {expected_trials(space)} trials; run the same command "
-              f"again to resume (parent run {parent_id}, files in {sweep_dir})", file=sys.stderr)
-        return 130
+    errors = [(r.config, error_cause(r.error)) for r in grid if r.error is not None]
+    if len(trials) + len(errors) < total:  # Ctrl-C / `ray job stop`: Tune saved its state
+        print(f"[sweep] interrupted after {len(trials)} of {total} trials; run the same command again to resume "
+              f"(files in {sweep_dir})", file=sys.stderr)
+        return 130, "KILLED"
     report = frontier_report(trials=trials, space=space, folder=sweep_dir / "report")
-    for path in sorted((sweep_dir / "report").iterdir()):
-        client.log_artifact(parent_id, str(path), "frontier")
+    runs.log_report(sweep_dir / "report")
     decoded = sum(t.get("decoded_prompts", 0) for t in trials)
     reused = sum(t.get("reused_prompts", 0) for t in trials)
     computed = sum(t.get("passes_computed", 0) for t in trials)
     replayed = sum(t.get("passes_replayed", 0) for t in trials)
-    for key, value in {"num_trials": len(trials), "num_errors": len(errors), "sweep_wall_s": elapsed,
-                       "decoded_prompts": decoded, "reused_prompts": reused,
-                       "shared_work_ratio": (decoded + reused) / decoded if decoded else float("nan"),
-                       "passes_computed": computed, "passes_replayed": replayed}.items():
-        client.log_metric(parent_id, key, float(value))
-    client.set_terminated(parent_id, status="FAILED" if errors else "FINISHED")
+    runs.log_sweep_metrics({"num_trials": len(trials), "num_errors": len(errors), "sweep_wall_s": elapsed,
+                            "decoded_prompts": decoded, "reused_prompts": reused,
+                            "shared_work_ratio": (decoded + reused) / decoded if decoded else float("nan"),
+                            "passes_computed": computed, "passes_replayed": replayed})
+    freed = 0.0
     if not errors:  # shared forward passes only speed up this sweep's resume: free every node's disk
         freed = free_node_scratch(runtime=base_cfg.runtime, sweep_id=sweep_dir.name)
+    print(report)
+    print("\n" + trial_table(trials=trials, space=space))
+    print(f"\n[sweep] {len(trials)} trials in {elapsed:.0f} s; (method, prompt) runs decoded {decoded:.0f}, reused "
+          f"{reused:.0f}; forward passes computed {computed:.0f}, replayed {replayed:.0f}; files in {sweep_dir}")
+    if not errors:
         print(f"[sweep] removed the shared forward passes ({freed:.0f} MiB over the nodes) now that every trial "
               "is done")
-    print(report)
-    print(f"\n[sweep] {len(trials)} trials in {elapsed:.0f} s; (method, prompt) runs decoded {decoded:.0f}, reused "
-          f"{reused:.0f} (a sweep without sharing would decode {decoded + reused:.0f}); forward passes computed "
-          f"{computed:.0f}, replayed from other runs {replayed:.0f}; parent run {parent_id} in "
-          f"experiment {experiment_name(base_cfg.tracking, job='sweep')!r}; files in {sweep_dir}")
-    for err in errors:
-        print(f"[sweep] trial error: {err}", file=sys.stderr)
-    return 1 if errors else 0
+    if runs.parent_id:
+        print(f"[sweep] MLflow: parent run {runs.parent_id} in experiment "
+              f"{experiment_name(base_cfg.tracking, job='sweep')!r} ({resolve_tracking_uri(base_cfg.tracking)})")
+    for config, cause in errors:
+        print(f"[sweep] trial {trial_label(space=space, params=config)} failed: {cause}", file=sys.stderr)
+    return (1, "FAILED") if errors else (0, "FINISHED")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,14 @@ EXAMPLES = [
 ]
 
 
+def test_the_prompts_are_the_word_ids_they_spell(tiny_pair):
+    """The fixture's tokenizer reloads as built: each prompt is its own list of word ids (not a collapsed [3, 3])."""
+    ids = [chat_prompt_ids(tokenizer=tiny_pair.tokenizer, prompt=e.prompt) for e in EXAMPLES]
+    assert ids[0] == [2, 4, 6]  # the cat sat
+    assert len({tuple(i) for i in ids}) == len(EXAMPLES)
+    assert all(0 <= t < tiny_pair.vocab_size for i in ids for t in i)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -268,3 +276,51 @@ def test_http_block_route_verifies_as_the_core_and_names_bad_fields(verifier, ti
                  "probs")
     assert names(rejected({**good, "payload": {"format": "truncated", "token_ids": [[3]], "probs": [[1.0]]}}),
                  "draft_token_ids")
+
+
+def test_http_faults_are_clear_refusals(verifier, tiny_pair):
+    """NaN or Infinity probabilities, bodies over the limit sent chunked, and 422 answers that echo nothing."""
+    cfg = verifier
+    vocab = tiny_pair.vocab_size
+    opened = requests.post(_url(cfg, "/v1/sessions"), json={"session_id": "faults", "prompt_token_ids": [2, 3]},
+                           timeout=30)
+    assert opened.status_code == 200
+    url = _url(cfg, "/v1/sessions/faults/verify")
+    for constant in ("NaN", "Infinity", "-Infinity"):
+        probs = ", ".join([constant] + ["0.0"] * (vocab - 1))
+        raw = f'{{"round": 1, "draft_token_id": 0, "distribution": {{"format": "full", "probs": [{probs}]}}}}'
+        reply = requests.post(url, data=raw, headers={"content-type": "application/json"}, timeout=30)
+        assert reply.status_code == 422, (constant, reply.status_code, reply.text[:300])
+        detail = reply.json()["detail"]  # valid JSON: nothing non-finite echoed back
+        assert any("probs" in [str(p) for p in e["loc"]] for e in detail)
+        assert all("input" not in e for e in detail)
+    # a malformed full distribution: the answer names the field, and is small (the 151,936 floats are not echoed)
+    bad = {"round": 1, "draft_token_id": 0, "distribution": {"format": "full", "probs": [-0.5] * vocab}}
+    reply = requests.post(url, json=bad, timeout=30)
+    assert reply.status_code == 422 and len(reply.content) < 4096 and "input" not in reply.text
+
+    def chunks():  # no Content-Length: the limit must hold on the bytes that arrive
+        yield b'{"round": 1, "draft_token_id": 0, "distribution": {"format": "full", "probs": ['
+        for _ in range(1_200):
+            yield b"0.0, " * 2_000
+        yield b"0.0]}}"
+
+    reply = requests.post(url, data=chunks(), headers={"content-type": "application/json"}, timeout=120)
+    assert reply.status_code == 413 and "exceeds" in reply.json()["detail"][0]["msg"]
+    # the 404 of a session this replica does not hold says how to route a session's calls
+    lost = requests.post(_url(cfg, "/v1/sessions/nobody/verify"), timeout=30,
+                         json={"round": 1, "draft_token_id": 0, "distribution": {"format": "truncated",
+                                                                                 "token_ids": [0], "probs": [1.0]}})
+    assert lost.status_code == 404 and "x-session-id" in lost.json()["detail"]
+    assert requests.delete(_url(cfg, "/v1/sessions/faults"), timeout=30).json() == {"closed": True}
+
+
+def test_the_printed_verifier_address_is_the_one_serve_runs(verifier):
+    from ray import serve
+
+    from actors.verifier_deployment import verifier_url
+
+    serve.start(http_options={"host": "127.0.0.1", "port": _free_port()})  # ignored: Serve is already running
+    url = verifier_url()
+    assert url == f"http://127.0.0.1:{verifier.runtime.http_port}/verifier"
+    assert requests.get(f"{url}/v1/health", timeout=30).ok

@@ -65,3 +65,18 @@ def test_the_shipped_paper_config_loads():
     cfg = load_config(yaml_path=Path(__file__).resolve().parents[1] / "jobs" / "configs" / "paper.yaml")
     assert cfg.model.pair == "paper" and cfg.data.name == "alpaca" and cfg.data.n_prompts == 100
     assert (cfg.clock.tau_slm_ms, cfg.clock.tau_llm_ms) == (24.6, 104.6)
+
+
+def test_an_explicit_tracking_uri_wins_over_the_environment(monkeypatch, tmp_path):
+    """MLflow exports MLFLOW_TRACKING_URI to child processes once any code called set_tracking_uri; what the user
+    typed must still decide where runs go."""
+    from uhlm_ray.config import TrackingConfig
+    from uhlm_ray.tracking import resolve_tracking_uri
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////elsewhere/mlflow.db")
+    assert resolve_tracking_uri(TrackingConfig(tracking_uri=f"sqlite:///{tmp_path}/m.db")) == \
+        f"sqlite:///{tmp_path}/m.db"
+    assert resolve_tracking_uri(TrackingConfig()) == "sqlite:////elsewhere/mlflow.db"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    monkeypatch.chdir(tmp_path)
+    assert resolve_tracking_uri(TrackingConfig()) == f"sqlite:///{tmp_path}/mlruns/mlflow.db"

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from tests.conftest import WORDS, save_tiny_model
 from uhlm_ray.config import ModelConfig
 from uhlm_ray.models import CausalSession, full_recompute_logits, load_pair
 from uhlm_ray.models.prefix_cache import PrefixCache
+from uhlm_ray.models.tiny import WORDS, save_tiny_model
 from uhlm_ray.validation import ConfigError
 
 

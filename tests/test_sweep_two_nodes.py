@@ -59,6 +59,7 @@ def two_nodes(tmp_path):
     temp = Path(tempfile.mkdtemp(prefix="r", dir="/tmp"))  # Ray's socket paths must stay short
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
+    env.pop("MLFLOW_TRACKING_URI", None)  # set by any earlier in-process mlflow.set_tracking_uri
     hidden = [tmp_path / "out", tmp_path / "mlruns", tmp_path / "scratch"]
     for folder in hidden:
         folder.mkdir()

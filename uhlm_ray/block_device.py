@@ -194,6 +194,7 @@ class BlockDecoder:
             tau_uncertainty_s=sum(d.tau_uncertainty_s for d in self.block),
             tau_llm_s=result.tau_llm_s if sent else 0.0, llm_pass_tokens=result.pass_tokens if sent else 0,
             wall_s=wall_s - (result.scoring_s if sent else 0.0), verify_batch_size=result.batch_size if sent else 0,
+            verify_replica=result.replica if sent else "",
         )
         if sent:
             self._fill_scores(result.new_token_probs)

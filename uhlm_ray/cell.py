@@ -76,8 +76,9 @@ def summarize_cell(
 ) -> dict[str, dict]:
     """Per-device metrics and cell-wide ones (`cell`), on the modelled clock with the shared uplink.
 
-    Cell-wide throughput is total tokens over the slowest device's modelled time (devices run in parallel);
-    `throughput_modelled` inside each entry is that device's own tokens over its own time.
+    Two throughputs, named apart: `aggregate_throughput_modelled` (the cell entry) is every device's tokens over
+    the slowest device's modelled time (devices run in parallel); `throughput_modelled` is one device's own tokens
+    over its own time (in the cell entry: pooled over devices, i.e. the rate of an average device).
     """
     by_device: dict[int, list[PromptResult]] = {}
     for res in sorted(results, key=lambda r: (r.device_index, r.prompt_index)):
@@ -101,7 +102,7 @@ def summarize_cell(
     pooled = summarize(results=[res for rs in shared_results.values() for res in rs], clock=clock,
                        channel=channel, seed=seed, snr_sweep_db=[])
     device_seconds = [devices[d]["modelled_s"] for d in devices]
-    pooled["cell_throughput_modelled"] = run_throughput(tokens=pooled["num_tokens"], seconds=max(device_seconds))
+    pooled["aggregate_throughput_modelled"] = run_throughput(tokens=pooled["num_tokens"], seconds=max(device_seconds))
     pooled["mean_device_throughput_modelled"] = float(np.mean([devices[d]["throughput_modelled"] for d in devices]))
     pooled["num_devices"] = len(devices)
     pooled["max_transmitters_per_slot"] = max(slot_transmitters(shared).values(), default=0)

@@ -187,6 +187,8 @@ class TrackingConfig:
 
 
 BANDWIDTH_SHARING = ("equal",)
+AUTOSCALING_KEYS = ("min_replicas", "max_replicas", "initial_replicas", "target_ongoing_requests",
+                    "upscale_delay_s", "downscale_delay_s", "metrics_interval_s", "look_back_period_s")
 CELL_METHODS = ("slm", "hlm", "rand_hlm", "u_hlm", "cu_hlm", "block_hlm")
 
 
@@ -217,6 +219,13 @@ class RuntimeConfig:
     verifier_num_gpus: float = 0.0  # > 0 places verifier replicas on GPU nodes
     verifier_resources: dict[str, float] = field(default_factory=dict)  # e.g. {verifier: 1} from cluster.yaml
     verifier_device: str = "auto"  # "auto": cuda when the replica sees a GPU, else cpu
+    # Verifier replicas: each keeps the KV caches of the device sessions routed to it (by a consistent hash of the
+    # session id); a session whose replica is lost is rebuilt by its device. verifier_autoscaling, when set, takes
+    # Serve's autoscaling_config instead (e.g. {min_replicas: 1, max_replicas: 4, target_ongoing_requests: 8}).
+    verifier_replicas: int = 1
+    verifier_autoscaling: dict[str, float] = field(default_factory=dict)
+    # requests waiting per caller beyond the replicas' max_ongoing_requests; more are refused at once (HTTP 503)
+    max_queued_requests: int = 256
     max_batch_size: int = 16  # @serve.batch
     batch_wait_timeout_s: float = 0.005
     max_ongoing_requests: int | None = None  # None: 2 x max_batch_size; must be >= max_batch_size
@@ -290,8 +299,62 @@ def load_config(
     return cfg
 
 
+# The average SNR (dB) the channel models accept: below it an upload takes days and the modelled throughput
+# underflows; the paper's operating point is -8.92 dB and its Fig. 6 spans -10..20 dB.
+SNR_DB_RANGE = (-50.0, 60.0)
+
+
+def check_finite(node: object, *, field: str = "") -> None:
+    """Every float anywhere in the config is a finite number (NaN and Infinity pass omegaconf's type checks)."""
+    import dataclasses
+    import math
+
+    def child(name: object) -> str:
+        return f"{field}.{name}" if field else str(name)
+
+    if dataclasses.is_dataclass(node):
+        for f in dataclasses.fields(node):
+            check_finite(getattr(node, f.name), field=child(f.name))
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            check_finite(value, field=child(key))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            check_finite(value, field=f"{field}[{i}]")
+    elif isinstance(node, float) and not math.isfinite(node):
+        raise ConfigError(f"{field}={node!r} is not a finite number")
+
+
+def validate_channel(channel: ChannelConfig, *, snr_sweep_db: list[float]) -> None:
+    """The link's inputs, then the average SNR they give, inside SNR_DB_RANGE."""
+    from uhlm_ray.channel import mean_snr_db
+
+    low, high = SNR_DB_RANGE
+    check_range(channel.bandwidth_hz, field="channel.bandwidth_hz", low=1e3, high=1e10)
+    check_range(channel.tx_power_dbm, field="channel.tx_power_dbm", low=-60.0, high=60.0)
+    check_range(channel.noise_dbm, field="channel.noise_dbm", low=-200.0, high=30.0)
+    check_range(channel.distance_m, field="channel.distance_m", low=0.0, high=1e6, low_open=True)
+    check_range(channel.path_loss_exponent, field="channel.path_loss_exponent", low=0.0, high=10.0, low_open=True)
+    if channel.mean_snr_db is not None:
+        check_range(channel.mean_snr_db, field="channel.mean_snr_db", low=low, high=high)
+    elif not low <= mean_snr_db(channel) <= high:
+        raise ConfigError(
+            f"channel.tx_power_dbm={channel.tx_power_dbm}, noise_dbm={channel.noise_dbm}, "
+            f"path_loss_exponent={channel.path_loss_exponent} and distance_m={channel.distance_m} give an average SNR "
+            f"of {mean_snr_db(channel):.1f} dB, outside the allowed range [{low}, {high}] dB; change one of them or "
+            "set channel.mean_snr_db")
+    for i, value in enumerate(snr_sweep_db):
+        check_range(value, field=f"clock.snr_sweep_db[{i}]", low=low, high=high)
+
+
 def validate_config(cfg: EvaluateConfig) -> None:
     """Range checks omegaconf's type checks cannot express; each error names the field and the allowed range."""
+    check_finite(cfg)
+    if not cfg.methods:
+        raise ConfigError(f"methods=[] is empty; list at least one of {list(METHODS)}")
+    check_range(cfg.decode.seed, field="decode.seed", low=0, high=2**32 - 1)
+    check_range(cfg.data.sample_seed, field="data.sample_seed", low=0, high=2**32 - 1)
+    check_range(cfg.cell.placement_seed, field="cell.placement_seed", low=0, high=2**32 - 1)
     for i, method in enumerate(cfg.methods):
         check_choice(method, field=f"methods[{i}]", allowed=METHODS)
     for i, method in enumerate(cfg.decode.evaluation_methods):
@@ -320,9 +383,7 @@ def validate_config(cfg: EvaluateConfig) -> None:
         value = getattr(cfg.clock, name)
         if value is not None:
             check_range(value, field=f"clock.{name}", low=0.0, low_open=True)
-    check_range(cfg.channel.bandwidth_hz, field="channel.bandwidth_hz", low=0.0, low_open=True)
-    check_range(cfg.channel.distance_m, field="channel.distance_m", low=0.0, low_open=True)
-    check_range(cfg.channel.path_loss_exponent, field="channel.path_loss_exponent", low=0.0, low_open=True)
+    validate_channel(cfg.channel, snr_sweep_db=cfg.clock.snr_sweep_db)
     check_choice(cfg.channel.fading, field="channel.fading", allowed=FADING_MODELS)
     check_choice(cfg.channel.model, field="channel.model", allowed=CHANNEL_MODELS)
     if cfg.channel.arq_rate is not None:
@@ -386,12 +447,19 @@ def validate_cell(cfg: EvaluateConfig) -> None:
     if runtime.max_ongoing_requests is not None:
         check_range(runtime.max_ongoing_requests, field="runtime.max_ongoing_requests", low=runtime.max_batch_size)
     check_range(runtime.verifier_num_gpus, field="runtime.verifier_num_gpus", low=0.0)
+    check_range(runtime.verifier_replicas, field="runtime.verifier_replicas", low=1, high=1024)
+    check_range(runtime.max_queued_requests, field="runtime.max_queued_requests", low=1)
+    for name in runtime.verifier_autoscaling:
+        check_choice(name, field="runtime.verifier_autoscaling", allowed=AUTOSCALING_KEYS)
     check_range(runtime.device_actor_num_cpus, field="runtime.device_actor_num_cpus", low=0.0)
     check_range(runtime.max_sessions, field="runtime.max_sessions", low=1)
     check_range(runtime.http_port, field="runtime.http_port", low=1, high=65535)
     check_range(runtime.actor_max_restarts, field="runtime.actor_max_restarts", low=-1)
     check_range(runtime.prefix_cache_mb, field="runtime.prefix_cache_mb", low=0.0)
     check_choice(runtime.verifier_device, field="runtime.verifier_device", allowed=("auto", "cpu", "cuda"))
+    if runtime.verifier_device == "cuda" and runtime.verifier_num_gpus <= 0:
+        raise ConfigError("runtime.verifier_device='cuda' needs runtime.verifier_num_gpus > 0 (got "
+                          f"{runtime.verifier_num_gpus}): a replica sees a GPU only when it asks Ray for one")
 
 
 def config_from_argv(argv: list[str], *, description: str, defaults: list[str] | None = None) -> EvaluateConfig:

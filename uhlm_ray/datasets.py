@@ -32,6 +32,14 @@ FILES = {
 }
 
 
+FORMATS = {
+    "alpaca": "a JSON list of {instruction, input, output}",
+    "qed": "JSON lines with example_id, title_text, paragraph_text, question_text and annotation",
+    "creak": "tab-separated rows: question, answer, reasoning",
+    "strategyqa": "tab-separated rows: question, answer, reasoning",
+}
+
+
 @dataclass(frozen=True)
 class Example:
     id: str
@@ -60,7 +68,10 @@ def _read_alpaca(path: Path) -> list[Example]:
 def _read_flan_cot_tsv(path: Path, *, name: str) -> list[Example]:
     examples = []
     with path.open(newline="") as f:
-        for i, (question, answer, reasoning) in enumerate(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)):
+        for i, row in enumerate(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)):
+            if len(row) != 3:
+                raise ValueError(f"line {i + 1} has {len(row)} column(s), expected 3")
+            question, answer, reasoning = row
             question = question.replace("\\n", "\n")  # FLAN's TSVs escape newlines
             examples.append(
                 Example(
@@ -75,8 +86,11 @@ def _read_flan_cot_tsv(path: Path, *, name: str) -> list[Example]:
 def _read_qed(path: Path) -> list[Example]:
     """QED dev: the passage and question as the prompt; the selected sentence and answer span as the reference."""
     examples = []
-    for line in path.read_text().splitlines():
-        r = json.loads(line)
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        try:
+            r = json.loads(line)
+        except ValueError as err:
+            raise ValueError(f"line {number}: {err}") from err
         annotation = r["annotation"]
         if not annotation.get("answer"):
             continue  # no answer span annotated: nothing to compare against
@@ -105,14 +119,22 @@ def _read_rows(*, name: str, path: str | Path | None) -> list[Example]:
         return _read_builtin()
     if path is None:
         raise ConfigError(f"data.path must name the folder holding {FILES[name]} for data.name={name!r}")
+    if not Path(path).is_dir():
+        raise ConfigError(f"data.path={str(path)!r}: no such folder (it must hold {FILES[name]} for "
+                          f"data.name={name!r}; see ../shared/data/README.md)")
     file = Path(path) / FILES[name]
     if not file.is_file():
         raise ConfigError(f"data.path={str(path)!r} has no {FILES[name]} (needed for data.name={name!r})")
-    if name == "alpaca":
-        return _read_alpaca(file)
-    if name == "qed":
-        return _read_qed(file)
-    return _read_flan_cot_tsv(file, name=name)
+    try:
+        if name == "alpaca":
+            return _read_alpaca(file)
+        if name == "qed":
+            return _read_qed(file)
+        return _read_flan_cot_tsv(file, name=name)
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError, UnicodeDecodeError) as err:
+        # truncated or foreign files: name the file and the format it should have, not a parser's traceback
+        raise ConfigError(f"data file {str(file)!r} is not a valid {name} file ({FORMATS[name]}): "
+                          f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from err
 
 
 def default_prompt_count(name: str) -> int:

@@ -38,22 +38,45 @@ from uhlm_ray.rng import Purpose
 from uhlm_ray.stopping import make_stop_rule
 from uhlm_ray.uncertainty import draw_dropout_probs
 from uhlm_ray.validation import ConfigError
-from uhlm_ray.verifier import BlockRequest, BlockResult, SessionKey, Verifier, VerifyRequest, VerifyResult
+from uhlm_ray.verifier import (
+    BlockRequest,
+    BlockResult,
+    Reopen,
+    SessionKey,
+    Verifier,
+    VerifyRequest,
+    VerifyResult,
+)
 from uhlm_ray.verify import sample_inverse_cdf
 
 
 class VerifierClient(Protocol):
-    """What the loop needs of a verifier, in-process or remote."""
+    """What the loop needs of a verifier, in-process or remote. A remote one may lose a session (a replica dies):
+    it then calls `reopen(session_id)`, which opens it again as it was, and retries."""
 
     def open(self, *, session_id: str, prompt_ids: list[int], key: SessionKey) -> float: ...
 
-    def verify(self, requests: list[VerifyRequest]) -> list[VerifyResult]: ...
+    def verify(self, requests: list[VerifyRequest], *, reopen: Reopen | None = None) -> list[VerifyResult]: ...
 
-    def verify_blocks(self, requests: list[BlockRequest]) -> list[BlockResult]: ...
+    def verify_blocks(self, requests: list[BlockRequest], *, reopen: Reopen | None = None) -> list[BlockResult]: ...
 
-    def score(self, *, session_id: str, new_tokens: list[int]) -> tuple[list[float], float]: ...
+    def score(self, *, session_id: str, new_tokens: list[int], reopen: Reopen | None = None
+              ) -> tuple[list[float], float]: ...
 
     def close(self, *, session_id: str) -> bool: ...
+
+
+def reopener(*, verifier: VerifierClient, jobs: list[DeviceJob], decoders: list) -> Reopen:
+    """Rebuild a lost session as the verifier held it: the prompt and every response token it had processed."""
+    index = {job.session_id: i for i, job in enumerate(jobs)}
+
+    def reopen(session_id: str) -> None:
+        i = index[session_id]
+        decoder = decoders[i]
+        verifier.open(session_id=session_id, prompt_ids=jobs[i].prompt_ids + decoder.tokens[:decoder.llm_seen],
+                      key=jobs[i].key)
+
+    return reopen
 
 
 def make_policy(*, method: str, cfg: EvaluateConfig, send_prob: float | None = None) -> SkipPolicy | None:
@@ -139,6 +162,7 @@ def decode_lockstep(
         ))
         paraphrased.append(_paraphrase_sessions(slm=slm, job=job, measure=decoders[-1].measure))
         prefill_s.append(session.prefill_s + llm_prefill + sum(p.prefill_s for p in paraphrased[-1]))
+    reopen = reopener(verifier=verifier, jobs=jobs, decoders=decoders)
     active = list(range(len(jobs)))
     while active:
         start = time.perf_counter()
@@ -150,7 +174,7 @@ def decode_lockstep(
         sent = [i for i in active if drafts[i].sent]
         verify_start = time.perf_counter()
         replies = verifier.verify([decoders[i].request(session_id=jobs[i].session_id, draft=drafts[i])
-                                   for i in sent]) if sent else []
+                                   for i in sent], reopen=reopen) if sent else []
         verify_wall = time.perf_counter() - verify_start
         results: dict[int, VerifyResult] = dict(zip(sent, replies, strict=True))
         wall = time.perf_counter() - start  # the round of every device in lockstep ends together
@@ -161,7 +185,7 @@ def decode_lockstep(
             record.verify_wall_s = verify_wall + results[i].replayed_s if i in results else 0.0
             for session in (sessions[i], *paraphrased[i]):
                 session.append(record.token)
-        _finish_done(verifier=verifier, jobs=jobs, decoders=decoders, active=active)
+        _finish_done(verifier=verifier, jobs=jobs, decoders=decoders, active=active, reopen=reopen)
         active = [i for i in active if not decoders[i].done]
     return [DeviceOutcome(tokens=d.tokens, records=d.records, stop_reason=d.stop_reason or "", prefill_s=p)
             for d, p in zip(decoders, prefill_s, strict=True)]
@@ -189,6 +213,7 @@ def decode_blocks_lockstep(
         measure = cfg.uncertainty.measure if decoders[-1].measures else ""
         paraphrased.append(_paraphrase_sessions(slm=slm, job=job, measure=measure))
         prefill_s.append(session.prefill_s + llm_prefill + sum(p.prefill_s for p in paraphrased[-1]))
+    reopen = reopener(verifier=verifier, jobs=jobs, decoders=decoders)
     active = list(range(len(jobs)))
     while active:
         start = time.perf_counter()
@@ -212,7 +237,7 @@ def decode_blocks_lockstep(
         sent = [i for i in active if decoders[i].close_block()]
         verify_start = time.perf_counter()
         replies = verifier.verify_blocks([decoders[i].request(session_id=jobs[i].session_id)
-                                          for i in sent]) if sent else []
+                                          for i in sent], reopen=reopen) if sent else []
         verify_wall = time.perf_counter() - verify_start
         results: dict[int, BlockResult] = dict(zip(sent, replies, strict=True))
         wall = time.perf_counter() - start
@@ -226,17 +251,19 @@ def decode_blocks_lockstep(
                 session.discard(count=drop, last_token=last, logits=logits if session is sessions[i] else None)
                 for token in follow:
                     session.append(token)
-        _finish_done(verifier=verifier, jobs=jobs, decoders=decoders, active=active)
+        _finish_done(verifier=verifier, jobs=jobs, decoders=decoders, active=active, reopen=reopen)
         active = [i for i in active if not decoders[i].done]
     return [DeviceOutcome(tokens=d.tokens, records=d.records, stop_reason=d.stop_reason or "", prefill_s=p)
             for d, p in zip(decoders, prefill_s, strict=True)]
 
 
-def _finish_done(*, verifier: VerifierClient, jobs: list[DeviceJob], decoders: list, active: list[int]) -> None:
+def _finish_done(*, verifier: VerifierClient, jobs: list[DeviceJob], decoders: list, active: list[int],
+                 reopen: Reopen) -> None:
     """Devices done this round: the LLM scores what it has not seen (evaluation mode), then the session closes."""
     for i in [i for i in active if decoders[i].done]:
         if decoders[i].evaluate and decoders[i].unscored_tokens():
-            probs, _ = verifier.score(session_id=jobs[i].session_id, new_tokens=decoders[i].unscored_tokens())
+            probs, _ = verifier.score(session_id=jobs[i].session_id, new_tokens=decoders[i].unscored_tokens(),
+                                      reopen=reopen)
             decoders[i].finish_scoring(probs)
         verifier.close(session_id=jobs[i].session_id)
 

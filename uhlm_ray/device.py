@@ -218,7 +218,7 @@ class DeviceDecoder:
             record.token, record.accepted, record.resampled = result.token, result.accepted, result.resampled
             record.y_d, record.beta = result.y_d, result.beta
             record.tau_llm_s, record.catch_up_tokens = result.tau_llm_s, result.catch_up_tokens
-            record.verify_batch_size = result.batch_size
+            record.verify_batch_size, record.verify_replica = result.batch_size, result.replica
         self.records.append(record)
         self.tokens.append(record.token)
         if record.token in self.eos_token_ids:

@@ -166,6 +166,12 @@ def run_clock(*, results: dict[str, list[PromptResult]], cfg: EvaluateConfig) ->
     )
 
 
+def ratio(value: float, reference: float) -> float:
+    """value / reference; NaN where the reference is zero or not a number (a zero throughput must not end a run
+    whose results are all computed)."""
+    return value / reference if reference and math.isfinite(reference) else math.nan
+
+
 def summarize_methods(*, results: dict[str, list[PromptResult]], cfg: EvaluateConfig) -> dict[str, dict[str, float]]:
     clock = run_clock(results=results, cfg=cfg)
     summaries = {
@@ -173,16 +179,12 @@ def summarize_methods(*, results: dict[str, list[PromptResult]], cfg: EvaluateCo
                           snr_sweep_db=cfg.clock.snr_sweep_db)
         for method, rs in results.items()
     }
-    if "llm" in summaries:
-        llm = summaries["llm"]
-        for s in summaries.values():
-            s["accuracy_vs_llm"] = s["accuracy"] / llm["accuracy"]
-            s["throughput_modelled_vs_llm"] = s["throughput_modelled"] / llm["throughput_modelled"]
-            s["throughput_wall_vs_llm"] = s["throughput_wall"] / llm["throughput_wall"]
-    if "hlm" in summaries:
-        for s in summaries.values():
-            s["throughput_modelled_vs_hlm"] = s["throughput_modelled"] / summaries["hlm"]["throughput_modelled"]
-            s["throughput_wall_vs_hlm"] = s["throughput_wall"] / summaries["hlm"]["throughput_wall"]
+    for base in ("llm", "hlm"):
+        if base in summaries:
+            reference = summaries[base]
+            for s in summaries.values():
+                for key in (["accuracy"] if base == "llm" else []) + ["throughput_modelled", "throughput_wall"]:
+                    s[f"{key}_vs_{base}"] = ratio(s[key], reference[key])
     return summaries
 
 

@@ -45,6 +45,7 @@ class RoundRecord:
     wall_s: float
     verify_batch_size: int = 0  # requests in the verifier batch that scored this draft (0: not sent)
     verify_wall_s: float = 0.0  # the verification call's round trip (transport, batching wait, LLM forward)
+    verify_replica: str = ""  # the Serve replica that verified it ("" in process or not sent)
     kept_tokens: int = 0  # tokens in the uploaded distribution (|V| for a full upload; 0: not sent)
     sync_bits: int = 0  # of payload_bits, the ids of skipped tokens the LLM catches up on
     compression: float = NAN  # 1 - distribution bits / full payload bits, of a sent round
@@ -95,6 +96,7 @@ class BlockRecord:
     wall_s: float
     verify_batch_size: int = 0
     verify_wall_s: float = 0.0
+    verify_replica: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)

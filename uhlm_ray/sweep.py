@@ -10,7 +10,7 @@ A space file (tune_spaces/*.yaml):
     search: grid                         # grid | random | optuna (Bayesian, TPE; multi-objective)
     num_samples: 1                       # grid: repeats of the grid; random/optuna: trials
     methods: [llm, slm, hlm, u_hlm, rand_hlm]
-    base: {data.n_prompts: 3}            # overrides applied to every trial (after the command line's)
+    base: {data.n_prompts: 3}            # settings of every trial (the command line's overrides win over them)
     params:                              # dotted config keys
       policy.u_th: {grid: [0.2, 0.431, 0.6]}
       uncertainty.theta_max: {uniform: [0.5, 3.0]}
@@ -27,6 +27,7 @@ what no earlier trial has, and recomputes each record's uplink time for its own 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
 from collections.abc import Callable
@@ -49,7 +50,7 @@ from uhlm_ray.records import PromptResult
 from uhlm_ray.similarity import Encoder
 from uhlm_ray.theory import risk_at_threshold
 from uhlm_ray.uplink import reprice_results
-from uhlm_ray.validation import ConfigError, check_choice
+from uhlm_ray.validation import ConfigError, check_choice, check_range
 
 SEARCHES = ("grid", "random", "optuna")
 DISTRIBUTIONS = ("grid", "choice", "uniform", "loguniform", "randint")
@@ -74,50 +75,139 @@ class SearchSpace:
     max_concurrent_trials: int = 1
 
 
-def load_space(path: str | Path) -> SearchSpace:
-    """Read and check a space file; errors name the file and the field."""
+def load_space(path: str | Path, *, overrides: list[str] = ()) -> SearchSpace:
+    """Read and check a space file against the command line's `overrides`; errors name the file and the field.
+    Every value a parameter can take is tried (each grid and choice value, both ends of a range), so that no
+    trial can fail on its settings after the sweep has started."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"search space {str(path)!r} not found (see tune_spaces/)")
-    raw = yaml.safe_load(path.read_text()) or {}
     where = path.name
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{where}: not valid YAML ({str(err).splitlines()[0]})") from err
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: a space file is a mapping of name, objectives, params, ...")
     unknown = set(raw) - {f.name for f in dataclasses.fields(SearchSpace)}
     if unknown:
-        raise ConfigError(f"{where}: unknown field(s) {sorted(unknown)}")
+        raise ConfigError(f"{where}: unknown field(s) {sorted(unknown)}; allowed "
+                          f"{sorted(f.name for f in dataclasses.fields(SearchSpace))}")
     for key in ("name", "objectives", "params"):
         if key not in raw:
             raise ConfigError(f"{where}: missing field {key!r}")
+    if not isinstance(raw["objectives"], list) or not raw["objectives"]:
+        raise ConfigError(f"{where}: objectives must list at least one {{metric: <method>.<metric>, mode: max|min}}")
+    for i, o in enumerate(raw["objectives"]):
+        if not isinstance(o, dict) or set(o) != {"metric", "mode"}:
+            raise ConfigError(f"{where}: objectives[{i}] must be {{metric: <method>.<metric>, mode: max|min}}, "
+                              f"got {o!r}")
+    if not isinstance(raw["params"], dict) or not raw["params"]:
+        raise ConfigError(f"{where}: params must map at least one dotted config key to a distribution")
     objectives = [Objective(**o) for o in raw.pop("objectives")]
     space = SearchSpace(objectives=objectives, **raw)
+    command_line = _override_keys(overrides)
+    if "methods" in command_line:  # the command line wins over the space here too
+        space.methods = list(load_config(overrides=[o for o in overrides if o.startswith("methods=")]).methods)
+    if not space.methods:
+        raise ConfigError(f"{where}: methods is empty; list at least one of {list(METHODS)}")
     check_choice(space.search, field=f"{where}: search", allowed=SEARCHES)
+    check_range(space.num_samples, field=f"{where}: num_samples", low=1)
+    check_range(space.max_concurrent_trials, field=f"{where}: max_concurrent_trials", low=1)
+    for i, method in enumerate(space.methods):
+        check_choice(method, field=f"{where}: methods[{i}]", allowed=METHODS)
+    for key, spec in space.params.items():
+        if key in command_line:
+            raise ConfigError(f"{where}: params.{key} is swept by the space and also set on the command line "
+                              f"({key}={command_line[key]}); drop one of them")
+        _check_distribution(spec, field=f"{where}: params.{key}", search=space.search)
+    names = metric_names(candidate_configs(space=space, overrides=overrides, where=where)[0])
     for i, o in enumerate(space.objectives):
         check_choice(o.mode, field=f"{where}: objectives[{i}].mode", allowed=("max", "min"))
         method = o.metric.split(".", 1)[0]
         check_choice(method, field=f"{where}: objectives[{i}].metric's method", allowed=space.methods)
-    for i, method in enumerate(space.methods):
-        check_choice(method, field=f"{where}: methods[{i}]", allowed=METHODS)
-    for key, spec in space.params.items():
-        if not isinstance(spec, dict) or len(spec) != 1:
-            raise ConfigError(f"{where}: params.{key} must be one of {{{', '.join(DISTRIBUTIONS)}: ...}}")
-        (kind,) = spec
-        check_choice(kind, field=f"{where}: params.{key}", allowed=DISTRIBUTIONS)
-        if kind == "grid" and space.search != "grid":
-            raise ConfigError(f"{where}: params.{key} is a grid but search={space.search!r}; use choice")
-    # every parameter must be a real config key with a valid value: try the first point of the space
-    trial_config(base_overrides=[], space=space, params={k: _first(v) for k, v in space.params.items()})
+        if o.metric not in names:
+            close = difflib.get_close_matches(o.metric, sorted(names), n=3)
+            raise ConfigError(f"{where}: objectives[{i}].metric={o.metric!r} is not a metric a trial reports"
+                              + (f"; did you mean {' or '.join(map(repr, close))}?" if close else
+                                 f"; e.g. {method}.accuracy, {method}.throughput_modelled"))
     return space
 
 
-def _first(spec: dict) -> object:
-    """A value the distribution can produce (its first listed value or lower bound), to check the key early."""
-    (kind, values) = next(iter(spec.items()))
-    return int(values[0]) if kind == "randint" else values[0]
+def candidate_configs(*, space: SearchSpace, overrides: list[str] | tuple[str, ...], where: str = "") -> \
+        list[EvaluateConfig]:
+    """Trial configs that cover every value of every parameter (each on top of the others' first values), the
+    first point first. Each value is tried alone first, so that a refused one is named with its parameter."""
+    overrides = list(overrides)
+    try:  # the space's base and the command line alone: a fault there is not a parameter's
+        trial_config(base_overrides=overrides, space=space, params={})
+    except ConfigError as err:
+        raise ConfigError(f"{where or space.name} base / command line: {err}") from err
+    for key, spec in space.params.items():
+        for value in _candidates(spec):
+            try:
+                trial_config(base_overrides=overrides, space=space, params={key: value})
+            except ConfigError as err:
+                raise ConfigError(f"{where or space.name}: params.{key} value {value!r} is refused: {err}") from err
+    first = {k: _candidates(v)[0] for k, v in space.params.items()}
+    return [trial_config(base_overrides=overrides, space=space, params=first),
+            *(trial_config(base_overrides=overrides, space=space, params={**first, key: value})
+              for key, spec in space.params.items() for value in _candidates(spec)[1:])]
+
+
+def _override_keys(overrides: list[str] | tuple[str, ...]) -> dict[str, str]:
+    return dict(o.split("=", 1) for o in overrides if "=" in o)
+
+
+def _check_distribution(spec: object, *, field: str, search: str) -> None:
+    if not isinstance(spec, dict) or len(spec) != 1:
+        raise ConfigError(f"{field} must be one of {{{', '.join(DISTRIBUTIONS)}: ...}}, got {spec!r}")
+    ((kind, values),) = spec.items()
+    check_choice(kind, field=field, allowed=DISTRIBUTIONS)
+    if kind == "grid" and search != "grid":
+        raise ConfigError(f"{field} is a grid but search={search!r}; use choice")
+    if kind in ("grid", "choice"):
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{field}: {kind} must be a non-empty list of values, got {values!r}")
+        return
+    if not (isinstance(values, list) and len(values) == 2 and all(isinstance(v, int | float) for v in values)
+            and values[0] < values[1]):
+        raise ConfigError(f"{field}: {kind} must be [low, high] with low < high, got {values!r}")
+    if kind == "loguniform" and values[0] <= 0:
+        raise ConfigError(f"{field}: loguniform needs low > 0, got {values!r}")
+
+
+def _candidates(spec: dict) -> list[object]:
+    """Every value a distribution can produce that matters for checking: each listed value, or both ends of a
+    range (randint's upper end is exclusive)."""
+    ((kind, values),) = spec.items()
+    if kind in ("grid", "choice"):
+        return list(values)
+    if kind == "randint":
+        return [int(values[0]), int(values[1]) - 1]
+    return [float(values[0]), float(values[1])]
+
+
+def metric_names(cfg: EvaluateConfig) -> set[str]:
+    """`<method>.<metric>` for every metric a trial of `cfg` reports, from the summaries of an empty run."""
+    from uhlm_ray.block_metrics import summarize_blocks
+    from uhlm_ray.evaluate import run_clock
+
+    summaries = summarize_methods(results={m: [] for m in cfg.methods}, cfg=cfg)
+    if "block_hlm" in summaries:
+        summaries["block_hlm"].update(summarize_blocks(results=[], clock=run_clock(results={}, cfg=cfg)))
+    if "u_hlm" in summaries:
+        summaries["u_hlm"].update(risk_at_threshold([], u_th=cfg.policy.u_th))
+    if "cu_hlm" in summaries:
+        summaries["cu_hlm"].update(operating_point([], budget=cfg.cu_hlm.risk_budget))
+    return {f"{method}.{key}" for method, summary in summaries.items() for key in summary}
 
 
 def trial_config(*, base_overrides: list[str], space: SearchSpace, params: dict[str, object]) -> EvaluateConfig:
-    """The evaluate config of one trial: defaults <- command line <- space base <- the trial's parameters."""
-    overrides = [*base_overrides, *(f"{k}={_dot(v)}" for k, v in space.base.items()),
-                 *(f"{k}={_dot(v)}" for k, v in params.items()), f"methods={_dot(space.methods)}"]
+    """The evaluate config of one trial: defaults <- space base and methods <- command line <- the trial's
+    parameters (the command line wins over the space, as the README says; it may not set a swept key)."""
+    overrides = [*(f"{k}={_dot(v)}" for k, v in space.base.items()), f"methods={_dot(space.methods)}",
+                 *base_overrides, *(f"{k}={_dot(v)}" for k, v in params.items())]
     return load_config(overrides=overrides)
 
 

@@ -31,6 +31,29 @@ def trial_points(*, trials: list[dict], methods: list[str]) -> list[dict]:
     return points
 
 
+def point_label(point: dict) -> str:
+    """A frontier point's label: its method, and the trial's parameters by their last key part."""
+    params = " ".join(f"{k.rsplit('.', 1)[-1]}={_short(v)}" for k, v in point.items() if k.startswith("param."))
+    return f"{METHOD_LABELS[point['method']]} {params}".strip()
+
+
+def _short(value: object) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def trial_table(*, trials: list[dict], space: SearchSpace) -> str:
+    """The console's last table: one row per trial, its swept parameters, its objectives and its time."""
+    keys = list(space.params)
+    header = [*keys, *(o.metric for o in space.objectives), "trial s"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(keys) + "---:|" * (len(header) - len(keys))]
+    for t in sorted(trials, key=lambda t: [str(t["params"].get(k)) for k in keys]):
+        cells = [_short(t["params"].get(k)) for k in keys]
+        cells += [format_value(t.get(o.metric), "{:.4g}") for o in space.objectives]
+        cells.append(f"{t.get('trial_ended', math.nan) - t.get('trial_started', math.nan):.0f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _write_csv(path: Path, rows: list[dict]) -> None:
     keys = sorted({k for r in rows for k in r}, key=lambda k: (not k.startswith(("trial", "method")), k))
     with path.open("w", newline="") as f:
@@ -81,6 +104,9 @@ def frontier_report(*, trials: list[dict], space: SearchSpace, folder: Path) -> 
             mine = [p for p in points if p["method"] == method]
             ax.scatter([p[clock] for p in mine], [p["accuracy"] for p in mine], label=METHOD_LABELS[method], s=22)
         ax.plot([p[clock] for p in front], [p["accuracy"] for p in front], "k--", lw=1, label="Pareto frontier")
+        for p in front:  # which settings each frontier point is
+            ax.annotate(point_label(p), (p[clock], p["accuracy"]), xytext=(4, 3), textcoords="offset points",
+                        fontsize=6.5, alpha=0.85)
         if any(p[clock] > 0 for p in points):
             ax.set_xscale("log")
         ax.set_xlabel(label)

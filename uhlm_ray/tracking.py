@@ -1,8 +1,9 @@
 """MLflow helpers: the default local store, experiments with artifacts beside it, flat params from a config.
 
 MLflow 3 no longer accepts a plain folder as the tracking store, so the default is a sqlite file,
-`./mlruns/mlflow.db`, with run artifacts in `./mlruns/artifacts/` next to it. MLFLOW_TRACKING_URI overrides both
-the default and `tracking.tracking_uri`.
+`./mlruns/mlflow.db`, with run artifacts in `./mlruns/artifacts/` next to it. An explicit `tracking.tracking_uri`
+wins; otherwise MLFLOW_TRACKING_URI replaces the default (MLflow itself exports that variable to child processes
+once any code in the process has called `mlflow.set_tracking_uri`, so it must not beat what the user typed).
 """
 
 from __future__ import annotations
@@ -17,16 +18,22 @@ from uhlm_ray.config import TrackingConfig
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
+# MLflow 3 opens an experiment without this tag in its GenAI (traces) view; ours are classic runs with metrics
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+CLASSIC_RUNS_VIEW = "custom_model_development"
+# the hash of the settings a run's results depend on: a rerun that reuses them all is not logged again
+RUN_KEY_TAG = "uhlm.run_key"
+
 
 def default_store_dir() -> Path:
     return Path.cwd() / "mlruns"
 
 
 def resolve_tracking_uri(cfg: TrackingConfig) -> str:
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
     if cfg.tracking_uri:
         return cfg.tracking_uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
     return f"sqlite:///{default_store_dir() / 'mlflow.db'}"
 
 
@@ -53,8 +60,25 @@ def setup_experiment(cfg: TrackingConfig, *, job: str) -> str:
     name = experiment_name(cfg, job=job)
     existing = mlflow.get_experiment_by_name(name)
     if existing is not None:
+        if existing.tags.get(EXPERIMENT_KIND_TAG) is None:
+            mlflow.MlflowClient().set_experiment_tag(existing.experiment_id, EXPERIMENT_KIND_TAG, CLASSIC_RUNS_VIEW)
         return existing.experiment_id
-    return mlflow.create_experiment(name, artifact_location=artifact_location(uri))
+    return mlflow.create_experiment(name, artifact_location=artifact_location(uri),
+                                    tags={EXPERIMENT_KIND_TAG: CLASSIC_RUNS_VIEW})
+
+
+def find_logged_run(cfg: TrackingConfig, *, job: str, key: str) -> str | None:
+    """The finished run a job already logged for this run key (its results reused, not decoded again), if any."""
+    import mlflow
+
+    mlflow.set_tracking_uri(resolve_tracking_uri(cfg))
+    experiment = mlflow.get_experiment_by_name(experiment_name(cfg, job=job))
+    if experiment is None:
+        return None
+    runs = mlflow.MlflowClient().search_runs(
+        [experiment.experiment_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{key}' and attributes.status = 'FINISHED'",
+        max_results=1)
+    return runs[0].info.run_id if runs else None
 
 
 def flat_params(cfg: object) -> dict[str, str]:

@@ -15,6 +15,7 @@ request landed in.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -32,6 +33,21 @@ class SessionError(KeyError):
 
     def __str__(self) -> str:  # KeyError quotes its message otherwise
         return str(self.args[0])
+
+
+class UnknownSession(SessionError):
+    """This verifier does not hold the session (never opened, closed, or held by a replica that was lost): the
+    device reopens it with its prompt and the response so far, then retries the round."""
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__(f"session {session_id!r} is not open")
+        self.session_id = session_id
+
+    def __reduce__(self):  # crosses Ray processes with its session id
+        return UnknownSession, (self.session_id,)
+
+
+Reopen = Callable[[str], None]  # the caller's way to rebuild a lost session by its id (prompt + response so far)
 
 
 @dataclass
@@ -57,6 +73,7 @@ class VerifyResult:
     new_token_probs: list[float] = field(default_factory=list)  # y of each new token, with score=True
     scoring_s: float = 0.0  # evaluation-only seconds inside this call
     replayed_s: float = 0.0  # of tau_llm_s, seconds replayed from a PrefixCache rather than spent here
+    replica: str = ""  # the Serve replica that verified it ("" in process)
 
 
 @dataclass
@@ -86,6 +103,7 @@ class BlockResult:
     new_token_probs: list[float] = field(default_factory=list)  # y of each catch-up token, with score=True
     scoring_s: float = 0.0
     replayed_s: float = 0.0
+    replica: str = ""  # the Serve replica that verified it ("" in process)
 
 
 def uniforms(*, key: SessionKey, round_index: int) -> tuple[float, float]:
@@ -134,11 +152,12 @@ class Verifier:
 
     def _get(self, session_id: str) -> tuple[CausalSession, SessionKey]:
         if session_id not in self._sessions:
-            raise SessionError(f"session {session_id!r} is not open")
+            raise UnknownSession(session_id)
         return self._sessions[session_id]
 
-    def verify(self, requests: list[VerifyRequest]) -> list[VerifyResult]:
-        """Verify one draft per request; every session catches up in one batched forward pass."""
+    def verify(self, requests: list[VerifyRequest], *, reopen: Reopen | None = None) -> list[VerifyResult]:
+        """Verify one draft per request; every session catches up in one batched forward pass. (In process no
+        session is ever lost, so `reopen` is not needed.)"""
         with self._lock:
             ids = [r.session_id for r in requests]
             if len(set(ids)) != len(ids):
@@ -169,7 +188,7 @@ class Verifier:
                 ))
             return results
 
-    def verify_blocks(self, requests: list[BlockRequest]) -> list[BlockResult]:
+    def verify_blocks(self, requests: list[BlockRequest], *, reopen: Reopen | None = None) -> list[BlockResult]:
         """Verify a block per request: every session catches up and scores its drafts in one batched pass (padded
         to the longest), then each keeps its accepted prefix and drops the rest from its KV cache."""
         with self._lock:
@@ -225,7 +244,8 @@ class Verifier:
                 ))
             return results
 
-    def score(self, *, session_id: str, new_tokens: list[int]) -> tuple[list[float], float]:
+    def score(self, *, session_id: str, new_tokens: list[int], reopen: Reopen | None = None
+              ) -> tuple[list[float], float]:
         """y of each token the LLM has not seen (evaluation only, e.g. the skipped tail of a response)."""
         with self._lock:
             session, _ = self._get(session_id)

@@ -106,6 +106,16 @@ def load_model(source: str, *, dtype: torch.dtype, device: str = "cpu") -> Loade
     )
 
 
+def vocabulary_difference(*, slm_vocab: dict[str, int], llm_vocab: dict[str, int]) -> str | None:
+    """The first difference between two token -> id maps (by id), or None when they are the same."""
+    for token, index in sorted(slm_vocab.items(), key=lambda kv: kv[1]):
+        if llm_vocab.get(token) != index:
+            return (f"token {token!r} has id {index} in the SLM but {llm_vocab.get(token)} in the LLM "
+                    "(first difference by id)")
+    extra = sorted(set(llm_vocab) - set(slm_vocab), key=llm_vocab.get)
+    return f"token {extra[0]!r} (id {llm_vocab[extra[0]]}) is only in the LLM" if extra else None
+
+
 def check_same_vocabulary(*, slm: LoadedModel, llm: LoadedModel) -> None:
     """The pair must produce distributions over the same tokens, in the same order; name the first difference."""
     if slm.vocab_size != llm.vocab_size:
@@ -113,17 +123,9 @@ def check_same_vocabulary(*, slm: LoadedModel, llm: LoadedModel) -> None:
             f"vocabulary size differs: SLM {slm.source!r} has {slm.vocab_size} output rows, "
             f"LLM {llm.source!r} has {llm.vocab_size}"
         )
-    slm_vocab = slm.tokenizer.get_vocab()
-    llm_vocab = llm.tokenizer.get_vocab()
-    for token, index in sorted(slm_vocab.items(), key=lambda kv: kv[1]):
-        if llm_vocab.get(token) != index:
-            raise ConfigError(
-                f"vocabularies differ: token {token!r} has id {index} in the SLM but "
-                f"{llm_vocab.get(token)} in the LLM (first difference by id)"
-            )
-    extra = sorted(set(llm_vocab) - set(slm_vocab), key=llm_vocab.get)
-    if extra:
-        raise ConfigError(f"vocabularies differ: token {extra[0]!r} (id {llm_vocab[extra[0]]}) is only in the LLM")
+    difference = vocabulary_difference(slm_vocab=slm.tokenizer.get_vocab(), llm_vocab=llm.tokenizer.get_vocab())
+    if difference:
+        raise ConfigError(f"vocabularies differ: {difference}")
 
 
 def load_pair(cfg: ModelConfig) -> ModelPair:

@@ -184,10 +184,14 @@ async def overload(*, base: str, bound: int, vocab: int) -> tuple[Counter, float
     # no client-side connection cap (aiohttp's default is 100): every round must reach the server at once
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300),
                                      connector=aiohttp.TCPConnector(limit=0)) as http:
-        for i in range(sessions):
-            async with http.post(f"{base}/v1/sessions", headers={"x-session-id": f"burst-{i}"},
-                                 json={"session_id": f"burst-{i}", "prompt_token_ids": [2, 3, 4]}) as reply:
+        opening = asyncio.Semaphore(32)  # opened a few at a time: the burst is the rounds, not the opens
+
+        async def open_one(i: int) -> None:
+            async with opening, http.post(f"{base}/v1/sessions", headers={"x-session-id": f"burst-{i}"},
+                                          json={"session_id": f"burst-{i}", "prompt_token_ids": [2, 3, 4]}) as reply:
                 assert reply.status == 200, await reply.text()
+
+        await asyncio.gather(*[open_one(i) for i in range(sessions)])
         start = time.monotonic()
 
         async def one(i: int) -> int:

@@ -250,6 +250,7 @@ def main(argv: list[str]) -> int:
         print(f"[load] {label}: {args.devices} devices for {args.seconds:.0f} s ...", flush=True)
         stats, seconds = asyncio.run(load(base=base, args=args, vocab=vocab, kill_at=kill))
         rows.append(report(label, stats, seconds))
+        print(f"[load] {rows[-1]}", flush=True)  # kept even if the burst below is interrupted
         # the burst and the next run start on a full set of replicas, so the hash ring is stable under them
         waited = wait_for_replicas(args.replicas)
         print(f"[load] {args.replicas} replicas running again after {waited:.0f} s", flush=True)

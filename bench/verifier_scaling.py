@@ -49,11 +49,14 @@ def main(argv: list[str]) -> int:
         save_tiny_model(folder / "slm", words=WORDS, layers=2, hidden=32, seed=1)
         save_tiny_model(folder / "llm", words=WORDS, layers=3, hidden=48, seed=2)
         model = ["model.pair=custom", f"model.slm={folder / 'slm'}", f"model.llm={folder / 'llm'}",
-                 "model.dtype=float32", "data.dataset=alpaca"]
+                 "model.dtype=float32"]
     base = ["cell.method=hlm", "cell.prompts_per_device=1", "decode.max_new_tokens=16", "data.n_prompts=16",
             "tracking.enabled=false", "resume=false", f"runtime.max_batch_size={max(counts)}",
             "runtime.device_actor_num_cpus=1"]
-    ray.init(address="local", log_to_driver=False, include_dashboard=False)
+    # one logical CPU per replica and per device actor, so that every point is placed even on a small machine
+    # (they then share its cores: compare points of one run, not machines)
+    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, max(replica_counts) + 1), log_to_driver=False,
+             include_dashboard=False)
     rows = []
     for replicas, n in [(r, n) for r in replica_counts for n in counts]:
         cfg = load_config(overrides=[*base, *model, f"cell.n_devices={n}", f"cell.devices_per_actor={n}",

@@ -123,16 +123,15 @@ def preflight(name: str, overrides: list[str]) -> tuple[SearchSpace, EvaluateCon
 
 
 def parent_note(space: SearchSpace) -> str:
-    """The parent run's description in the MLflow UI: what the sweep is and where to look."""
+    """The parent run's description in the MLflow UI: where to look first, then what the sweep is."""
     objectives = ", ".join(f"{o.metric} ({o.mode})" for o in space.objectives)
-    return (f"**{space.name}**: {space.description or 'a sweep of ' + ', '.join(space.params)}\n\n"
-            f"Objectives: {objectives}. One child run per trial, named by its parameters: compare them in the "
-            "chart view or sort the table by an objective.\n\n"
-            "Artifacts of this run: `frontier/frontier_modelled.png` and `frontier/frontier_wall.png` (accuracy "
-            "against modelled and wall-clock throughput, every method of every trial, the Pareto frontier dashed and "
-            "its points labelled with their parameters); `frontier/frontier.md` (the frontiers as tables and where "
-            "exact hybrid inference stands against the LLM alone); `frontier/risk.png` (U-HLM's measured "
-            "rejection risk against Theorem 1); `frontier/trials.csv` (every point).")
+    return ("**Look at** this run's artifacts: `frontier/frontier_modelled.png` and `frontier/frontier_wall.png` "
+            "(accuracy against modelled and wall-clock throughput, every method of every trial, the Pareto frontier "
+            "dashed and its points labelled with their parameters), `frontier/frontier.md` (the frontiers as tables "
+            "and where exact hybrid inference stands against the LLM alone), `frontier/risk.png` (U-HLM's measured "
+            "rejection risk against Theorem 1). One child run per trial, named by its parameters: compare them in "
+            f"the chart view or sort by an objective ({objectives}).\n\n"
+            f"**{space.name}**: {space.description or 'a sweep of ' + ', '.join(space.params)}")
 
 
 def error_cause(error: object) -> str:

@@ -74,7 +74,8 @@ def test_refused_before_work(job, argv, must, values, capsys, tmp_path, monkeypa
     assert exit_info.value.code == 2, err[-2000:]
     assert len(errors) == 1, err[-2000:]
     assert must in errors[0], errors[0]
-    assert "Traceback" not in err
+    # no traceback of the job's own; Ray's loggers may still report writing to an earlier test's closed capture
+    assert err.count("Traceback") == err.count("--- Logging error ---"), err[-2000:]
     assert elapsed < IN_PROCESS_LIMIT_S, f"refused only after {elapsed:.1f} s"
     assert not (tmp_path / "mlruns").exists(), "a refused run must not create an MLflow store or run"
 

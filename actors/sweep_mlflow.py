@@ -5,7 +5,7 @@ Trials report their metrics to Tune and leave their records in the sweep store o
 also keeps every reported result in the sweep folder (`trials.jsonl`): Tune's own per-trial files are written on
 the trial's node, which the driver may not see, so the sweep's report never reads them. Each trial has one child
 run, found again by its `trial_key` tag after an interruption, named by its parameters, spanning the trial's own
-start and end.
+start and end. `SweepProgress` is the console's view of the same events.
 """
 
 from __future__ import annotations
@@ -129,8 +129,8 @@ class TrialRunLogger(tune.Callback):
 
 
 class SweepProgress(tune.Callback):
-    """One console line per trial that ends (Tune's own boxes are off): trials done of total, what the trial
-    reported for the objectives, and the time left at the pace so far."""
+    """The sweep's console (Tune's own boxes are off): a line when a trial starts (with the time left at the pace
+    so far) and one when it ends (trials done of total, what it reported for the objectives)."""
 
     def __init__(self, *, space: SearchSpace, total: int, done_before: int) -> None:
         self.space, self.total, self.done, self.failed = space, total, done_before, 0

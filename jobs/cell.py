@@ -119,13 +119,12 @@ def main(argv: list[str]) -> int:
     clock = run_clock(results={cell.method: results}, cfg=cfg)
     summary = summarize_cell(results=results, distances_m=distances, channel=cfg.channel, clock=clock,
                              seed=cfg.decode.seed)
-    # the wall clock counts only what this run decoded: prompts found in the store took no time now
-    fresh = [res for res in results if (res.device_index, res.prompt_index) not in stored]
-    fresh_tokens = sum(len(res.tokens) for res in fresh)
+    # a wall-clock figure only when this run decoded every prompt: resumed ones took no time now
+    resumed = sum((res.device_index, res.prompt_index) in stored for res in results)
     summary["cell"]["decode_wall_s"] = decode_s
-    summary["cell"]["resumed_prompts"] = len(results) - len(fresh)
-    summary["cell"]["aggregate_throughput_wall"] = fresh_tokens / decode_s if fresh and len(fresh) == len(results) \
-        else math.nan  # a partly resumed run's wall time mixes prompts decoded now with prompts decoded before
+    summary["cell"]["resumed_prompts"] = resumed
+    summary["cell"]["aggregate_throughput_wall"] = summary["cell"]["num_tokens"] / decode_s if not resumed \
+        else math.nan
     batch_sizes = [r.verify_batch_size for res in results for r in res.records if r.sent]
     summary["cell"]["mean_verify_batch_size"] = sum(batch_sizes) / len(batch_sizes) if batch_sizes else math.nan
     table = format_cell_table(summary)
@@ -140,8 +139,8 @@ def main(argv: list[str]) -> int:
             f"no wall-clock figure: {c['resumed_prompts']} of {len(results)} prompts were decoded by an earlier run "
             f"(resume=false decodes them again)")
     print(f"\n[cell] aggregate cell throughput (all devices together): {c['aggregate_throughput_modelled']:.3f} "
-          f"tok/s on the modelled clock, {wall}; the cell row above is an average device "
-          f"({c['throughput_modelled']:.3f} tok/s modelled); mean verifier batch {c['mean_verify_batch_size']:.2f}")
+          f"tok/s on the modelled clock, {wall}; an average device alone makes {c['throughput_modelled']:.3f} "
+          f"tok/s modelled; mean verifier batch {c['mean_verify_batch_size']:.2f}")
     print(f"[cell] results in {folder}")
     if cfg.tracking.enabled:
         experiment = experiment_name(cfg.tracking, job="cell")

@@ -66,7 +66,8 @@ class BlockDecoder:
         self.key, self.cfg, self.rule = key, cfg, rule
         self.mean_snr, self.vocab_size, self.eos_token_ids = mean_snr, vocab_size, eos_token_ids
         self.evaluate = evaluate and cfg.block.skip_u_th is not None  # lossless blocks leave nothing to score
-        self.measures = rule.needs_uncertainty or cfg.block.skip_u_th is not None
+        # the uncertainty measure each draft runs ("" when neither the stop rule nor a skip threshold needs u)
+        self.measure = cfg.uncertainty.measure if rule.needs_uncertainty or cfg.block.skip_u_th is not None else ""
         self.tokens: list[int] = []
         self.records: list[BlockRecord] = []
         self.llm_seen = 0  # response tokens the verifier has processed
@@ -129,7 +130,7 @@ class BlockDecoder:
             uniform = keyed_uniform(key=self.key, round_index=self.round, purpose=Purpose.DRAFT, offset=i)
             token = int(sample_inverse_cdf(probs=drawn_from.unsqueeze(0), uniform=uniform)[0])
         u, spent = NAN, 0.0
-        if self.measures:
+        if self.measure:
             start = time.perf_counter()
             u = measure_uncertainty(logits=logits, probs=x, draft=token, cfg=self.cfg, perturbed=perturbed,
                                     rng=self.key.rng(round_index=self.round, purpose=Purpose.TEMPERATURES, offset=i))

@@ -11,6 +11,7 @@ step is one batched SLM forward over the devices still drafting, then one call v
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -151,17 +152,14 @@ def decode_lockstep(
             raise ConfigError("decode_lockstep: block_hlm jobs cannot share a lockstep with one-draft methods")
         return decode_blocks_lockstep(slm=slm, verifier=verifier, jobs=jobs, cfg=cfg, eos_token_ids=eos_token_ids,
                                       prefixes=prefixes)
-    sessions, decoders, prefill_s, paraphrased = [], [], [], []
-    for job in jobs:
-        session = CausalSession(model=slm, prompt_ids=job.prompt_ids, prefixes=prefixes)
-        llm_prefill = verifier.open(session_id=job.session_id, prompt_ids=job.prompt_ids, key=job.key)
-        sessions.append(session)
-        decoders.append(DeviceDecoder(
+    def decoder(job: DeviceJob) -> DeviceDecoder:
+        return DeviceDecoder(
             key=job.key, method=job.method, cfg=cfg, policy=job.policy, mean_snr=job.mean_snr,
             vocab_size=slm.vocab_size, eos_token_ids=eos_token_ids, evaluate=evaluates(method=job.method, cfg=cfg),
-        ))
-        paraphrased.append(_paraphrase_sessions(slm=slm, job=job, measure=decoders[-1].measure))
-        prefill_s.append(session.prefill_s + llm_prefill + sum(p.prefill_s for p in paraphrased[-1]))
+        )
+
+    sessions, decoders, paraphrased, prefill_s = _open_jobs(slm=slm, verifier=verifier, jobs=jobs, prefixes=prefixes,
+                                                            decoder=decoder)
     reopen = reopener(verifier=verifier, jobs=jobs, decoders=decoders)
     active = list(range(len(jobs)))
     while active:
@@ -201,18 +199,14 @@ def decode_blocks_lockstep(
     prefixes: PrefixCache | None = None,
 ) -> list[DeviceOutcome]:
     """The block method for every job, a block round at a time for all of them together."""
-    sessions, decoders, prefill_s, paraphrased = [], [], [], []
-    for job in jobs:
-        session = CausalSession(model=slm, prompt_ids=job.prompt_ids, prefixes=prefixes)
-        llm_prefill = verifier.open(session_id=job.session_id, prompt_ids=job.prompt_ids, key=job.key)
-        sessions.append(session)
-        decoders.append(BlockDecoder(
+    def decoder(job: DeviceJob) -> BlockDecoder:
+        return BlockDecoder(
             key=job.key, cfg=cfg, rule=make_stop_rule(cfg=cfg), mean_snr=job.mean_snr, vocab_size=slm.vocab_size,
             eos_token_ids=eos_token_ids, evaluate=evaluates(method=job.method, cfg=cfg),
-            prompt_last_token=job.prompt_ids[-1]))
-        measure = cfg.uncertainty.measure if decoders[-1].measures else ""
-        paraphrased.append(_paraphrase_sessions(slm=slm, job=job, measure=measure))
-        prefill_s.append(session.prefill_s + llm_prefill + sum(p.prefill_s for p in paraphrased[-1]))
+            prompt_last_token=job.prompt_ids[-1])
+
+    sessions, decoders, paraphrased, prefill_s = _open_jobs(slm=slm, verifier=verifier, jobs=jobs, prefixes=prefixes,
+                                                            decoder=decoder)
     reopen = reopener(verifier=verifier, jobs=jobs, decoders=decoders)
     active = list(range(len(jobs)))
     while active:
@@ -226,7 +220,7 @@ def decode_blocks_lockstep(
             going = []
             for i in drafting:
                 replayed[i] += sessions[i].timing.replayed_s
-                perturbed = _perturbed_passes(measure=cfg.uncertainty.measure, session=sessions[i],
+                perturbed = _perturbed_passes(measure=decoders[i].measure, session=sessions[i],
                                               paraphrased=paraphrased[i], cfg=cfg)
                 if decoders[i].add_draft(logits=sessions[i].next_logits(), tau_slm_s=sessions[i].timing.forward_s,
                                          perturbed=perturbed):
@@ -255,6 +249,21 @@ def decode_blocks_lockstep(
         active = [i for i in active if not decoders[i].done]
     return [DeviceOutcome(tokens=d.tokens, records=d.records, stop_reason=d.stop_reason or "", prefill_s=p)
             for d, p in zip(decoders, prefill_s, strict=True)]
+
+
+def _open_jobs(*, slm: LoadedModel, verifier: VerifierClient, jobs: list[DeviceJob], prefixes: PrefixCache | None,
+               decoder: Callable[[DeviceJob], DeviceDecoder | BlockDecoder]) -> tuple[list, list, list, list]:
+    """Each job's SLM session, its LLM session on the verifier, its decoder (`decoder`) and the paraphrase sessions
+    the decoder's uncertainty measure needs: (sessions, decoders, paraphrased, prefill_s)."""
+    sessions, decoders, paraphrased, prefill_s = [], [], [], []
+    for job in jobs:
+        session = CausalSession(model=slm, prompt_ids=job.prompt_ids, prefixes=prefixes)
+        llm_prefill = verifier.open(session_id=job.session_id, prompt_ids=job.prompt_ids, key=job.key)
+        sessions.append(session)
+        decoders.append(decoder(job))
+        paraphrased.append(_paraphrase_sessions(slm=slm, job=job, measure=decoders[-1].measure))
+        prefill_s.append(session.prefill_s + llm_prefill + sum(p.prefill_s for p in paraphrased[-1]))
+    return sessions, decoders, paraphrased, prefill_s
 
 
 def _finish_done(*, verifier: VerifierClient, jobs: list[DeviceJob], decoders: list, active: list[int],

@@ -40,7 +40,7 @@ from uhlm_ray.cli import refusals  # noqa: E402
 from uhlm_ray.config import EvaluateConfig, RuntimeConfig  # noqa: E402
 from uhlm_ray.datasets import load_examples  # noqa: E402
 from uhlm_ray.models.preflight import check_model_sources  # noqa: E402
-from uhlm_ray.sweep import SearchSpace, candidate_configs, load_space  # noqa: E402
+from uhlm_ray.sweep import SearchSpace, load_space_and_configs  # noqa: E402
 from uhlm_ray.sweep_report import frontier_report, trial_table  # noqa: E402
 from uhlm_ray.tracking import experiment_name, resolve_tracking_uri, setup_experiment  # noqa: E402
 from uhlm_ray.validation import ConfigError  # noqa: E402
@@ -110,8 +110,7 @@ def preflight(name: str, overrides: list[str]) -> tuple[SearchSpace, EvaluateCon
     """Everything knowable before Tune starts: the space (every value of every parameter, the objectives), the
     command line, every data set and model pair the trials will read, the cluster and its placement. Returns the
     space, the first trial's config and the CPUs per trial."""
-    space = load_space(resolve_space(name), overrides=overrides)
-    configs = candidate_configs(space=space, overrides=overrides)
+    space, configs = load_space_and_configs(resolve_space(name), overrides=overrides)
     for data in {json.dumps(dataclasses.asdict(c.data), sort_keys=True): c.data for c in configs}.values():
         load_examples(data)
     for model in {json.dumps(dataclasses.asdict(c.model), sort_keys=True): c.model for c in configs}.values():

@@ -7,7 +7,8 @@ omegaconf; ranges are checked by `validate_config`, which names the field and th
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -306,14 +307,12 @@ SNR_DB_RANGE = (-50.0, 60.0)
 
 def check_finite(node: object, *, field: str = "") -> None:
     """Every float anywhere in the config is a finite number (NaN and Infinity pass omegaconf's type checks)."""
-    import dataclasses
-    import math
 
     def child(name: object) -> str:
         return f"{field}.{name}" if field else str(name)
 
-    if dataclasses.is_dataclass(node):
-        for f in dataclasses.fields(node):
+    if is_dataclass(node):
+        for f in fields(node):
             check_finite(getattr(node, f.name), field=child(f.name))
     elif isinstance(node, dict):
         for key, value in node.items():

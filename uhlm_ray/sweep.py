@@ -76,9 +76,15 @@ class SearchSpace:
 
 
 def load_space(path: str | Path, *, overrides: list[str] = ()) -> SearchSpace:
-    """Read and check a space file against the command line's `overrides`; errors name the file and the field.
-    Every value a parameter can take is tried (each grid and choice value, both ends of a range), so that no
-    trial can fail on its settings after the sweep has started."""
+    """Read and check a space file against the command line's `overrides`; errors name the file and the field."""
+    return load_space_and_configs(path, overrides=overrides)[0]
+
+
+def load_space_and_configs(path: str | Path, *, overrides: list[str] = ()) -> \
+        tuple[SearchSpace, list[EvaluateConfig]]:
+    """The checked space and the trial configs that cover every value a parameter can take (each grid and choice
+    value, both ends of a range; `candidate_configs`), tried so that no trial can fail on its settings after the
+    sweep has started."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"search space {str(path)!r} not found (see tune_spaces/)")
@@ -121,7 +127,8 @@ def load_space(path: str | Path, *, overrides: list[str] = ()) -> SearchSpace:
             raise ConfigError(f"{where}: params.{key} is swept by the space and also set on the command line "
                               f"({key}={command_line[key]}); drop one of them")
         _check_distribution(spec, field=f"{where}: params.{key}", search=space.search)
-    names = metric_names(candidate_configs(space=space, overrides=overrides, where=where)[0])
+    configs = candidate_configs(space=space, overrides=overrides, where=where)
+    names = metric_names(configs[0])
     for i, o in enumerate(space.objectives):
         check_choice(o.mode, field=f"{where}: objectives[{i}].mode", allowed=("max", "min"))
         method = o.metric.split(".", 1)[0]
@@ -131,7 +138,7 @@ def load_space(path: str | Path, *, overrides: list[str] = ()) -> SearchSpace:
             raise ConfigError(f"{where}: objectives[{i}].metric={o.metric!r} is not a metric a trial reports"
                               + (f"; did you mean {' or '.join(map(repr, close))}?" if close else
                                  f"; e.g. {method}.accuracy, {method}.throughput_modelled"))
-    return space
+    return space, configs
 
 
 def candidate_configs(*, space: SearchSpace, overrides: list[str] | tuple[str, ...], where: str = "") -> \

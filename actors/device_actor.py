@@ -16,7 +16,6 @@ import torch
 
 from actors.verifier_deployment import ServeVerifierClient
 from uhlm_ray.cell import device_channel
-from uhlm_ray.channel import mean_snr
 from uhlm_ray.config import config_from_dict
 from uhlm_ray.decode import DeviceJob, chat_prompt_ids, decode_lockstep, make_policy
 from uhlm_ray.models.loading import load_model, resolve_dtype
@@ -24,6 +23,7 @@ from uhlm_ray.models.prefix_cache import prefix_cache
 from uhlm_ray.models.presets import resolve_pair
 from uhlm_ray.paraphrase import paraphrase_prompt_ids
 from uhlm_ray.records import PromptResult
+from uhlm_ray.snr import mean_snr
 from uhlm_ray.validation import ConfigError
 from uhlm_ray.verifier import SessionKey
 

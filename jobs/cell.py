@@ -28,12 +28,12 @@ from actors.cell_runner import run_cell  # noqa: E402
 from actors.connect import connect  # noqa: E402
 from actors.verifier_deployment import APP_NAME, ServeVerifierClient, start_verifier, verifier_url  # noqa: E402
 from uhlm_ray.cell import device_channel, device_distances, summarize_cell  # noqa: E402
-from uhlm_ray.channel import mean_snr_db  # noqa: E402
 from uhlm_ray.cli import job_inputs, refusals  # noqa: E402
 from uhlm_ray.config import EvaluateConfig  # noqa: E402
 from uhlm_ray.evaluate import DECODE_SECTIONS, ResultStore, format_value, run_clock, run_key  # noqa: E402
 from uhlm_ray.records import PromptResult  # noqa: E402
 from uhlm_ray.similarity import load_encoder  # noqa: E402
+from uhlm_ray.snr import mean_snr_db
 from uhlm_ray.tracking import (  # noqa: E402
     RUN_KEY_TAG,
     experiment_name,

@@ -19,7 +19,6 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from uhlm_ray.channel import mean_snr_db
 from uhlm_ray.cli import job_inputs
 from uhlm_ray.config import EvaluateConfig
 from uhlm_ray.evaluate import (
@@ -34,6 +33,7 @@ from uhlm_ray.evaluate import (
 from uhlm_ray.models import load_pair
 from uhlm_ray.records import PromptResult
 from uhlm_ray.similarity import load_encoder
+from uhlm_ray.snr import mean_snr_db
 from uhlm_ray.tracking import (
     RUN_KEY_TAG,
     experiment_name,

@@ -14,14 +14,13 @@ from uhlm_ray.channel import (
     expected_upload_seconds,
     inversion_rate,
     latency_optimal_rate,
-    mean_snr,
-    mean_snr_db,
     optimal_inversion_cutoff,
     uplink_seconds,
     upload,
 )
 from uhlm_ray.config import ChannelConfig, PayloadConfig
 from uhlm_ray.payload import full_payload_bits
+from uhlm_ray.snr import mean_snr, mean_snr_db
 from uhlm_ray.throughput import round_throughput, run_throughput
 
 

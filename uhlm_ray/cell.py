@@ -17,11 +17,11 @@ from collections import Counter
 
 import numpy as np
 
-from uhlm_ray.channel import mean_snr, mean_snr_db
 from uhlm_ray.config import CellConfig, ChannelConfig
 from uhlm_ray.metrics import ModelledClock, summarize
 from uhlm_ray.records import BlockRecord, PromptResult, RoundRecord
 from uhlm_ray.rng import SessionKey
+from uhlm_ray.snr import mean_snr, mean_snr_db
 from uhlm_ray.throughput import run_throughput
 from uhlm_ray.uplink import reprice
 

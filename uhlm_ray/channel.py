@@ -2,7 +2,7 @@
 
 A round's received SNR is  SNR(t) = p * rho^(-alpha) * h(t) / N  with h(t) ~ Exp(1), the power gain of a Rayleigh
 fading channel, drawn once per round (block fading). The paper's defaults, W = 1 MHz, p = 23 dBm, N = -104 dBm,
-alpha = 4, rho = 2.5 km, give an average SNR of about -8.9 dB (see `mean_snr_db`).
+alpha = 4, rho = 2.5 km, give an average SNR of about -8.9 dB (see `uhlm_ray.snr.mean_snr_db`).
 
 Link models (`channel.model`):
 
@@ -33,30 +33,6 @@ from scipy.optimize import minimize_scalar
 from scipy.special import exp1
 
 from uhlm_ray.config import ChannelConfig
-
-
-def dbm_to_watts(dbm: float) -> float:
-    return 10.0 ** ((dbm - 30.0) / 10.0)
-
-
-def db_to_linear(db: float) -> float:
-    return 10.0 ** (db / 10.0)
-
-
-def linear_to_db(value: float) -> float:
-    return 10.0 * math.log10(value) if value > 0 else -math.inf
-
-
-def mean_snr(cfg: ChannelConfig) -> float:
-    """The average received SNR (linear): p * rho^(-alpha) / N, or `mean_snr_db` when that is set."""
-    if cfg.mean_snr_db is not None:
-        return db_to_linear(cfg.mean_snr_db)
-    received_watts = dbm_to_watts(cfg.tx_power_dbm) * cfg.distance_m ** (-cfg.path_loss_exponent)
-    return received_watts / dbm_to_watts(cfg.noise_dbm)
-
-
-def mean_snr_db(cfg: ChannelConfig) -> float:
-    return linear_to_db(mean_snr(cfg))
 
 
 def draw_fading_gain(*, rng: np.random.Generator, fading: str) -> float:

@@ -14,6 +14,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from uhlm_ray.snr import mean_snr_db
 from uhlm_ray.validation import ConfigError, check_choice, check_range
 
 METHODS = ("llm", "slm", "hlm", "rand_hlm", "u_hlm", "cu_hlm", "block_hlm")
@@ -326,8 +327,6 @@ def check_finite(node: object, *, field: str = "") -> None:
 
 def validate_channel(channel: ChannelConfig, *, snr_sweep_db: list[float]) -> None:
     """The link's inputs, then the average SNR they give, inside SNR_DB_RANGE."""
-    from uhlm_ray.channel import mean_snr_db
-
     low, high = SNR_DB_RANGE
     check_range(channel.bandwidth_hz, field="channel.bandwidth_hz", low=1e3, high=1e10)
     check_range(channel.tx_power_dbm, field="channel.tx_power_dbm", low=-60.0, high=60.0)

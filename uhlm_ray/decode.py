@@ -19,7 +19,6 @@ import numpy as np
 import torch
 
 from uhlm_ray.block_device import BlockDecoder
-from uhlm_ray.channel import mean_snr
 from uhlm_ray.config import METHODS, EvaluateConfig
 from uhlm_ray.device import DeviceDecoder, PerturbedLogits, keyed_uniform
 from uhlm_ray.models.loading import LoadedModel, ModelPair
@@ -36,6 +35,7 @@ from uhlm_ray.policies import (
 )
 from uhlm_ray.records import NAN, RoundRecord
 from uhlm_ray.rng import Purpose
+from uhlm_ray.snr import mean_snr
 from uhlm_ray.stopping import make_stop_rule
 from uhlm_ray.uncertainty import draw_dropout_probs
 from uhlm_ray.validation import ConfigError

@@ -22,12 +22,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from uhlm_ray.channel import expected_upload_seconds, linear_to_db, upload
+from uhlm_ray.channel import expected_upload_seconds, upload
 from uhlm_ray.config import EvaluateConfig
 from uhlm_ray.payload import Truncated, full_payload_bits, sync_bits, truncate, truncated_payload_bits
 from uhlm_ray.policies import SkipPolicy
 from uhlm_ray.records import NAN, RoundRecord
 from uhlm_ray.rng import Purpose, SessionKey
+from uhlm_ray.snr import linear_to_db
 from uhlm_ray.uncertainty import (
     confidence_uncertainty,
     draw_temperatures,

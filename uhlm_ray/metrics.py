@@ -22,9 +22,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from uhlm_ray.channel import db_to_linear
 from uhlm_ray.config import ChannelConfig
 from uhlm_ray.records import BlockRecord, PromptResult, RoundRecord
+from uhlm_ray.snr import db_to_linear
 from uhlm_ray.throughput import round_seconds, run_throughput
 from uhlm_ray.uplink import reprice_results
 

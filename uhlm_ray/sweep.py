@@ -39,7 +39,6 @@ import numpy as np
 import yaml
 from omegaconf import OmegaConf
 
-from uhlm_ray.channel import mean_snr
 from uhlm_ray.config import METHODS, ChannelConfig, EvaluateConfig, load_config
 from uhlm_ray.cu_theory import operating_point
 from uhlm_ray.datasets import Example
@@ -48,6 +47,7 @@ from uhlm_ray.models.loading import ModelPair
 from uhlm_ray.models.prefix_cache import PrefixCache
 from uhlm_ray.records import PromptResult
 from uhlm_ray.similarity import Encoder
+from uhlm_ray.snr import mean_snr
 from uhlm_ray.theory import risk_at_threshold
 from uhlm_ray.uplink import reprice_results
 from uhlm_ray.validation import ConfigError, check_choice, check_range

@@ -11,10 +11,11 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from uhlm_ray.channel import linear_to_db, upload
+from uhlm_ray.channel import upload
 from uhlm_ray.config import ChannelConfig
 from uhlm_ray.records import BlockRecord, PromptResult, RoundRecord
 from uhlm_ray.rng import Purpose, SessionKey
+from uhlm_ray.snr import linear_to_db
 
 
 def upload_rng(*, record: RoundRecord | BlockRecord, key: SessionKey):

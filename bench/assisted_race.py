@@ -30,10 +30,10 @@ from collections.abc import Callable
 import torch
 from transformers import GenerationConfig
 
+from uhlm_ray.clock import overhead_share
 from uhlm_ray.config import load_config
 from uhlm_ray.datasets import load_examples
 from uhlm_ray.decode import chat_prompt_ids, decode_prompt, make_policy
-from uhlm_ray.metrics import overhead_share
 from uhlm_ray.models import load_pair
 
 TUNED = [{"num_assistant_tokens": 3, "num_assistant_tokens_schedule": "constant"},

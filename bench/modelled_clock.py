@@ -26,10 +26,11 @@ import time
 import numpy as np
 
 from uhlm_ray.channel import upload
+from uhlm_ray.clock import ModelledClock, measured_clock
 from uhlm_ray.config import EvaluateConfig, load_config
 from uhlm_ray.datasets import load_examples
 from uhlm_ray.evaluate import run_method
-from uhlm_ray.metrics import ModelledClock, measured_clock, summarize
+from uhlm_ray.metrics import summarize
 from uhlm_ray.models import load_pair
 from uhlm_ray.payload import full_payload_bits
 from uhlm_ray.snr import mean_snr

@@ -14,10 +14,10 @@ from __future__ import annotations
 import statistics
 import sys
 
+from uhlm_ray.clock import modelled_seconds
 from uhlm_ray.config import UNCERTAINTY_MEASURES, load_config
 from uhlm_ray.datasets import load_examples
 from uhlm_ray.evaluate import run_clock, run_method
-from uhlm_ray.metrics import modelled_seconds
 from uhlm_ray.models import load_pair
 from uhlm_ray.similarity import timing_only_encoder
 

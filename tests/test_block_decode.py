@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from uhlm_ray.block_metrics import BlockStats, summarize_blocks
+from uhlm_ray.clock import ModelledClock, modelled_seconds
 from uhlm_ray.config import load_config
 from uhlm_ray.decode import decode_prompt
-from uhlm_ray.metrics import ModelledClock, modelled_seconds
 from uhlm_ray.models import CausalSession, full_recompute_logits
 from uhlm_ray.payload import index_bits
 from uhlm_ray.records import BlockRecord, PromptResult

@@ -9,7 +9,7 @@
 - uploads_per_token and bits_per_token: what the uplink carried per generated token.
 - exact: 1 when no token was committed unverified (no skip threshold, no deadline fallback), so the output is
   distributed as the LLM's.
-Clocks as for the paper's methods (metrics.py): modelled with n SLM steps, the upload and the priced LLM pass per
+Clocks as for the paper's methods (clock.py): modelled with n SLM steps, the upload and the priced LLM pass per
 round; wall from the rounds' measured time.
 """
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from uhlm_ray.metrics import ModelledClock, modelled_seconds, overhead_share, uplink_stats
+from uhlm_ray.clock import ModelledClock, modelled_seconds, overhead_share, uplink_stats
 from uhlm_ray.records import BlockRecord, PromptResult
 from uhlm_ray.throughput import run_throughput
 

@@ -17,8 +17,9 @@ from collections import Counter
 
 import numpy as np
 
+from uhlm_ray.clock import ModelledClock
 from uhlm_ray.config import CellConfig, ChannelConfig
-from uhlm_ray.metrics import ModelledClock, summarize
+from uhlm_ray.metrics import summarize
 from uhlm_ray.records import BlockRecord, PromptResult, RoundRecord
 from uhlm_ray.rng import SessionKey
 from uhlm_ray.snr import mean_snr, mean_snr_db

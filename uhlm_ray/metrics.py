@@ -17,15 +17,14 @@ num_accepted_tokens, num_recovered_tokens (the paper's resampled tokens), accept
 from __future__ import annotations
 
 import math
-import statistics
 from dataclasses import dataclass
 
-import numpy as np
-
+from uhlm_ray.block_metrics import summarize_blocks
+from uhlm_ray.clock import ModelledClock, modelled_seconds, overhead_share, uplink_stats
 from uhlm_ray.config import ChannelConfig
 from uhlm_ray.records import BlockRecord, PromptResult, RoundRecord
 from uhlm_ray.snr import db_to_linear
-from uhlm_ray.throughput import round_seconds, run_throughput
+from uhlm_ray.throughput import run_throughput
 from uhlm_ray.uplink import reprice_results
 
 
@@ -55,89 +54,6 @@ class SpecDecodeStats:
         return stats
 
 
-@dataclass(frozen=True)
-class ModelledClock:
-    """Per-token compute times for eq. 4, in seconds, and how a block round's LLM pass is priced.
-
-    `llm_pass` "measured": a pass costs its measured time times `llm_scale` (tau_LLM over the measured one-token
-    pass, 1 when tau_LLM is measured); "flat": tau_LLM per `flat_pass_tokens` tokens or fewer (a memory-bound GPU).
-    """
-
-    tau_slm: float
-    tau_llm: float
-    llm_pass: str = "measured"
-    flat_pass_tokens: int = 16
-    llm_scale: float = 1.0
-
-    def llm_pass_seconds(self, *, measured_s: float, tokens: int) -> float:
-        """A block round's LLM pass over `tokens` tokens on this clock."""
-        if self.llm_pass == "flat":
-            return self.tau_llm * math.ceil(tokens / self.flat_pass_tokens)
-        return measured_s * self.llm_scale
-
-
-def _llm_pass_tokens(record: RoundRecord | BlockRecord) -> int:
-    return record.llm_pass_tokens if isinstance(record, BlockRecord) else record.catch_up_tokens
-
-
-def measured_clock(records: list[RoundRecord | BlockRecord]) -> ModelledClock:
-    """Median one-token forward times seen in these records.
-
-    Round 1 is left out (its logits come from the prompt prefill) and so are the LLM's multi-token catch-ups, unless
-    the records have no one-token LLM pass at all (a rarely-sending method run alone, as in a cell, or blocks
-    alone): then the passes with the fewest tokens stand in, an upper bound on tau_LLM. A block round's SLM time
-    is the sum of its n steps, so it counts as n steps of its mean.
-    """
-    slm: list[float] = []
-    for r in records:
-        if r.round > 1 and r.method != "llm":
-            steps = len(r.drafts) if isinstance(r, BlockRecord) else 1
-            slm += [r.tau_slm_s / steps] * steps
-    passes = [r for r in records if _llm_pass_tokens(r) >= 1]
-    fewest = min((_llm_pass_tokens(r) for r in passes), default=0)
-    llm = [r.tau_llm_s for r in passes if _llm_pass_tokens(r) == fewest]
-    return ModelledClock(
-        tau_slm=statistics.median(slm) if slm else math.nan, tau_llm=statistics.median(llm) if llm else math.nan
-    )
-
-
-def overhead_share(records: list[RoundRecord]) -> float:
-    """Share of the rounds' wall time not spent in model forward passes (sampling, verification, bookkeeping)."""
-    wall = sum(r.wall_s for r in records)
-    forward = sum(r.tau_slm_s + r.tau_llm_s for r in records)
-    return (wall - forward) / wall if wall > 0 else math.nan
-
-
-def modelled_seconds(*, record: RoundRecord | BlockRecord, clock: ModelledClock) -> float:
-    """A round on the modelled clock: eq. 4's denominator. The LLM alone costs tau_LLM per token (no uplink).
-
-    The uncertainty measure's measured time is added when the policy uses it (tau_uncertainty_s > 0): MC dropout and
-    prompt perturbation cost K extra SLM passes; temperature perturbation's vectorised sampling costs milliseconds
-    (the paper counts it as running in parallel with the forward pass). An upload that missed its deadline is
-    charged the deadline. A block round costs n SLM steps, its upload and one LLM pass priced by `clock.llm_pass`.
-    """
-    if record.method == "llm":
-        return clock.tau_llm
-    lost = record.tau_up_s if record.deadline_fallback else 0.0
-    if isinstance(record, BlockRecord):
-        llm = clock.llm_pass_seconds(measured_s=record.tau_llm_s, tokens=record.llm_pass_tokens) if record.sent \
-            else 0.0
-        return len(record.drafts) * clock.tau_slm + record.tau_uncertainty_s + lost + \
-            (record.tau_up_s + llm if record.sent else 0.0)
-    return record.tau_uncertainty_s + lost + round_seconds(
-        sent=record.sent, tau_slm=clock.tau_slm, tau_up=record.tau_up_s, tau_llm=clock.tau_llm)
-
-
-def uplink_stats(records: list[RoundRecord | BlockRecord]) -> dict[str, float]:
-    """Mean, median and p95 upload time (ms) over sent rounds: under eq. 3 the mean is infinite in expectation
-    (it grows with the number of rounds), so the median and p95 say more."""
-    ups = np.array([r.tau_up_s * 1e3 for r in records if r.sent])
-    if not ups.size:
-        return {"mean_uplink_ms": math.nan, "median_uplink_ms": math.nan, "p95_uplink_ms": math.nan}
-    return {"mean_uplink_ms": float(ups.mean()), "median_uplink_ms": float(np.median(ups)),
-            "p95_uplink_ms": float(np.percentile(ups, 95))}
-
-
 def snr_sweep(*, results: list[PromptResult], clock: ModelledClock, channel: ChannelConfig, seed: int,
               snr_sweep_db: list[float]) -> dict[str, float]:
     """Modelled throughput at other average SNRs, every upload priced again with its own fading draws (Fig. 6)."""
@@ -162,8 +78,6 @@ def summarize(
     """One flat dict of a method's metrics (MLflow-ready); `channel` and `seed` reprice uploads for the SNR sweep."""
     records = [r for res in results for r in res.records]
     if records and isinstance(records[0], BlockRecord):
-        from uhlm_ray.block_metrics import summarize_blocks
-
         out = summarize_blocks(results=results, clock=clock)
         out.update(snr_sweep(results=results, clock=clock, channel=channel, seed=seed, snr_sweep_db=snr_sweep_db))
         return out

@@ -23,9 +23,9 @@ from uhlm_ray.models.prefix_cache import prefix_cache
 from uhlm_ray.models.presets import resolve_pair
 from uhlm_ray.paraphrase import paraphrase_prompt_ids
 from uhlm_ray.records import PromptResult
+from uhlm_ray.rng import SessionKey
 from uhlm_ray.snr import mean_snr
 from uhlm_ray.validation import ConfigError
-from uhlm_ray.verifier import SessionKey
 
 
 @dataclass

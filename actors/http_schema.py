@@ -20,7 +20,8 @@ from typing import Annotated, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from uhlm_ray.verifier import BlockRequest, SessionKey, VerifyRequest
+from uhlm_ray.protocol import BlockRequest, VerifyRequest
+from uhlm_ray.rng import SessionKey
 
 MAX_PROMPT_TOKENS = 8192
 MAX_BLOCK_DRAFTS = 64  # block.max_drafts' upper limit

@@ -31,18 +31,18 @@ from actors.http_schema import (
 from uhlm_ray.config import EvaluateConfig, RuntimeConfig, config_from_dict, config_to_dict, validate_config
 from uhlm_ray.models.loading import load_model, resolve_dtype
 from uhlm_ray.models.presets import resolve_pair
-from uhlm_ray.validation import ConfigError
-from uhlm_ray.verifier import (
+from uhlm_ray.protocol import (
     BlockRequest,
     BlockResult,
     Reopen,
     SessionError,
-    SessionKey,
     UnknownSession,
-    Verifier,
     VerifyRequest,
     VerifyResult,
 )
+from uhlm_ray.rng import SessionKey
+from uhlm_ray.validation import ConfigError
+from uhlm_ray.verifier import Verifier
 
 APP_NAME = "uhlm-verifier"
 DEPLOYMENT_NAME = "VerifierDeployment"

@@ -14,9 +14,10 @@ from uhlm_ray.config import load_config
 from uhlm_ray.decode import decode_prompt
 from uhlm_ray.models import CausalSession, full_recompute_logits
 from uhlm_ray.payload import index_bits
+from uhlm_ray.protocol import BlockRequest
 from uhlm_ray.records import BlockRecord, PromptResult
 from uhlm_ray.rng import SessionKey
-from uhlm_ray.verifier import BlockRequest, Verifier
+from uhlm_ray.verifier import Verifier
 
 PROMPT = [2, 3, 4, 5, 6]
 

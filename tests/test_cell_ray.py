@@ -150,7 +150,9 @@ def _url(cfg, path: str) -> str:
 def test_http_route_verifies_and_rejects_bad_input_naming_the_field(verifier, tiny_pair):
     import torch
 
-    from uhlm_ray.verifier import SessionKey, Verifier, VerifyRequest
+    from uhlm_ray.protocol import VerifyRequest
+    from uhlm_ray.rng import SessionKey
+    from uhlm_ray.verifier import Verifier
 
     cfg = verifier
     health = requests.get(_url(cfg, "/v1/health"), timeout=30).json()
@@ -228,7 +230,9 @@ def test_block_cell_equals_the_core_loop_and_batches_blocks_of_different_lengths
 def test_http_block_route_verifies_as_the_core_and_names_bad_fields(verifier, tiny_pair):
     import torch
 
-    from uhlm_ray.verifier import BlockRequest, SessionKey, Verifier
+    from uhlm_ray.protocol import BlockRequest
+    from uhlm_ray.rng import SessionKey
+    from uhlm_ray.verifier import Verifier
 
     cfg = verifier
     vocab = tiny_pair.vocab_size

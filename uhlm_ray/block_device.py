@@ -27,11 +27,11 @@ from uhlm_ray.channel import Upload, expected_upload_seconds, upload
 from uhlm_ray.config import EvaluateConfig
 from uhlm_ray.device import PerturbedLogits, keyed_uniform, measure_uncertainty
 from uhlm_ray.payload import block_payload_bits, sync_bits, truncate
+from uhlm_ray.protocol import BlockRequest, BlockResult
 from uhlm_ray.records import NAN, BlockRecord
 from uhlm_ray.rng import Purpose, SessionKey
 from uhlm_ray.snr import linear_to_db
 from uhlm_ray.stopping import DraftStep, StopRule
-from uhlm_ray.verifier import BlockRequest, BlockResult
 from uhlm_ray.verify import sample_inverse_cdf
 
 

@@ -33,21 +33,14 @@ from uhlm_ray.policies import (
     SkipPolicy,
     UncertaintyThreshold,
 )
+from uhlm_ray.protocol import BlockRequest, BlockResult, Reopen, VerifyRequest, VerifyResult
 from uhlm_ray.records import NAN, RoundRecord
-from uhlm_ray.rng import Purpose
+from uhlm_ray.rng import Purpose, SessionKey
 from uhlm_ray.snr import mean_snr
 from uhlm_ray.stopping import make_stop_rule
 from uhlm_ray.uncertainty import draw_dropout_probs
 from uhlm_ray.validation import ConfigError
-from uhlm_ray.verifier import (
-    BlockRequest,
-    BlockResult,
-    Reopen,
-    SessionKey,
-    Verifier,
-    VerifyRequest,
-    VerifyResult,
-)
+from uhlm_ray.verifier import Verifier
 from uhlm_ray.verify import sample_inverse_cdf
 
 

@@ -26,6 +26,7 @@ from uhlm_ray.channel import expected_upload_seconds, upload
 from uhlm_ray.config import EvaluateConfig
 from uhlm_ray.payload import Truncated, full_payload_bits, sync_bits, truncate, truncated_payload_bits
 from uhlm_ray.policies import SkipPolicy
+from uhlm_ray.protocol import VerifyRequest, VerifyResult
 from uhlm_ray.records import NAN, RoundRecord
 from uhlm_ray.rng import Purpose, SessionKey
 from uhlm_ray.snr import linear_to_db
@@ -37,7 +38,6 @@ from uhlm_ray.uncertainty import (
     temperature_perturbation,
 )
 from uhlm_ray.validation import ConfigError
-from uhlm_ray.verifier import VerifyRequest, VerifyResult
 from uhlm_ray.verify import rejection_probability, sample_inverse_cdf
 
 PerturbedLogits = Callable[[np.random.Generator], torch.Tensor]  # rng -> [K, V] logits of K perturbed passes

@@ -33,8 +33,9 @@ from transformers import GenerationConfig
 from uhlm_ray.clock import overhead_share
 from uhlm_ray.config import load_config
 from uhlm_ray.datasets import load_examples
-from uhlm_ray.decode import chat_prompt_ids, decode_prompt, make_policy
+from uhlm_ray.decode import decode_prompt, make_policy
 from uhlm_ray.models import load_pair
+from uhlm_ray.models.chat import chat_prompt_ids
 
 TUNED = [{"num_assistant_tokens": 3, "num_assistant_tokens_schedule": "constant"},
          {"num_assistant_tokens": 6, "num_assistant_tokens_schedule": "constant"},

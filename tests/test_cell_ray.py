@@ -16,8 +16,9 @@ from uhlm_ray.cell import summarize_cell
 from uhlm_ray.clock import ModelledClock
 from uhlm_ray.config import EvaluateConfig, ModelConfig
 from uhlm_ray.datasets import Example
-from uhlm_ray.decode import chat_prompt_ids, decode_prompt, make_policy
+from uhlm_ray.decode import decode_prompt, make_policy
 from uhlm_ray.evaluate import ResultStore
+from uhlm_ray.models.chat import chat_prompt_ids
 from uhlm_ray.similarity import load_encoder
 
 ray = pytest.importorskip("ray")

@@ -11,8 +11,9 @@ import pytest
 
 from uhlm_ray.config import EvaluateConfig
 from uhlm_ray.datasets import Example
-from uhlm_ray.decode import chat_prompt_ids, decode_prompt, make_policy
+from uhlm_ray.decode import decode_prompt, make_policy
 from uhlm_ray.evaluate import ResultStore
+from uhlm_ray.models.chat import chat_prompt_ids
 from uhlm_ray.similarity import load_encoder
 
 ray = pytest.importorskip("ray")

@@ -94,16 +94,6 @@ def make_policy(*, method: str, cfg: EvaluateConfig, send_prob: float | None = N
     raise ConfigError(f"method={method!r} is not one of {list(METHODS)}")
 
 
-def chat_prompt_ids(*, tokenizer, prompt: str) -> list[int]:
-    """The prompt as the user turn of the models' chat template, ready for generation."""
-    if getattr(tokenizer, "chat_template", None):
-        ids = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True, return_dict=False
-        )
-        return list(ids["input_ids"] if isinstance(ids, dict) else ids)
-    return tokenizer(prompt)["input_ids"]
-
-
 def evaluates(*, method: str, cfg: EvaluateConfig) -> bool:
     """Whether skipped rounds are scored by the LLM too (HLM sends all; the LLM alone has no drafts)."""
     return method in cfg.decode.evaluation_methods and method not in ("llm", "hlm")

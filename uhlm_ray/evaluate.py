@@ -19,8 +19,9 @@ from omegaconf import OmegaConf
 from uhlm_ray.clock import ModelledClock, measured_clock
 from uhlm_ray.config import EvaluateConfig
 from uhlm_ray.datasets import Example
-from uhlm_ray.decode import chat_prompt_ids, decode_prompt, make_policy
+from uhlm_ray.decode import decode_prompt, make_policy
 from uhlm_ray.metrics import summarize
+from uhlm_ray.models.chat import chat_prompt_ids
 from uhlm_ray.models.loading import ModelPair
 from uhlm_ray.models.prefix_cache import PrefixCache, prefix_cache
 from uhlm_ray.paraphrase import paraphrase_prompt_ids

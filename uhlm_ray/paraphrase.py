@@ -16,7 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from uhlm_ray.models.chat import chat_prompt_ids
 from uhlm_ray.models.embedded import cache_root
+from uhlm_ray.rng import Purpose, keyed_rng
 from uhlm_ray.validation import ConfigError, check_range
 
 DEBIAN_WORDNET = Path("/usr/share/wordnet")
@@ -124,9 +126,6 @@ def paraphrases(*, prompt: str, k: int, rate: float, rng: np.random.Generator, w
 def paraphrase_prompt_ids(*, tokenizer, prompt: str, cfg, prompt_index: int) -> list[list[int]] | None:
     """The K paraphrases of a prompt in the chat template, drawn with the prompt's own keyed generator; None when
     the configured uncertainty measure is not prompt perturbation (nothing to paraphrase for)."""
-    from uhlm_ray.decode import chat_prompt_ids
-    from uhlm_ray.rng import Purpose, keyed_rng
-
     if cfg.uncertainty.measure != "prompt_perturbation":
         return None
     rng = keyed_rng(seed=cfg.decode.seed, prompt=prompt_index, round_index=0, purpose=Purpose.PARAPHRASE)

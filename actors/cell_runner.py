@@ -15,10 +15,10 @@ import ray
 from actors.device_actor import Assignment, DeviceActor
 from uhlm_ray.cell import device_distances
 from uhlm_ray.config import EvaluateConfig, config_to_dict
-from uhlm_ray.datasets import Example
-from uhlm_ray.evaluate import ResultStore
+from uhlm_ray.experiments.datasets import Example
+from uhlm_ray.experiments.evaluate import ResultStore
+from uhlm_ray.measures.similarity import Encoder, response_similarity
 from uhlm_ray.records import PromptResult
-from uhlm_ray.similarity import Encoder, response_similarity
 
 
 def cell_assignments(*, cfg: EvaluateConfig, examples: list[Example]) -> dict[int, list[Assignment]]:

@@ -18,13 +18,13 @@ from actors.verifier_deployment import ServeVerifierClient
 from uhlm_ray.cell import device_channel
 from uhlm_ray.config import config_from_dict
 from uhlm_ray.decode import DeviceJob, decode_lockstep, make_policy
+from uhlm_ray.device.paraphrase import paraphrase_prompt_ids
 from uhlm_ray.models.chat import chat_prompt_ids
 from uhlm_ray.models.loading import load_model, resolve_dtype
 from uhlm_ray.models.prefix_cache import prefix_cache
 from uhlm_ray.models.presets import resolve_pair
-from uhlm_ray.paraphrase import paraphrase_prompt_ids
 from uhlm_ray.records import PromptResult
-from uhlm_ray.rng import SessionKey
+from uhlm_ray.sampling.rng import SessionKey
 from uhlm_ray.snr import mean_snr
 from uhlm_ray.validation import ConfigError
 

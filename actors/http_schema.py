@@ -21,7 +21,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from uhlm_ray.protocol import BlockRequest, VerifyRequest
-from uhlm_ray.rng import SessionKey
+from uhlm_ray.sampling.rng import SessionKey
 
 MAX_PROMPT_TOKENS = 8192
 MAX_BLOCK_DRAFTS = 64  # block.max_drafts' upper limit

@@ -18,8 +18,8 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from ray import tune
 
-from uhlm_ray.sweep import SearchSpace, trial_config
-from uhlm_ray.tracking import finite_metrics, flat_params
+from uhlm_ray.experiments.sweep import SearchSpace, trial_config
+from uhlm_ray.experiments.tracking import finite_metrics, flat_params
 
 BOOKKEEPING = ("trial_key", "trial_started", "trial_ended", "trial_node")
 

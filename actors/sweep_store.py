@@ -16,7 +16,7 @@ from pathlib import Path
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from uhlm_ray.evaluate import ResultStore
+from uhlm_ray.experiments.evaluate import ResultStore
 from uhlm_ray.records import PromptResult
 
 

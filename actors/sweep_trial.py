@@ -21,12 +21,12 @@ from ray import tune
 
 from actors.sweep_store import RemoteStoreView
 from uhlm_ray.config import ModelConfig, RuntimeConfig
-from uhlm_ray.datasets import load_examples
+from uhlm_ray.experiments.datasets import load_examples
+from uhlm_ray.experiments.sweep import Objective, SearchSpace, evaluate_trial, trial_config
+from uhlm_ray.experiments.tracking import finite_metrics, write_records_parquet
+from uhlm_ray.measures.similarity import load_encoder
 from uhlm_ray.models import load_pair
 from uhlm_ray.models.prefix_cache import PrefixCache, prefix_cache
-from uhlm_ray.similarity import load_encoder
-from uhlm_ray.sweep import Objective, SearchSpace, evaluate_trial, trial_config
-from uhlm_ray.tracking import finite_metrics, write_records_parquet
 
 
 @lru_cache(maxsize=2)

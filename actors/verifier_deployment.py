@@ -28,6 +28,7 @@ from actors.http_schema import (
     to_block_request,
     to_request,
 )
+from uhlm_ray.base_station.verifier import Verifier
 from uhlm_ray.config import EvaluateConfig, RuntimeConfig, config_from_dict, config_to_dict, validate_config
 from uhlm_ray.models.loading import load_model, resolve_dtype
 from uhlm_ray.models.presets import resolve_pair
@@ -40,9 +41,8 @@ from uhlm_ray.protocol import (
     VerifyRequest,
     VerifyResult,
 )
-from uhlm_ray.rng import SessionKey
+from uhlm_ray.sampling.rng import SessionKey
 from uhlm_ray.validation import ConfigError
-from uhlm_ray.verifier import Verifier
 
 APP_NAME = "uhlm-verifier"
 DEPLOYMENT_NAME = "VerifierDeployment"

@@ -30,10 +30,10 @@ from collections.abc import Callable
 import torch
 from transformers import GenerationConfig
 
-from uhlm_ray.clock import overhead_share
 from uhlm_ray.config import load_config
-from uhlm_ray.datasets import load_examples
 from uhlm_ray.decode import decode_prompt, make_policy
+from uhlm_ray.experiments.datasets import load_examples
+from uhlm_ray.measures.clock import overhead_share
 from uhlm_ray.models import load_pair
 from uhlm_ray.models.chat import chat_prompt_ids
 

@@ -4,7 +4,7 @@
 
 Decodes the built-in prompts once per method (the LLM alone, HLM, U-HLM, CU-HLM and the lossless block method with
 each payload and stopping rule) on the embedded pair, then prices every round on the modelled clock at the paper's
-average SNR (-8.92 dB) under each link model of uhlm_ray/channel.py, with the same keyed fading draws for all:
+average SNR (-8.92 dB) under each link model of uhlm_ray/link/channel.py, with the same keyed fading draws for all:
 
 - `shannon`: the paper's eq. 3, no per-upload overhead (its mean upload time is infinite under Rayleigh fading);
 - `arq`: fixed-rate ARQ at the latency-optimal rate, 10 ms per-upload overhead;
@@ -25,16 +25,16 @@ import time
 
 import numpy as np
 
-from uhlm_ray.channel import upload
-from uhlm_ray.clock import ModelledClock, measured_clock
 from uhlm_ray.config import EvaluateConfig, load_config
-from uhlm_ray.datasets import load_examples
-from uhlm_ray.evaluate import run_method
-from uhlm_ray.metrics import summarize
+from uhlm_ray.experiments.datasets import load_examples
+from uhlm_ray.experiments.evaluate import run_method
+from uhlm_ray.link.channel import upload
+from uhlm_ray.link.payload import full_payload_bits
+from uhlm_ray.link.reprice import reprice_results
+from uhlm_ray.measures.clock import ModelledClock, measured_clock
+from uhlm_ray.measures.metrics import summarize
 from uhlm_ray.models import load_pair
-from uhlm_ray.payload import full_payload_bits
 from uhlm_ray.snr import mean_snr
-from uhlm_ray.uplink import reprice_results
 
 CHANNELS = {
     "shannon (eq. 3)": ["channel.model=shannon", "channel.upload_overhead_ms=0"],

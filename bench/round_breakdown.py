@@ -13,12 +13,12 @@ from __future__ import annotations
 import statistics
 import sys
 
-from uhlm_ray.clock import overhead_share
 from uhlm_ray.config import load_config
-from uhlm_ray.datasets import load_examples
-from uhlm_ray.evaluate import METHOD_LABELS, evaluate_methods
+from uhlm_ray.experiments.datasets import load_examples
+from uhlm_ray.experiments.evaluate import METHOD_LABELS, evaluate_methods
+from uhlm_ray.measures.clock import overhead_share
+from uhlm_ray.measures.similarity import timing_only_encoder
 from uhlm_ray.models import load_pair
-from uhlm_ray.similarity import timing_only_encoder
 
 
 def main(argv: list[str]) -> int:

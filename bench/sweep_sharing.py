@@ -1,4 +1,5 @@
-"""How much a sweep saves by sharing work between trials (uhlm_ray.sweep, models/prefix_cache.py), embedded pair.
+"""How much a sweep saves by sharing work between trials (experiments/sweep.py, models/prefix_cache.py), embedded
+pair.
 
     .venv/bin/python bench/sweep_sharing.py [--thresholds 0.1,0.3,0.431,0.6,0.8] [overrides...]
 
@@ -6,7 +7,8 @@ Runs the same threshold sweep's trials in one process three times, measured in t
 
 - independent: each trial with its own result store and its own prefix cache (what separate evaluate runs cost;
   within a run the methods still share their passes, as the evaluate job does),
-- shared store: (method, prompt) results shared by trials whose settings make them identical (uhlm_ray.sweep),
+- shared store: (method, prompt) results shared by trials whose settings make them identical
+  (uhlm_ray.experiments.sweep),
 - shared store + prefixes: also every forward pass that trials share (same model, tokens and chunks), through a
   prefix cache in a folder as the sweep's worker processes use it.
 
@@ -22,11 +24,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from uhlm_ray.datasets import load_examples
+from uhlm_ray.experiments.datasets import load_examples
+from uhlm_ray.experiments.sweep import SearchSpace, evaluate_trial, local_store, trial_config
+from uhlm_ray.measures.similarity import timing_only_encoder
 from uhlm_ray.models import load_pair
 from uhlm_ray.models.prefix_cache import PrefixCache
-from uhlm_ray.similarity import timing_only_encoder
-from uhlm_ray.sweep import SearchSpace, evaluate_trial, local_store, trial_config
 
 MODES = ("independent", "shared store", "shared store + prefixes")
 

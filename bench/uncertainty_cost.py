@@ -14,12 +14,12 @@ from __future__ import annotations
 import statistics
 import sys
 
-from uhlm_ray.clock import modelled_seconds
 from uhlm_ray.config import UNCERTAINTY_MEASURES, load_config
-from uhlm_ray.datasets import load_examples
-from uhlm_ray.evaluate import run_clock, run_method
+from uhlm_ray.experiments.datasets import load_examples
+from uhlm_ray.experiments.evaluate import run_clock, run_method
+from uhlm_ray.measures.clock import modelled_seconds
+from uhlm_ray.measures.similarity import timing_only_encoder
 from uhlm_ray.models import load_pair
-from uhlm_ray.similarity import timing_only_encoder
 
 
 def main(argv: list[str]) -> int:

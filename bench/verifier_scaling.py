@@ -28,10 +28,10 @@ from ray import serve  # noqa: E402
 from actors.cell_runner import run_cell  # noqa: E402
 from actors.verifier_deployment import APP_NAME, start_verifier  # noqa: E402
 from uhlm_ray.config import load_config  # noqa: E402
-from uhlm_ray.datasets import load_examples  # noqa: E402
-from uhlm_ray.evaluate import ResultStore  # noqa: E402
+from uhlm_ray.experiments.datasets import load_examples  # noqa: E402
+from uhlm_ray.experiments.evaluate import ResultStore  # noqa: E402
+from uhlm_ray.measures.similarity import timing_only_encoder  # noqa: E402
 from uhlm_ray.models.tiny import WORDS, save_tiny_model  # noqa: E402
-from uhlm_ray.similarity import timing_only_encoder  # noqa: E402
 
 
 def main(argv: list[str]) -> int:

@@ -30,11 +30,8 @@ from actors.verifier_deployment import APP_NAME, ServeVerifierClient, start_veri
 from uhlm_ray.cell import device_channel, device_distances, summarize_cell  # noqa: E402
 from uhlm_ray.cli import job_inputs, refusals  # noqa: E402
 from uhlm_ray.config import EvaluateConfig  # noqa: E402
-from uhlm_ray.evaluate import DECODE_SECTIONS, ResultStore, format_value, run_clock, run_key  # noqa: E402
-from uhlm_ray.records import PromptResult  # noqa: E402
-from uhlm_ray.similarity import load_encoder  # noqa: E402
-from uhlm_ray.snr import mean_snr_db
-from uhlm_ray.tracking import (  # noqa: E402
+from uhlm_ray.experiments.evaluate import DECODE_SECTIONS, ResultStore, format_value, run_clock, run_key  # noqa: E402
+from uhlm_ray.experiments.tracking import (  # noqa: E402
     RUN_KEY_TAG,
     experiment_name,
     find_logged_run,
@@ -43,6 +40,9 @@ from uhlm_ray.tracking import (  # noqa: E402
     log_prompt_results,
     setup_experiment,
 )
+from uhlm_ray.measures.similarity import load_encoder  # noqa: E402
+from uhlm_ray.records import PromptResult  # noqa: E402
+from uhlm_ray.snr import mean_snr_db
 
 DEVICE_COLUMNS = [
     ("distance_m", "distance m", "{:.0f}"), ("mean_snr_db", "SNR dB", "{:.1f}"), ("accuracy", "cos sim", "{:.4f}"),

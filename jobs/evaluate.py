@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from uhlm_ray.cli import job_inputs
 from uhlm_ray.config import EvaluateConfig
-from uhlm_ray.evaluate import (
+from uhlm_ray.experiments.evaluate import (
     METHOD_LABELS,
     ResultStore,
     evaluate_methods,
@@ -30,11 +30,7 @@ from uhlm_ray.evaluate import (
     run_key,
     summarize_methods,
 )
-from uhlm_ray.models import load_pair
-from uhlm_ray.records import PromptResult
-from uhlm_ray.similarity import load_encoder
-from uhlm_ray.snr import mean_snr_db
-from uhlm_ray.tracking import (
+from uhlm_ray.experiments.tracking import (
     RUN_KEY_TAG,
     experiment_name,
     find_logged_run,
@@ -43,6 +39,10 @@ from uhlm_ray.tracking import (
     log_prompt_results,
     setup_experiment,
 )
+from uhlm_ray.measures.similarity import load_encoder
+from uhlm_ray.models import load_pair
+from uhlm_ray.records import PromptResult
+from uhlm_ray.snr import mean_snr_db
 
 
 def log_to_mlflow(

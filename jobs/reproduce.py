@@ -27,9 +27,9 @@ import numpy as np
 
 from uhlm_ray.cli import job_inputs, refusals
 from uhlm_ray.config import EvaluateConfig
-from uhlm_ray.datasets import load_examples
-from uhlm_ray.evaluate import DECODE_SECTIONS, run_key
-from uhlm_ray.figures import (
+from uhlm_ray.experiments.datasets import load_examples
+from uhlm_ray.experiments.evaluate import DECODE_SECTIONS, run_key
+from uhlm_ray.experiments.figures import (
     PAPER_CU_HEADLINE,
     PAPER_HEADLINE,
     fig3_uncertainty_vs_rejection,
@@ -38,12 +38,12 @@ from uhlm_ray.figures import (
     fig6_rates_and_snr,
     table_one,
 )
+from uhlm_ray.experiments.sweep import evaluate_trial, local_store
+from uhlm_ray.experiments.tracking import experiment_name, finite_metrics, flat_params, setup_experiment
+from uhlm_ray.measures.similarity import load_encoder
+from uhlm_ray.measures.theory import PAPER, theorem_report_from_records
 from uhlm_ray.models import load_pair
 from uhlm_ray.models.prefix_cache import prefix_cache
-from uhlm_ray.similarity import load_encoder
-from uhlm_ray.sweep import evaluate_trial, local_store
-from uhlm_ray.theory import PAPER, theorem_report_from_records
-from uhlm_ray.tracking import experiment_name, finite_metrics, flat_params, setup_experiment
 
 
 def variant(cfg: EvaluateConfig, **changes) -> EvaluateConfig:

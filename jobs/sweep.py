@@ -38,11 +38,11 @@ from actors.sweep_store import start_sweep_store  # noqa: E402
 from actors.sweep_trial import node_scratch, run_trial  # noqa: E402
 from uhlm_ray.cli import refusals  # noqa: E402
 from uhlm_ray.config import EvaluateConfig, RuntimeConfig  # noqa: E402
-from uhlm_ray.datasets import load_examples  # noqa: E402
+from uhlm_ray.experiments.datasets import load_examples  # noqa: E402
+from uhlm_ray.experiments.sweep import SearchSpace, load_space_and_configs  # noqa: E402
+from uhlm_ray.experiments.sweep_report import frontier_report, trial_table  # noqa: E402
+from uhlm_ray.experiments.tracking import experiment_name, resolve_tracking_uri, setup_experiment  # noqa: E402
 from uhlm_ray.models.preflight import check_model_sources  # noqa: E402
-from uhlm_ray.sweep import SearchSpace, load_space_and_configs  # noqa: E402
-from uhlm_ray.sweep_report import frontier_report, trial_table  # noqa: E402
-from uhlm_ray.tracking import experiment_name, resolve_tracking_uri, setup_experiment  # noqa: E402
 from uhlm_ray.validation import ConfigError  # noqa: E402
 
 SPACES = Path(__file__).resolve().parents[1] / "tune_spaces"

@@ -8,16 +8,16 @@ import math
 import pytest
 import torch
 
-from uhlm_ray.block_metrics import BlockStats, summarize_blocks
-from uhlm_ray.clock import ModelledClock, modelled_seconds
+from uhlm_ray.base_station.verifier import Verifier
 from uhlm_ray.config import load_config
 from uhlm_ray.decode import decode_prompt
+from uhlm_ray.link.payload import index_bits
+from uhlm_ray.measures.block_metrics import BlockStats, summarize_blocks
+from uhlm_ray.measures.clock import ModelledClock, modelled_seconds
 from uhlm_ray.models import CausalSession, full_recompute_logits
-from uhlm_ray.payload import index_bits
 from uhlm_ray.protocol import BlockRequest
 from uhlm_ray.records import BlockRecord, PromptResult
-from uhlm_ray.rng import SessionKey
-from uhlm_ray.verifier import Verifier
+from uhlm_ray.sampling.rng import SessionKey
 
 PROMPT = [2, 3, 4, 5, 6]
 

@@ -17,12 +17,12 @@ import torch
 from scipy import stats
 
 import uhlm_ray.decode as decode_module
-from uhlm_ray.block_device import BlockDecoder
+from uhlm_ray.base_station.verifier import Verifier
 from uhlm_ray.config import load_config
 from uhlm_ray.decode import DeviceJob, decode_lockstep
+from uhlm_ray.device.block_decoder import BlockDecoder
 from uhlm_ray.models.prefix_cache import PrefixCache
-from uhlm_ray.rng import SessionKey
-from uhlm_ray.verifier import Verifier
+from uhlm_ray.sampling.rng import SessionKey
 
 ALPHA = 1e-3
 SEEDS = 4000

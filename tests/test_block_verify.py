@@ -1,4 +1,4 @@
-"""Multi-token speculative sampling (uhlm_ray/block_verify.py): worked by hand, and statistically exact.
+"""Multi-token speculative sampling (uhlm_ray/sampling/block_verify.py): worked by hand, and statistically exact.
 
 Chi-square goodness of fit over DRAWS draws per case, fixed seeds, significance ALPHA per test.
 """
@@ -8,8 +8,8 @@ import pytest
 import torch
 from scipy import stats
 
-from uhlm_ray.block_verify import verify_block
-from uhlm_ray.verify import sample_inverse_cdf
+from uhlm_ray.sampling.block_verify import verify_block
+from uhlm_ray.sampling.verify import sample_inverse_cdf
 
 ALPHA = 1e-3
 DRAWS = 200_000

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from uhlm_ray.cell import apply_shared_uplink, device_distances, slot_transmitters
-from uhlm_ray.channel import uplink_seconds
 from uhlm_ray.config import CellConfig, ChannelConfig, load_config
+from uhlm_ray.link.channel import uplink_seconds
 from uhlm_ray.records import RoundRecord
 from uhlm_ray.validation import ConfigError
 

@@ -13,13 +13,13 @@ import pytest
 import requests
 
 from uhlm_ray.cell import summarize_cell
-from uhlm_ray.clock import ModelledClock
 from uhlm_ray.config import EvaluateConfig, ModelConfig
-from uhlm_ray.datasets import Example
 from uhlm_ray.decode import decode_prompt, make_policy
-from uhlm_ray.evaluate import ResultStore
+from uhlm_ray.experiments.datasets import Example
+from uhlm_ray.experiments.evaluate import ResultStore
+from uhlm_ray.measures.clock import ModelledClock
+from uhlm_ray.measures.similarity import load_encoder
 from uhlm_ray.models.chat import chat_prompt_ids
-from uhlm_ray.similarity import load_encoder
 
 ray = pytest.importorskip("ray")
 
@@ -151,9 +151,9 @@ def _url(cfg, path: str) -> str:
 def test_http_route_verifies_and_rejects_bad_input_naming_the_field(verifier, tiny_pair):
     import torch
 
+    from uhlm_ray.base_station.verifier import Verifier
     from uhlm_ray.protocol import VerifyRequest
-    from uhlm_ray.rng import SessionKey
-    from uhlm_ray.verifier import Verifier
+    from uhlm_ray.sampling.rng import SessionKey
 
     cfg = verifier
     health = requests.get(_url(cfg, "/v1/health"), timeout=30).json()
@@ -231,9 +231,9 @@ def test_block_cell_equals_the_core_loop_and_batches_blocks_of_different_lengths
 def test_http_block_route_verifies_as_the_core_and_names_bad_fields(verifier, tiny_pair):
     import torch
 
+    from uhlm_ray.base_station.verifier import Verifier
     from uhlm_ray.protocol import BlockRequest
-    from uhlm_ray.rng import SessionKey
-    from uhlm_ray.verifier import Verifier
+    from uhlm_ray.sampling.rng import SessionKey
 
     cfg = verifier
     vocab = tiny_pair.vocab_size

@@ -10,11 +10,11 @@ import socket
 import pytest
 
 from uhlm_ray.config import EvaluateConfig
-from uhlm_ray.datasets import Example
 from uhlm_ray.decode import decode_prompt, make_policy
-from uhlm_ray.evaluate import ResultStore
+from uhlm_ray.experiments.datasets import Example
+from uhlm_ray.experiments.evaluate import ResultStore
+from uhlm_ray.measures.similarity import load_encoder
 from uhlm_ray.models.chat import chat_prompt_ids
-from uhlm_ray.similarity import load_encoder
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.real_models

@@ -7,7 +7,8 @@ import pytest
 from scipy import stats
 from scipy.special import exp1
 
-from uhlm_ray.channel import (
+from uhlm_ray.config import ChannelConfig, PayloadConfig
+from uhlm_ray.link.channel import (
     arq_expected_seconds,
     arq_success_probability,
     draw_fading_gain,
@@ -18,10 +19,9 @@ from uhlm_ray.channel import (
     uplink_seconds,
     upload,
 )
-from uhlm_ray.config import ChannelConfig, PayloadConfig
-from uhlm_ray.payload import full_payload_bits
+from uhlm_ray.link.payload import full_payload_bits
+from uhlm_ray.link.throughput import round_throughput, run_throughput
 from uhlm_ray.snr import mean_snr, mean_snr_db
-from uhlm_ray.throughput import round_throughput, run_throughput
 
 
 def test_eq3_uplink_time_by_hand():
@@ -61,7 +61,7 @@ def test_payload_bits_by_hand():
     assert full_payload_bits(vocab_size=32_000, cfg=PayloadConfig(include_draft_index=False)) == 1_024_000
 
 
-# --- link models beyond eq. 3 (uhlm_ray/channel.py) -------------------------------------------------------------
+# --- link models beyond eq. 3 (uhlm_ray/link/channel.py) -------------------------------------------------------------
 
 PAPER_SNR = mean_snr(ChannelConfig())  # -8.92 dB
 

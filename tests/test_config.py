@@ -4,7 +4,7 @@ import pytest
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 from uhlm_ray.config import load_config
-from uhlm_ray.policies import RandomSend, UncertaintyThreshold
+from uhlm_ray.device.policies import RandomSend, UncertaintyThreshold
 from uhlm_ray.validation import ConfigError
 
 
@@ -71,7 +71,7 @@ def test_an_explicit_tracking_uri_wins_over_the_environment(monkeypatch, tmp_pat
     """MLflow exports MLFLOW_TRACKING_URI to child processes once any code called set_tracking_uri; what the user
     typed must still decide where runs go."""
     from uhlm_ray.config import TrackingConfig
-    from uhlm_ray.tracking import resolve_tracking_uri
+    from uhlm_ray.experiments.tracking import resolve_tracking_uri
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////elsewhere/mlflow.db")
     assert resolve_tracking_uri(TrackingConfig(tracking_uri=f"sqlite:///{tmp_path}/m.db")) == \

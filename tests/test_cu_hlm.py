@@ -12,18 +12,18 @@ from scipy import stats
 
 from uhlm_ray.config import EvaluateConfig, PayloadConfig, load_config
 from uhlm_ray.decode import decode_prompt, make_policy
-from uhlm_ray.models import full_recompute_logits
-from uhlm_ray.models.prefix_cache import PrefixCache
-from uhlm_ray.payload import (
+from uhlm_ray.device.policies import ChannelAwareThreshold
+from uhlm_ray.link.payload import (
     compression_rate,
     full_payload_bits,
     sync_bits,
     truncate,
     truncated_payload_bits,
 )
-from uhlm_ray.policies import ChannelAwareThreshold
+from uhlm_ray.models import full_recompute_logits
+from uhlm_ray.models.prefix_cache import PrefixCache
+from uhlm_ray.sampling.verify import sample_inverse_cdf, verify_draft
 from uhlm_ray.validation import ConfigError
-from uhlm_ray.verify import sample_inverse_cdf, verify_draft
 
 ALPHA = 1e-3  # significance of every chi-square test here
 QWEN_V = 151_936  # ceil(log2 |V|) = 18
@@ -170,7 +170,7 @@ def test_cu_hlm_settings_are_checked():
 
 
 def test_operating_point_by_hand():
-    from uhlm_ray.cu_theory import (
+    from uhlm_ray.measures.cu_theory import (
         empirical_risk,
         risk_uniform,
         threshold_for_budget,
@@ -205,7 +205,7 @@ def test_operating_point_by_hand():
 
 
 def test_block_payload_bits_by_hand():
-    from uhlm_ray.payload import block_payload_bits
+    from uhlm_ray.link.payload import block_payload_bits
 
     fp32 = PayloadConfig(prob_bits=32)
     # ids: 18 bits a draft; truncated: k (18 + 32) + 18 a draft; full: |V| 32 + 18 a draft

@@ -4,7 +4,7 @@ import pytest
 
 from tests.conftest import SHARED_DATA
 from uhlm_ray.config import DataConfig
-from uhlm_ray.datasets import load_examples, read_all
+from uhlm_ray.experiments.datasets import load_examples, read_all
 from uhlm_ray.validation import ConfigError
 
 needs_data = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"public data folder {SHARED_DATA} not present")

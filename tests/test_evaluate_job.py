@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 
 from uhlm_ray.config import METHODS, load_config
-from uhlm_ray.datasets import load_examples
-from uhlm_ray.evaluate import ResultStore, evaluate_methods, format_table, summarize_methods
-from uhlm_ray.similarity import load_encoder
+from uhlm_ray.experiments.datasets import load_examples
+from uhlm_ray.experiments.evaluate import ResultStore, evaluate_methods, format_table, summarize_methods
+from uhlm_ray.measures.similarity import load_encoder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -118,7 +118,7 @@ def test_run_key_covers_every_section_that_changes_the_decoded_tokens():
     import dataclasses
 
     from uhlm_ray.config import EvaluateConfig
-    from uhlm_ray.evaluate import DECODE_SECTIONS, NON_DECODE_SECTIONS, run_key
+    from uhlm_ray.experiments.evaluate import DECODE_SECTIONS, NON_DECODE_SECTIONS, run_key
 
     sections = {name for name, value in vars(EvaluateConfig()).items() if dataclasses.is_dataclass(value)}
     assert sections == set(DECODE_SECTIONS) | set(NON_DECODE_SECTIONS)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from uhlm_ray.figures import (
+from uhlm_ray.experiments.figures import (
     PAPER_TABLE_I,
     binned_rejection,
     fig3_uncertainty_vs_rejection,
@@ -15,7 +15,7 @@ from uhlm_ray.figures import (
     fig6_rates_and_snr,
     table_one,
 )
-from uhlm_ray.theory import theorem_report
+from uhlm_ray.measures.theory import theorem_report
 
 
 def test_binned_rejection_by_hand():

@@ -10,9 +10,9 @@ import torch
 
 from uhlm_ray.config import EvaluateConfig
 from uhlm_ray.decode import decode_prompt, make_policy
+from uhlm_ray.device.uncertainty import draw_dropout_probs, sample_disagreement
 from uhlm_ray.models import CausalSession
 from uhlm_ray.models.session import mc_dropout_logits
-from uhlm_ray.uncertainty import draw_dropout_probs, sample_disagreement
 from uhlm_ray.validation import ConfigError
 
 PROMPT = [2, 3, 4, 5, 6]
@@ -81,7 +81,7 @@ def test_mc_dropout_in_the_loop_is_seeded_and_on_the_clock(tiny_pair):
 
 
 def test_prompt_perturbation_in_the_loop(tiny_pair):
-    from uhlm_ray.paraphrase import load_wordnet, paraphrase_prompt_ids, paraphrases
+    from uhlm_ray.device.paraphrase import load_wordnet, paraphrase_prompt_ids, paraphrases
 
     cfg = _cfg("prompt_perturbation")
     try:

@@ -4,9 +4,9 @@ import math
 
 import pytest
 
-from uhlm_ray.clock import ModelledClock, measured_clock
 from uhlm_ray.config import ChannelConfig
-from uhlm_ray.metrics import SpecDecodeStats, summarize
+from uhlm_ray.measures.clock import ModelledClock, measured_clock
+from uhlm_ray.measures.metrics import SpecDecodeStats, summarize
 from uhlm_ray.records import PromptResult, RoundRecord
 
 # eq. 3 without fading or overhead at 0 dB (log2(1 + 1) = 1 bit/s/Hz over 1 MHz): 1 Mbit takes 1 s

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from uhlm_ray.config import METHODS, EvaluateConfig
-from uhlm_ray.datasets import Example
-from uhlm_ray.evaluate import evaluate_methods, summarize_methods
+from uhlm_ray.experiments.datasets import Example
+from uhlm_ray.experiments.evaluate import evaluate_methods, summarize_methods
+from uhlm_ray.measures.similarity import load_encoder
 from uhlm_ray.models import CausalSession, full_recompute_logits
 from uhlm_ray.models.embedded import EMBEDDED_MODELS, ensure_embedded
-from uhlm_ray.similarity import load_encoder
 
 pytestmark = pytest.mark.real_models
 

@@ -1,11 +1,11 @@
-"""Stopping rules of the block method (uhlm_ray/stopping.py), worked by hand."""
+"""Stopping rules of the block method (uhlm_ray/device/stopping.py), worked by hand."""
 
 import math
 
 import pytest
 
 from uhlm_ray.config import load_config
-from uhlm_ray.stopping import (
+from uhlm_ray.device.stopping import (
     AcceptanceModel,
     ChannelAwareStop,
     ConfidenceStop,

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from uhlm_ray.sweep import load_space, pareto_front
+from uhlm_ray.experiments.sweep import load_space, pareto_front
 from uhlm_ray.validation import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -151,8 +151,8 @@ def test_rechannel_equals_decoding_at_that_channel(tiny_pair):
 
     from uhlm_ray.config import EvaluateConfig
     from uhlm_ray.decode import decode_prompt, make_policy
+    from uhlm_ray.experiments.sweep import method_key, rechannel
     from uhlm_ray.records import PromptResult
-    from uhlm_ray.sweep import method_key, rechannel
 
     runs = {}
     for snr_db in (0.0, 12.0):

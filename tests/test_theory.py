@@ -1,4 +1,4 @@
-"""Remark 1 and Theorem 1 (uhlm_ray.theory) against cases solved by hand."""
+"""Remark 1 and Theorem 1 (uhlm_ray.measures.theory) against cases solved by hand."""
 
 import math
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from uhlm_ray.theory import (
+from uhlm_ray.measures.theory import (
     LinearFit,
     Thresholds,
     UncertaintyDensity,
@@ -106,8 +106,8 @@ def test_report_on_synthetic_rounds():
 
 
 def test_report_from_records_needs_scored_rounds():
+    from uhlm_ray.measures.theory import theorem_report_from_records
     from uhlm_ray.records import RoundRecord
-    from uhlm_ray.theory import theorem_report_from_records
 
     unscored = RoundRecord(
         method="u_hlm", prompt_index=0, round=1, draft=1, token=1, uncertainty=0.2, sent=False, x_d=0.5,

@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy import stats
 
-from uhlm_ray.uncertainty import (
+from uhlm_ray.device.uncertainty import (
     confidence_uncertainty,
     draw_temperatures,
     entropy_uncertainty,
@@ -104,7 +104,7 @@ def test_bad_settings_name_the_field(k, theta_max, field):
 def test_the_two_pass_measure_draws_what_an_inverse_cdf_sampler_draws():
     """Eq. 7 from two weight sums per temperature (uncertainty.py) against the K x |V| sampler it replaces: the same
     uniforms give the same d_k == d verdicts, on bf16 logits (the bincount path) and on float32 ones."""
-    from uhlm_ray.verify import sample_inverse_cdf
+    from uhlm_ray.sampling.verify import sample_inverse_cdf
 
     rng = np.random.default_rng(21)
     for dtype in (torch.bfloat16, torch.float32):

@@ -11,11 +11,11 @@ import time
 import pytest
 
 from uhlm_ray.config import EvaluateConfig, ModelConfig
-from uhlm_ray.datasets import Example
 from uhlm_ray.decode import decode_prompt, make_policy
-from uhlm_ray.evaluate import ResultStore
+from uhlm_ray.experiments.datasets import Example
+from uhlm_ray.experiments.evaluate import ResultStore
+from uhlm_ray.measures.similarity import timing_only_encoder
 from uhlm_ray.models.chat import chat_prompt_ids
-from uhlm_ray.similarity import timing_only_encoder
 
 ray = pytest.importorskip("ray")
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 from scipy import stats
 
+from uhlm_ray.sampling.verify import rejection_probability, residual_distribution, sample_inverse_cdf, verify_draft
 from uhlm_ray.validation import ConfigError
-from uhlm_ray.verify import rejection_probability, residual_distribution, sample_inverse_cdf, verify_draft
 
 ALPHA = 1e-3
 DRAWS = 200_000
@@ -149,8 +149,8 @@ def test_a_draft_with_x_d_at_most_y_d_is_kept_whatever_the_uniform():
 
 
 def test_keyed_uniforms_stay_below_one_in_float64():
-    from uhlm_ray.device import keyed_uniform
-    from uhlm_ray.rng import Purpose, SessionKey
+    from uhlm_ray.device.decoder import keyed_uniform
+    from uhlm_ray.sampling.rng import Purpose, SessionKey
 
     u = keyed_uniform(key=SessionKey(seed=0, device=0, prompt=0), round_index=1, purpose=Purpose.ACCEPT)
     assert u.dtype == torch.float64 and 0.0 <= u.item() < 1.0

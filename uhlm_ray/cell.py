@@ -3,7 +3,7 @@
 Sharing rule (default "equal"): rounds are slotted, a device's k-th round (counted over its prompts in order) is
 slot k, and the devices that transmit in the same slot split the bandwidth W equally. The noise power N is taken
 over the whole band, so a device with a share W/n sees noise N/n: its upload is priced on the configured link model
-(uhlm_ray/channel.py) with bandwidth W/n at n times its SNR, which for eq. 3 is the rate (W/n) log2(1 + n SNR).
+(uhlm_ray/link/channel.py) with bandwidth W/n at n times its SNR, which for eq. 3 is the rate (W/n) log2(1 + n SNR).
 Slots are defined by round counts, not by arrival times, so the modelled uplink does not depend on scheduling
 noise. A block round is one slot, like a one-draft round.
 
@@ -17,14 +17,14 @@ from collections import Counter
 
 import numpy as np
 
-from uhlm_ray.clock import ModelledClock
 from uhlm_ray.config import CellConfig, ChannelConfig
-from uhlm_ray.metrics import summarize
+from uhlm_ray.link.reprice import reprice
+from uhlm_ray.link.throughput import run_throughput
+from uhlm_ray.measures.clock import ModelledClock
+from uhlm_ray.measures.metrics import summarize
 from uhlm_ray.records import BlockRecord, PromptResult, RoundRecord
-from uhlm_ray.rng import SessionKey
+from uhlm_ray.sampling.rng import SessionKey
 from uhlm_ray.snr import mean_snr, mean_snr_db
-from uhlm_ray.throughput import run_throughput
-from uhlm_ray.uplink import reprice
 
 
 def device_distances(cell: CellConfig) -> list[float]:

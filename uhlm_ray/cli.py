@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from uhlm_ray.config import EvaluateConfig, config_from_argv
-from uhlm_ray.datasets import Example, load_examples
+from uhlm_ray.experiments.datasets import Example, load_examples
 from uhlm_ray.validation import ConfigError
 
 

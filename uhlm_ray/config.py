@@ -60,7 +60,7 @@ class PolicyConfig:
     # Rand-HLM's send probability; None matches the transmission rate U-HLM measured in the same run (a fair
     # comparison at equal uplink use), or 0.5 when U-HLM is not run.
     send_prob: float | None = None
-    # Channel-aware thresholds (U-HLM and CU-HLM; uhlm_ray.policies.ChannelAwareThreshold): the round's threshold
+    # Channel-aware thresholds (U-HLM and CU-HLM; uhlm_ray.device.policies.ChannelAwareThreshold): the round's threshold
     # rises when its upload would take longer than at the average SNR, priced by the fit beta = fit_a u + fit_b
     # (Theorem 1; the paper's values by default, jobs/reproduce.py reports the embedded pair's).
     channel_aware: bool = False
@@ -72,15 +72,15 @@ class PolicyConfig:
 class CuHlmConfig:
     """CU-HLM (the follow-up paper): skip on a cheap uncertainty, upload a truncated distribution."""
 
-    measure: str = "entropy"  # entropy | confidence (uhlm_ray.uncertainty), computed from x, no extra pass
+    measure: str = "entropy"  # entropy | confidence (uhlm_ray.device.uncertainty), computed from x, no extra pass
     # skip when u <= u_th (normalised entropy H(x) / log |V|); 0.1 is about what cu_hlm.risk_budget=0.05 gives on the
     # embedded pair's built-in prompts (cu_hlm.budget_threshold)
     u_th: float = 0.1
-    truncation: str = "top_p"  # none | top_k | top_p (uhlm_ray.payload)
+    truncation: str = "top_p"  # none | top_k | top_p (uhlm_ray.link.payload)
     top_k: int = 64
     top_p: float = 0.95  # adds at most 1 - top_p to a round's rejection probability (docs/cu_hlm_thresholds.md)
     # expected rejection risk per token allowed on skipped tokens: runs report the threshold that meets it
-    # (uhlm_ray.cu_theory.threshold_for_budget on their own records)
+    # (uhlm_ray.measures.cu_theory.threshold_for_budget on their own records)
     risk_budget: float = 0.05
 
 
@@ -93,7 +93,7 @@ class ChannelConfig:
     distance_m: float = 2500.0  # rho
     mean_snr_db: float | None = None  # set the average SNR directly instead of from p, N, alpha, rho
     fading: str = "rayleigh"  # "rayleigh" (block fading, redrawn every round) or "none"
-    # How an upload's time follows from its bits (uhlm_ray/channel.py): "shannon" is the paper's eq. 3 (capacity
+    # How an upload's time follows from its bits (uhlm_ray/link/channel.py): "shannon" is the paper's eq. 3 (capacity
     # at the round's SNR; its mean is infinite under Rayleigh fading, jobs/reproduce.py uses it); "arq" (default)
     # is fixed-rate transmission with retransmissions; "inversion" is truncated channel inversion with a cut-off.
     model: str = "arq"
@@ -132,9 +132,9 @@ class ClockConfig:
 
 @dataclass
 class BlockConfig:
-    """The block method (`block_hlm`): several drafts per upload and per LLM pass (uhlm_ray/block_device.py)."""
+    """The block method (`block_hlm`): several drafts per upload and per LLM pass (uhlm_ray/device/block_decoder.py)."""
 
-    # When the SLM stops drafting and uploads (uhlm_ray/stopping.py): "uncertainty" goes on while u <= stop_u_th
+    # When the SLM stops drafting and uploads (uhlm_ray/device/stopping.py): "uncertainty" goes on while u <= stop_u_th
     # (the measure of `uncertainty.measure`); "confidence" is Hugging Face's assistant confidence stop (x_d below
     # the threshold) with its online re-fit; "fixed" drafts fixed_drafts; "channel_aware" goes on while one more
     # draft raises the round's expected tokens per second, pricing the upload on the channel.
@@ -147,7 +147,7 @@ class BlockConfig:
     # Lossy: a draft whose u <= skip_u_th is committed without verification (U-HLM's skip inside a block).
     # None keeps every draft verified: the output is then distributed exactly as the LLM's.
     skip_u_th: float | None = None
-    # What a block uploads per draft (uhlm_ray/payload.py): "ids" the token id only (verified as a point mass,
+    # What a block uploads per draft (uhlm_ray/link/payload.py): "ids" the token id only (verified as a point mass,
     # exact whatever the SLM drew from); "truncated" the top-k / top-p x~ the draft was drawn from; "full" x.
     payload: str = "truncated"
     truncation: str = "top_p"  # top_k | top_p, for payload=truncated

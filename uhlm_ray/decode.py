@@ -18,13 +18,11 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from uhlm_ray.block_device import BlockDecoder
+from uhlm_ray.base_station.verifier import Verifier
 from uhlm_ray.config import METHODS, EvaluateConfig
-from uhlm_ray.device import DeviceDecoder, PerturbedLogits, keyed_uniform
-from uhlm_ray.models.loading import LoadedModel, ModelPair
-from uhlm_ray.models.prefix_cache import PrefixCache
-from uhlm_ray.models.session import CausalSession, forward_sessions, mc_dropout_logits
-from uhlm_ray.policies import (
+from uhlm_ray.device.block_decoder import BlockDecoder
+from uhlm_ray.device.decoder import DeviceDecoder, PerturbedLogits, keyed_uniform
+from uhlm_ray.device.policies import (
     PAPER_TAU_LLM_MS,
     AlwaysSend,
     ChannelAwareThreshold,
@@ -33,15 +31,17 @@ from uhlm_ray.policies import (
     SkipPolicy,
     UncertaintyThreshold,
 )
+from uhlm_ray.device.stopping import make_stop_rule
+from uhlm_ray.device.uncertainty import draw_dropout_probs
+from uhlm_ray.models.loading import LoadedModel, ModelPair
+from uhlm_ray.models.prefix_cache import PrefixCache
+from uhlm_ray.models.session import CausalSession, forward_sessions, mc_dropout_logits
 from uhlm_ray.protocol import BlockRequest, BlockResult, Reopen, VerifyRequest, VerifyResult
 from uhlm_ray.records import NAN, RoundRecord
-from uhlm_ray.rng import Purpose, SessionKey
+from uhlm_ray.sampling.rng import Purpose, SessionKey
+from uhlm_ray.sampling.verify import sample_inverse_cdf
 from uhlm_ray.snr import mean_snr
-from uhlm_ray.stopping import make_stop_rule
-from uhlm_ray.uncertainty import draw_dropout_probs
 from uhlm_ray.validation import ConfigError
-from uhlm_ray.verifier import Verifier
-from uhlm_ray.verify import sample_inverse_cdf
 
 
 class VerifierClient(Protocol):
@@ -266,7 +266,7 @@ def _paraphrase_sessions(*, slm: LoadedModel, job: DeviceJob, measure: str) -> l
         return []
     if not job.paraphrase_ids:
         raise ConfigError("uncertainty.measure='prompt_perturbation' needs the paraphrased prompts "
-                          "(uhlm_ray.paraphrase.paraphrase_prompt_ids) in DeviceJob.paraphrase_ids")
+                          "(uhlm_ray.device.paraphrase.paraphrase_prompt_ids) in DeviceJob.paraphrase_ids")
     return [CausalSession(model=slm, prompt_ids=ids) for ids in job.paraphrase_ids]
 
 

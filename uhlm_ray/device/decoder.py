@@ -22,23 +22,23 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from uhlm_ray.channel import expected_upload_seconds, upload
 from uhlm_ray.config import EvaluateConfig
-from uhlm_ray.payload import Truncated, full_payload_bits, sync_bits, truncate, truncated_payload_bits
-from uhlm_ray.policies import SkipPolicy
-from uhlm_ray.protocol import VerifyRequest, VerifyResult
-from uhlm_ray.records import NAN, RoundRecord
-from uhlm_ray.rng import Purpose, SessionKey
-from uhlm_ray.snr import linear_to_db
-from uhlm_ray.uncertainty import (
+from uhlm_ray.device.policies import SkipPolicy
+from uhlm_ray.device.uncertainty import (
     confidence_uncertainty,
     draw_temperatures,
     entropy_uncertainty,
     sample_disagreement,
     temperature_perturbation,
 )
+from uhlm_ray.link.channel import expected_upload_seconds, upload
+from uhlm_ray.link.payload import Truncated, full_payload_bits, sync_bits, truncate, truncated_payload_bits
+from uhlm_ray.protocol import VerifyRequest, VerifyResult
+from uhlm_ray.records import NAN, RoundRecord
+from uhlm_ray.sampling.rng import Purpose, SessionKey
+from uhlm_ray.sampling.verify import rejection_probability, sample_inverse_cdf
+from uhlm_ray.snr import linear_to_db
 from uhlm_ray.validation import ConfigError
-from uhlm_ray.verify import rejection_probability, sample_inverse_cdf
 
 PerturbedLogits = Callable[[np.random.Generator], torch.Tensor]  # rng -> [K, V] logits of K perturbed passes
 

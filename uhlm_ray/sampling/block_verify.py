@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from uhlm_ray.verify import residual_distribution, sample_inverse_cdf
+from uhlm_ray.sampling.verify import residual_distribution, sample_inverse_cdf
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,8 @@ import csv
 import math
 from pathlib import Path
 
-from uhlm_ray.evaluate import METHOD_LABELS, format_value
-from uhlm_ray.sweep import SearchSpace, pareto_front
+from uhlm_ray.experiments.evaluate import METHOD_LABELS, format_value
+from uhlm_ray.experiments.sweep import SearchSpace, pareto_front
 
 CLOCKS = (("throughput_modelled", "modelled throughput (tok/s, eq. 3-4)"),
           ("throughput_wall", "wall-clock throughput (tok/s)"))

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from uhlm_ray.evaluate import METHOD_LABELS
-from uhlm_ray.theory import TheoremReport, UncertaintyDensity
+from uhlm_ray.experiments.evaluate import METHOD_LABELS
+from uhlm_ray.measures.theory import TheoremReport, UncertaintyDensity
 
 # Table I of the paper (cosine similarity, USE), and its other headline numbers
 PAPER_TABLE_I = {

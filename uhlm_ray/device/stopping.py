@@ -32,7 +32,7 @@ from typing import Protocol
 import numpy as np
 
 from uhlm_ray.config import EvaluateConfig
-from uhlm_ray.policies import PAPER_TAU_LLM_MS
+from uhlm_ray.device.policies import PAPER_TAU_LLM_MS
 from uhlm_ray.validation import ConfigError
 
 PAPER_TAU_SLM_MS = 24.6  # the U-HLM paper's SLM forward time: the channel-aware price when no clock is set

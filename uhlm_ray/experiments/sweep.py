@@ -40,16 +40,16 @@ import yaml
 from omegaconf import OmegaConf
 
 from uhlm_ray.config import METHODS, ChannelConfig, EvaluateConfig, load_config
-from uhlm_ray.cu_theory import operating_point
-from uhlm_ray.datasets import Example
-from uhlm_ray.evaluate import ResultStore, matched_send_prob, ordered_methods, run_method, summarize_methods
+from uhlm_ray.experiments.datasets import Example
+from uhlm_ray.experiments.evaluate import ResultStore, matched_send_prob, ordered_methods, run_method, summarize_methods
+from uhlm_ray.link.reprice import reprice_results
+from uhlm_ray.measures.cu_theory import operating_point
+from uhlm_ray.measures.similarity import Encoder
+from uhlm_ray.measures.theory import risk_at_threshold
 from uhlm_ray.models.loading import ModelPair
 from uhlm_ray.models.prefix_cache import PrefixCache
 from uhlm_ray.records import PromptResult
-from uhlm_ray.similarity import Encoder
 from uhlm_ray.snr import mean_snr
-from uhlm_ray.theory import risk_at_threshold
-from uhlm_ray.uplink import reprice_results
 from uhlm_ray.validation import ConfigError, check_choice, check_range
 
 SEARCHES = ("grid", "random", "optuna")
@@ -197,8 +197,8 @@ def _candidates(spec: dict) -> list[object]:
 
 def metric_names(cfg: EvaluateConfig) -> set[str]:
     """`<method>.<metric>` for every metric a trial of `cfg` reports, from the summaries of an empty run."""
-    from uhlm_ray.block_metrics import summarize_blocks
-    from uhlm_ray.evaluate import run_clock
+    from uhlm_ray.experiments.evaluate import run_clock
+    from uhlm_ray.measures.block_metrics import summarize_blocks
 
     summaries = summarize_methods(results={m: [] for m in cfg.methods}, cfg=cfg)
     if "block_hlm" in summaries:
@@ -255,7 +255,7 @@ def method_key(*, cfg: EvaluateConfig, method: str, send_prob: float | None) -> 
 
 def rechannel(*, results: list[PromptResult], channel: ChannelConfig, seed: int) -> list[PromptResult]:
     """Copies with each sent round's SNR and uplink time recomputed for `channel`, from the round's own keyed fading
-    draws (uhlm_ray/uplink.py): decoded prompts are shared by trials that differ only in the channel."""
+    draws (uhlm_ray/link/reprice.py): decoded prompts are shared by trials that differ only in the channel."""
     return reprice_results(results=results, channel=channel, mean_snr=mean_snr(channel), seed=seed)
 
 

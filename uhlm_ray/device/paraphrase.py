@@ -18,7 +18,7 @@ import numpy as np
 
 from uhlm_ray.models.chat import chat_prompt_ids
 from uhlm_ray.models.embedded import cache_root
-from uhlm_ray.rng import Purpose, keyed_rng
+from uhlm_ray.sampling.rng import Purpose, keyed_rng
 from uhlm_ray.validation import ConfigError, check_range
 
 DEBIAN_WORDNET = Path("/usr/share/wordnet")

@@ -19,13 +19,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from uhlm_ray.block_metrics import summarize_blocks
-from uhlm_ray.clock import ModelledClock, modelled_seconds, overhead_share, uplink_stats
 from uhlm_ray.config import ChannelConfig
+from uhlm_ray.link.reprice import reprice_results
+from uhlm_ray.link.throughput import run_throughput
+from uhlm_ray.measures.block_metrics import summarize_blocks
+from uhlm_ray.measures.clock import ModelledClock, modelled_seconds, overhead_share, uplink_stats
 from uhlm_ray.records import BlockRecord, PromptResult, RoundRecord
 from uhlm_ray.snr import db_to_linear
-from uhlm_ray.throughput import run_throughput
-from uhlm_ray.uplink import reprice_results
 
 
 @dataclass

@@ -18,9 +18,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from uhlm_ray.clock import ModelledClock, modelled_seconds, overhead_share, uplink_stats
+from uhlm_ray.link.throughput import run_throughput
+from uhlm_ray.measures.clock import ModelledClock, modelled_seconds, overhead_share, uplink_stats
 from uhlm_ray.records import BlockRecord, PromptResult
-from uhlm_ray.throughput import run_throughput
 
 
 @dataclass

@@ -4,9 +4,9 @@ A round r of `block_hlm`:
 1. The SLM drafts d_1, d_2, ... from its own logits, one step each (the first step also processes the previous
    round's response tokens). Each draft is drawn from what will be uploaded: x (payload `full`), the top-k / top-p
    x~ (`truncated`), or x or its argmax when only ids go up (`ids`, verified as point masses). After each draft the
-   stopping rule (uhlm_ray/stopping.py) decides whether to draft another; a block never exceeds
+   stopping rule (uhlm_ray/device/stopping.py) decides whether to draft another; a block never exceeds
    `block.max_drafts`, the token budget, or an end-of-sequence draft.
-2. The block is priced on the channel (uhlm_ray/channel.py) and uploaded with the ids of any tokens the LLM has not
+2. The block is priced on the channel (uhlm_ray/link/channel.py) and uploaded with the ids of any tokens the LLM has not
    seen. With `block.skip_u_th` set (lossy), drafts with u <= skip_u_th are committed without a test, and a block
    of such drafts only is not uploaded at all (U-HLM's skip): its tokens ride to the LLM as sync ids later.
 3. The verdict keeps a prefix of a drafts and adds a recovered or a bonus token; the caller rolls the SLM's KV cache
@@ -23,16 +23,16 @@ from dataclasses import dataclass
 
 import torch
 
-from uhlm_ray.channel import Upload, expected_upload_seconds, upload
 from uhlm_ray.config import EvaluateConfig
-from uhlm_ray.device import PerturbedLogits, keyed_uniform, measure_uncertainty
-from uhlm_ray.payload import block_payload_bits, sync_bits, truncate
+from uhlm_ray.device.decoder import PerturbedLogits, keyed_uniform, measure_uncertainty
+from uhlm_ray.device.stopping import DraftStep, StopRule
+from uhlm_ray.link.channel import Upload, expected_upload_seconds, upload
+from uhlm_ray.link.payload import block_payload_bits, sync_bits, truncate
 from uhlm_ray.protocol import BlockRequest, BlockResult
 from uhlm_ray.records import NAN, BlockRecord
-from uhlm_ray.rng import Purpose, SessionKey
+from uhlm_ray.sampling.rng import Purpose, SessionKey
+from uhlm_ray.sampling.verify import sample_inverse_cdf
 from uhlm_ray.snr import linear_to_db
-from uhlm_ray.stopping import DraftStep, StopRule
-from uhlm_ray.verify import sample_inverse_cdf
 
 
 @dataclass

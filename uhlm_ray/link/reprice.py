@@ -11,10 +11,10 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from uhlm_ray.channel import upload
 from uhlm_ray.config import ChannelConfig
+from uhlm_ray.link.channel import upload
 from uhlm_ray.records import BlockRecord, PromptResult, RoundRecord
-from uhlm_ray.rng import Purpose, SessionKey
+from uhlm_ray.sampling.rng import Purpose, SessionKey
 from uhlm_ray.snr import linear_to_db
 
 

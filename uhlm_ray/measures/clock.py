@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from uhlm_ray.link.throughput import round_seconds
 from uhlm_ray.records import BlockRecord, RoundRecord
-from uhlm_ray.throughput import round_seconds
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ import math
 import numpy as np
 import torch
 
+from uhlm_ray.sampling.verify import sample_inverse_cdf
 from uhlm_ray.validation import check_range
-from uhlm_ray.verify import sample_inverse_cdf
 
 # Below this temperature softmax(z / theta) is one-hot at the argmax in float32 for any realistic logit gap;
 # clamping keeps theta = 0 (the argmax limit) free of division by zero.

@@ -2,8 +2,8 @@
 
 Terminology (vLLM's): a *draft* is the SLM's token d sent with its distribution x; it is *accepted* or rejected and
 replaced by a *recovered* (resampled) token from norm(max(y - x, 0)). The paper's methods send one draft per round
-and get no bonus token; the block method sends n drafts, verified in the same pass (uhlm_ray/block_verify.py), and
-gets a *bonus* token from y_{n+1} when all are accepted. The LLM's KV cache then drops the rejected drafts.
+and get no bonus token; the block method sends n drafts, verified in the same pass (sampling/block_verify.py), and gets
+a *bonus* token from y_{n+1} when all are accepted. The LLM's KV cache then drops the rejected drafts.
 
 `Verifier` is transport-free: the core loop calls it in-process, the Ray Serve deployment (actors/) wraps the same
 object behind a handle and an HTTP route. A request carries the tokens the LLM has not seen yet (the previous
@@ -18,7 +18,6 @@ import threading
 
 import torch
 
-from uhlm_ray.block_verify import verify_block
 from uhlm_ray.models.loading import LoadedModel
 from uhlm_ray.models.prefix_cache import PrefixCache
 from uhlm_ray.models.session import CausalSession, forward_sessions
@@ -31,8 +30,9 @@ from uhlm_ray.protocol import (
     VerifyRequest,
     VerifyResult,
 )
-from uhlm_ray.rng import Purpose, SessionKey
-from uhlm_ray.verify import verify_draft
+from uhlm_ray.sampling.block_verify import verify_block
+from uhlm_ray.sampling.rng import Purpose, SessionKey
+from uhlm_ray.sampling.verify import verify_draft
 
 
 def uniforms(*, key: SessionKey, round_index: int) -> tuple[float, float]:

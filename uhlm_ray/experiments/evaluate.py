@@ -16,17 +16,17 @@ from pathlib import Path
 from filelock import FileLock
 from omegaconf import OmegaConf
 
-from uhlm_ray.clock import ModelledClock, measured_clock
 from uhlm_ray.config import EvaluateConfig
-from uhlm_ray.datasets import Example
 from uhlm_ray.decode import decode_prompt, make_policy
-from uhlm_ray.metrics import summarize
+from uhlm_ray.device.paraphrase import paraphrase_prompt_ids
+from uhlm_ray.experiments.datasets import Example
+from uhlm_ray.measures.clock import ModelledClock, measured_clock
+from uhlm_ray.measures.metrics import summarize
+from uhlm_ray.measures.similarity import Encoder, response_similarity
 from uhlm_ray.models.chat import chat_prompt_ids
 from uhlm_ray.models.loading import ModelPair
 from uhlm_ray.models.prefix_cache import PrefixCache, prefix_cache
-from uhlm_ray.paraphrase import paraphrase_prompt_ids
 from uhlm_ray.records import PromptResult
-from uhlm_ray.similarity import Encoder, response_similarity
 
 DECODE_SECTIONS = ("model", "uncertainty", "policy", "cu_hlm", "block", "channel", "payload", "decode", "data",
                    "metrics")

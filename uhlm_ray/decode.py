@@ -1,4 +1,4 @@
-"""The decoding loop: devices (device.py) and the verifier (verifier.py) wired together, one record per round.
+"""The decoding loop: devices (device/) and the verifier (base_station/) wired together, one record per round.
 
 `decode_lockstep` runs several device decoders that share one SLM in lockstep: one batched SLM forward per round for
 every unfinished device, then one verification call carrying every sent draft. It does not know how requests reach

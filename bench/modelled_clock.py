@@ -87,7 +87,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
     base = [f"data.n_prompts={args.prompts}", f"decode.max_new_tokens={args.tokens}", "decode.evaluation_methods=[]",
-            "runtime.share_prefixes=false", *args.overrides]
+            "runtime.share_prefixes=false", "runtime.batch_size=1", *args.overrides]  # measured tau: solo
     pair = load_pair(load_config(overrides=base).model)
     decoder = Decoder(pair=pair, base=base)
 

@@ -22,7 +22,8 @@ from uhlm_ray.models import load_pair
 
 
 def main(argv: list[str]) -> int:
-    cfg = load_config(overrides=["data.n_prompts=3", "decode.max_new_tokens=32", *argv])
+    cfg = load_config(overrides=["data.n_prompts=3", "decode.max_new_tokens=32",
+                                "runtime.batch_size=1", *argv])  # one stream: round times are its own
     pair = load_pair(cfg.model)
     examples = load_examples(cfg.data)
     # timing only: a constant encoder keeps the similarity metric out of the measurement

@@ -25,7 +25,7 @@ from uhlm_ray.models import load_pair
 def main(argv: list[str]) -> int:
     # the modelled column uses the paper's tau_SLM / tau_LLM plus each measure's own measured time
     base = ["data.n_prompts=2", "decode.max_new_tokens=16", "methods=[u_hlm]", "decode.evaluation_methods=[]",
-            "clock.tau_slm_ms=24.6", "clock.tau_llm_ms=104.6", *argv]
+            "clock.tau_slm_ms=24.6", "clock.tau_llm_ms=104.6", "runtime.batch_size=1", *argv]
     cfg = load_config(overrides=base)
     pair = load_pair(cfg.model)
     examples = load_examples(cfg.data)

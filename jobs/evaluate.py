@@ -21,9 +21,11 @@ from tqdm import tqdm
 
 from uhlm_ray.cli import job_inputs
 from uhlm_ray.config import EvaluateConfig
+from uhlm_ray.experiments.calibration import run_calibration
 from uhlm_ray.experiments.evaluate import (
     METHOD_LABELS,
     ResultStore,
+    batch_size,
     evaluate_methods,
     format_table,
     format_value,
@@ -90,13 +92,17 @@ def main(argv: list[str]) -> int:
         results = evaluate_methods(pair=pair, examples=examples, cfg=cfg, encoder=encoder, store=store,
                                    on_prompt=progress)
 
-    summaries = summarize_methods(results=results, cfg=cfg)
+    calibration = run_calibration(pair=pair, prompt=examples[0].prompt, cfg=cfg)
+    summaries = summarize_methods(results=results, cfg=cfg, calibration=calibration)
     table = format_table(summaries)
     (folder / "summary.md").write_text(table + "\n")
     (folder / "summary.json").write_text(json.dumps(summaries, indent=2))
     any_summary = next(iter(summaries.values()))
-    print(f"\n[evaluate] modelled clock: tau_SLM={any_summary['tau_slm_ms']:.1f} ms, "
-          f"tau_LLM={any_summary['tau_llm_ms']:.1f} ms; average SNR {mean_snr_db(cfg.channel):.2f} dB")
+    source = f"solo passes calibrated on {calibration.machine}" if calibration else "the records (batch 1)"
+    print(f"\n[evaluate] modelled clock (one device): tau_SLM={any_summary['tau_slm_ms']:.1f} ms, "
+          f"tau_LLM={any_summary['tau_llm_ms']:.1f} ms, unconfigured times from {source}; "
+          f"average SNR {mean_snr_db(cfg.channel):.2f} dB; prompts decoded in batches of "
+          f"{batch_size(cfg=cfg, pair=pair)}")
     print(table)
     print(f"\nuplink ({cfg.channel.model}): upload time per sent round (ms), uploads and bits per generated token:")
     print("| method | mean | median | p95 | uploads/token | bits/token |")

@@ -8,7 +8,7 @@
 
 The first argument names a space (a file, or a name under tune_spaces/); the rest are omegaconf overrides applied
 to every trial. MLflow (experiment `uhlm-sweep`): one parent run per sweep with the Pareto frontiers (accuracy vs
-modelled and vs wall throughput) as plots and tables and the empirical-versus-bound risk plot; one child run per
+modelled and vs experiment throughput) as plots and tables and the empirical-versus-bound risk plot; one child run per
 trial. Rerunning the same command resumes an interrupted sweep (Tune's restore; finished trials are kept, the
 decoded prompts are in the shared store, MLflow runs are found again rather than duplicated).
 """
@@ -124,8 +124,8 @@ def preflight(name: str, overrides: list[str]) -> tuple[SearchSpace, EvaluateCon
 def parent_note(space: SearchSpace) -> str:
     """The parent run's description in the MLflow UI: where to look first, then what the sweep is."""
     objectives = ", ".join(f"{o.metric} ({o.mode})" for o in space.objectives)
-    return ("**Look at** this run's artifacts: `frontier/frontier_modelled.png` and `frontier/frontier_wall.png` "
-            "(accuracy against modelled and wall-clock throughput, every method of every trial, the Pareto frontier "
+    return ("**Look at** this run's artifacts: `frontier/frontier_modelled.png` and `frontier/frontier_experiment.png` "
+            "(accuracy against modelled and experiment throughput, every method of every trial, the Pareto frontier "
             "dashed and its points labelled with their parameters), `frontier/frontier.md` (the frontiers as tables "
             "and where exact hybrid inference stands against the LLM alone), `frontier/risk.png` (U-HLM's measured "
             "rejection risk against Theorem 1). One child run per trial, named by its parameters: compare them in "

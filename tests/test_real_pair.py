@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from uhlm_ray.config import METHODS, EvaluateConfig
+from uhlm_ray.experiments.calibration import run_calibration
 from uhlm_ray.experiments.datasets import Example
 from uhlm_ray.experiments.evaluate import evaluate_methods, summarize_methods
 from uhlm_ray.measures.similarity import load_encoder
@@ -51,7 +52,8 @@ def test_every_method_on_a_short_prompt(real_pair):
         assert 0.0 <= result.similarity <= 1.0
     hlm = results["hlm"][0].records
     assert all(r.sent and r.y_d == r.y_d for r in hlm)
-    summaries = summarize_methods(results=results, cfg=cfg)
+    summaries = summarize_methods(results=results, cfg=cfg,
+                                  calibration=run_calibration(pair=real_pair, prompt=examples[0].prompt, cfg=cfg))
     assert summaries["hlm"]["transmission_rate"] == 1.0 and summaries["slm"]["transmission_rate"] == 0.0
     # CU-HLM's sent rounds upload a top-p set, a small part of the real 151,936-token vocabulary
     cu = [r for r in results["cu_hlm"][0].records if r.sent]

@@ -104,7 +104,7 @@ def test_sweep_logs_parent_and_trials_and_resumes(tiny_pair_dirs, tmp_path):
     assert list((tmp_path / "out" / "sweeps").glob("tiny-*/shared/*-*")) and not list(
         (tmp_path / "out" / "sweeps").glob("tiny-*/shared/prefixes"))
     frontier = {a.path for a in client.list_artifacts(parent.info.run_id, "frontier")}
-    assert {"frontier/frontier.csv", "frontier/frontier_modelled.png", "frontier/frontier_wall.png",
+    assert {"frontier/frontier.csv", "frontier/frontier_modelled.png", "frontier/frontier_experiment.png",
             "frontier/risk.png"} <= frontier
 
     # a real MLflow server on loopback serves the frontier back over its REST API

@@ -123,7 +123,7 @@ def test_trials_on_the_worker_node_land_in_the_driver_store_and_resume_duplicate
         assert records == {f"records/{m}_records.parquet" for m in ("llm", "hlm", "u_hlm", "block_hlm")}
     report = next((tmp_path / "out" / "sweeps").glob("twonode-*/report"))
     assert {p.name for p in report.iterdir()} >= {"frontier.csv", "frontier.md", "frontier_modelled.png",
-                                                  "frontier_wall.png", "risk.png", "trials.csv"}
+                                                  "frontier_experiment.png", "risk.png", "trials.csv"}
     assert len((report / "trials.csv").read_text().splitlines()) == 1 + 2 * 4  # every (trial, method) point
     assert "Exact hybrid inference" in done.stdout
 

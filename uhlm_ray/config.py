@@ -27,6 +27,8 @@ TRUNCATIONS = ("none", "top_k", "top_p")
 BLOCK_STOPS = ("uncertainty", "confidence", "fixed", "channel_aware")
 BLOCK_PAYLOADS = ("full", "truncated", "ids")
 LLM_PASS_PRICING = ("measured", "flat")
+CLOCK_TIMINGS = ("calibrated", "measured")
+BATCH_SIZE_DEFAULTS = {"cpu": 16, "cuda": 64}
 
 
 @dataclass
@@ -117,10 +119,15 @@ class PayloadConfig:
 
 @dataclass
 class ClockConfig:
-    # The modelled clock (eq. 3-4). None: the median one-token forward time measured in the same run.
+    # The modelled clock (eq. 3-4), the clock of one device. None: from solo passes, `timing`.
     # The paper's values are tau_slm_ms=24.6 tau_llm_ms=104.6.
     tau_slm_ms: float | None = None
     tau_llm_ms: float | None = None
+    tau_measure_ms: float | None = None  # one uncertainty measurement (its K extra passes included)
+    # Where unconfigured times come from: "calibrated", solo passes timed once per model pair and machine and cached
+    # (experiments/calibration.py), so that two runs agree; "measured", the medians of the run's own records, which
+    # only batch-1 decoding (runtime.batch_size=1) may use, since a batched pass is not one device's.
+    timing: str = "calibrated"
     # Average SNRs (dB) at which modelled throughput is also reported (Fig. 6 right), reusing each round's fading.
     snr_sweep_db: list[float] = field(default_factory=lambda: [-10.0, -5.0, 0.0, 5.0, 10.0, 15.0, 20.0])
     # The LLM pass of a block round (catch-up plus n drafts): "measured" prices it as measured for its length
@@ -245,6 +252,9 @@ class RuntimeConfig:
     # Ray resources each sweep trial asks for besides its CPUs, e.g. {trial: 1} to place trials on nodes that
     # advertise that resource (`ray start --resources '{"trial": 4}'`)
     trial_resources: dict[str, float] = field(default_factory=dict)
+    # Prompts a trial decodes in lockstep (one batched forward per round for all of them); every draw is keyed, so
+    # the tokens do not depend on it. None: 16 on a CPU, 64 on a GPU.
+    batch_size: int | None = None
 
 
 @dataclass
@@ -377,7 +387,14 @@ def validate_config(cfg: EvaluateConfig) -> None:
     check_range(cfg.decode.max_new_tokens, field="decode.max_new_tokens", low=1)
     if cfg.data.n_prompts is not None:
         check_range(cfg.data.n_prompts, field="data.n_prompts", low=1)
-    for name in ("tau_slm_ms", "tau_llm_ms"):
+    check_choice(cfg.clock.timing, field="clock.timing", allowed=CLOCK_TIMINGS)
+    if cfg.runtime.batch_size is not None:
+        check_range(cfg.runtime.batch_size, field="runtime.batch_size", low=1, high=4096)
+        if cfg.clock.timing == "measured" and cfg.runtime.batch_size > 1:
+            raise ConfigError(f"clock.timing='measured' takes tau from the run's own passes, which "
+                              f"runtime.batch_size={cfg.runtime.batch_size} batches; use runtime.batch_size=1 or "
+                              "clock.timing='calibrated' (or configure clock.tau_slm_ms and clock.tau_llm_ms)")
+    for name in ("tau_slm_ms", "tau_llm_ms", "tau_measure_ms"):
         value = getattr(cfg.clock, name)
         if value is not None:
             check_range(value, field=f"clock.{name}", low=0.0, low_open=True)

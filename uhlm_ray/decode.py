@@ -120,6 +120,9 @@ class DeviceOutcome:
     prefill_s: float  # SLM + LLM prompt prefill, off both clocks
 
 
+OnDone = Callable[[int, DeviceOutcome], None]  # called with a job's index the moment that job has finished
+
+
 def decode_lockstep(
     *,
     slm: LoadedModel,
@@ -128,13 +131,15 @@ def decode_lockstep(
     cfg: EvaluateConfig,
     eos_token_ids: frozenset[int],
     prefixes: PrefixCache | None = None,
+    on_done: OnDone | None = None,
 ) -> list[DeviceOutcome]:
-    """Decode every job to the end, a round at a time for all of them together."""
+    """Decode every job to the end, a round at a time for all of them together; `on_done` hears of each job as
+    soon as it has finished, so that its result can be stored before the others end."""
     if any(job.method == "block_hlm" for job in jobs):
         if any(job.method != "block_hlm" for job in jobs):
             raise ConfigError("decode_lockstep: block_hlm jobs cannot share a lockstep with one-draft methods")
         return decode_blocks_lockstep(slm=slm, verifier=verifier, jobs=jobs, cfg=cfg, eos_token_ids=eos_token_ids,
-                                      prefixes=prefixes)
+                                      prefixes=prefixes, on_done=on_done)
     def decoder(job: DeviceJob) -> DeviceDecoder:
         return DeviceDecoder(
             key=job.key, method=job.method, cfg=cfg, policy=job.policy, mean_snr=job.mean_snr,
@@ -149,7 +154,7 @@ def decode_lockstep(
         start = time.perf_counter()
         forward_sessions([sessions[i] for i in active])  # Step 1's SLM forward, batched over devices
         drafts = {i: decoders[i].draft(logits=sessions[i].next_logits(), tau_slm_s=sessions[i].timing.forward_s,
-                                       perturbed=_perturbed_passes(measure=decoders[i].measure, session=sessions[i],
+                                       perturbed=perturbed_passes(measure=decoders[i].measure, session=sessions[i],
                                                                    paraphrased=paraphrased[i], cfg=cfg))
                   for i in active}
         sent = [i for i in active if drafts[i].sent]
@@ -166,10 +171,10 @@ def decode_lockstep(
             record.verify_wall_s = verify_wall + results[i].replayed_s if i in results else 0.0
             for session in (sessions[i], *paraphrased[i]):
                 session.append(record.token)
-        _finish_done(verifier=verifier, jobs=jobs, decoders=decoders, active=active, reopen=reopen)
+        _finish_done(verifier=verifier, jobs=jobs, decoders=decoders, active=active, reopen=reopen,
+                     prefill_s=prefill_s, on_done=on_done)
         active = [i for i in active if not decoders[i].done]
-    return [DeviceOutcome(tokens=d.tokens, records=d.records, stop_reason=d.stop_reason or "", prefill_s=p)
-            for d, p in zip(decoders, prefill_s, strict=True)]
+    return [_outcome(decoder=d, prefill_s=p) for d, p in zip(decoders, prefill_s, strict=True)]
 
 
 def decode_blocks_lockstep(
@@ -180,6 +185,7 @@ def decode_blocks_lockstep(
     cfg: EvaluateConfig,
     eos_token_ids: frozenset[int],
     prefixes: PrefixCache | None = None,
+    on_done: OnDone | None = None,
 ) -> list[DeviceOutcome]:
     """The block method for every job, a block round at a time for all of them together."""
     def decoder(job: DeviceJob) -> BlockDecoder:
@@ -203,7 +209,7 @@ def decode_blocks_lockstep(
             going = []
             for i in drafting:
                 replayed[i] += sessions[i].timing.replayed_s
-                perturbed = _perturbed_passes(measure=decoders[i].measure, session=sessions[i],
+                perturbed = perturbed_passes(measure=decoders[i].measure, session=sessions[i],
                                               paraphrased=paraphrased[i], cfg=cfg)
                 if decoders[i].add_draft(logits=sessions[i].next_logits(), tau_slm_s=sessions[i].timing.forward_s,
                                          perturbed=perturbed):
@@ -228,10 +234,10 @@ def decode_blocks_lockstep(
                 session.discard(count=drop, last_token=last, logits=logits if session is sessions[i] else None)
                 for token in follow:
                     session.append(token)
-        _finish_done(verifier=verifier, jobs=jobs, decoders=decoders, active=active, reopen=reopen)
+        _finish_done(verifier=verifier, jobs=jobs, decoders=decoders, active=active, reopen=reopen,
+                     prefill_s=prefill_s, on_done=on_done)
         active = [i for i in active if not decoders[i].done]
-    return [DeviceOutcome(tokens=d.tokens, records=d.records, stop_reason=d.stop_reason or "", prefill_s=p)
-            for d, p in zip(decoders, prefill_s, strict=True)]
+    return [_outcome(decoder=d, prefill_s=p) for d, p in zip(decoders, prefill_s, strict=True)]
 
 
 def _open_jobs(*, slm: LoadedModel, verifier: VerifierClient, jobs: list[DeviceJob], prefixes: PrefixCache | None,
@@ -249,8 +255,13 @@ def _open_jobs(*, slm: LoadedModel, verifier: VerifierClient, jobs: list[DeviceJ
     return sessions, decoders, paraphrased, prefill_s
 
 
+def _outcome(*, decoder: DeviceDecoder | BlockDecoder, prefill_s: float) -> DeviceOutcome:
+    return DeviceOutcome(tokens=decoder.tokens, records=decoder.records, stop_reason=decoder.stop_reason or "",
+                         prefill_s=prefill_s)
+
+
 def _finish_done(*, verifier: VerifierClient, jobs: list[DeviceJob], decoders: list, active: list[int],
-                 reopen: Reopen) -> None:
+                 reopen: Reopen, prefill_s: list[float], on_done: OnDone | None) -> None:
     """Devices done this round: the LLM scores what it has not seen (evaluation mode), then the session closes."""
     for i in [i for i in active if decoders[i].done]:
         if decoders[i].evaluate and decoders[i].unscored_tokens():
@@ -258,6 +269,8 @@ def _finish_done(*, verifier: VerifierClient, jobs: list[DeviceJob], decoders: l
                                       reopen=reopen)
             decoders[i].finish_scoring(probs)
         verifier.close(session_id=jobs[i].session_id)
+        if on_done is not None:
+            on_done(i, _outcome(decoder=decoders[i], prefill_s=prefill_s[i]))
 
 
 def _paraphrase_sessions(*, slm: LoadedModel, job: DeviceJob, measure: str) -> list[CausalSession]:
@@ -270,7 +283,7 @@ def _paraphrase_sessions(*, slm: LoadedModel, job: DeviceJob, measure: str) -> l
     return [CausalSession(model=slm, prompt_ids=ids) for ids in job.paraphrase_ids]
 
 
-def _perturbed_passes(
+def perturbed_passes(
     *, measure: str, session: CausalSession, paraphrased: list[CausalSession], cfg: EvaluateConfig
 ) -> PerturbedLogits | None:
     """The K extra SLM passes a sampling measure needs, run when the decoder measures u (so they are timed)."""
@@ -301,42 +314,82 @@ def decode_prompt(
     paraphrase_ids: list[list[int]] | None = None,
 ) -> tuple[list[int], list[RoundRecord], str, float]:
     """Decode one prompt in-process; returns (response tokens, records, stop reason, prefill seconds)."""
-    key = SessionKey(seed=cfg.decode.seed, device=device_index, prompt=prompt_index)
-    if method == "llm":
-        return _decode_llm_alone(pair=pair, prompt_ids=prompt_ids, key=key, cfg=cfg, prefixes=prefixes)
-    if policy is None and method != "block_hlm":
-        raise ConfigError(f"method={method!r} needs a skip policy")
-    job = DeviceJob(session_id=f"local-{device_index}-{prompt_index}", key=key, prompt_ids=prompt_ids,
-                    method=method, policy=policy, mean_snr=mean_snr(cfg.channel), paraphrase_ids=paraphrase_ids)
-    verifier = verifier or Verifier(model=pair.llm, prefixes=prefixes)
-    (outcome,) = decode_lockstep(slm=pair.slm, verifier=verifier, jobs=[job], cfg=cfg,
-                                 eos_token_ids=pair.eos_token_ids, prefixes=prefixes)
+    job = device_job(prompt_ids=prompt_ids, prompt_index=prompt_index, method=method, cfg=cfg, policy=policy,
+                     device_index=device_index, paraphrase_ids=paraphrase_ids)
+    (outcome,) = decode_batch(pair=pair, jobs=[job], cfg=cfg, prefixes=prefixes, verifier=verifier)
     return outcome.tokens, outcome.records, outcome.stop_reason, outcome.prefill_s
 
 
-def _decode_llm_alone(
-    *, pair: ModelPair, prompt_ids: list[int], key: SessionKey, cfg: EvaluateConfig, prefixes: PrefixCache | None
-) -> tuple[list[int], list[RoundRecord], str, float]:
-    """The reference: the LLM samples r(t) ~ y every round."""
-    llm = CausalSession(model=pair.llm, prompt_ids=prompt_ids, prefixes=prefixes)
-    tokens: list[int] = []
-    records: list[RoundRecord] = []
-    stop_reason = "max_new_tokens"
+def device_job(*, prompt_ids: list[int], prompt_index: int, method: str, cfg: EvaluateConfig,
+               policy: SkipPolicy | None, device_index: int = 0,
+               paraphrase_ids: list[list[int]] | None = None) -> DeviceJob:
+    """One prompt of a single-device run, keyed by (seed, device, prompt) whatever batch it is decoded in."""
+    if policy is None and method not in ("llm", "block_hlm"):
+        raise ConfigError(f"method={method!r} needs a skip policy")
+    return DeviceJob(session_id=f"local-{device_index}-{prompt_index}",
+                     key=SessionKey(seed=cfg.decode.seed, device=device_index, prompt=prompt_index),
+                     prompt_ids=prompt_ids, method=method, policy=policy, mean_snr=mean_snr(cfg.channel),
+                     paraphrase_ids=paraphrase_ids)
+
+
+def decode_batch(*, pair: ModelPair, jobs: list[DeviceJob], cfg: EvaluateConfig, prefixes: PrefixCache | None = None,
+                 verifier: Verifier | None = None, on_done: OnDone | None = None) -> list[DeviceOutcome]:
+    """Several prompts of one method in lockstep, in-process: the LLM alone, or the devices and one verifier."""
+    if {job.method for job in jobs} == {"llm"}:
+        return decode_llm_lockstep(llm=pair.llm, jobs=jobs, cfg=cfg, eos_token_ids=pair.eos_token_ids,
+                                   prefixes=prefixes, on_done=on_done)
+    if any(job.method == "llm" for job in jobs):
+        raise ConfigError("decode_batch: the LLM alone cannot share a lockstep with hybrid methods")
+    verifier = verifier or Verifier(model=pair.llm, prefixes=prefixes)
+    return decode_lockstep(slm=pair.slm, verifier=verifier, jobs=jobs, cfg=cfg, eos_token_ids=pair.eos_token_ids,
+                           prefixes=prefixes, on_done=on_done)
+
+
+def decode_llm_lockstep(
+    *,
+    llm: LoadedModel,
+    jobs: list[DeviceJob],
+    cfg: EvaluateConfig,
+    eos_token_ids: frozenset[int],
+    prefixes: PrefixCache | None = None,
+    on_done: OnDone | None = None,
+) -> list[DeviceOutcome]:
+    """The reference for every job together: the LLM samples r(t) ~ y every round, one batched forward a round.
+    Each draw is keyed by (seed, device, prompt, round), so a prompt's tokens do not depend on its batch."""
+    sessions = [CausalSession(model=llm, prompt_ids=job.prompt_ids, prefixes=prefixes) for job in jobs]
+    tokens: list[list[int]] = [[] for _ in jobs]
+    records: list[list[RoundRecord]] = [[] for _ in jobs]
+    stop_reasons = ["max_new_tokens"] * len(jobs)
+    outcomes: list[DeviceOutcome | None] = [None] * len(jobs)
+    active = list(range(len(jobs)))
     for t in range(1, cfg.decode.max_new_tokens + 1):
         start = time.perf_counter()
-        y = torch.softmax(llm.next_logits(), dim=-1)  # [V] float32
-        uniform = keyed_uniform(key=key, round_index=t, purpose=Purpose.LLM_SAMPLE)
-        token = int(sample_inverse_cdf(probs=y.unsqueeze(0), uniform=uniform)[0])
-        records.append(RoundRecord(
-            method="llm", prompt_index=key.prompt, round=t, draft=token, token=token, uncertainty=NAN, sent=False,
-            x_d=NAN, y_d=float(y[token]), beta=NAN, accepted=None, resampled=None, payload_bits=0,
-            catch_up_tokens=llm.timing.tokens, fading_gain=NAN, snr_db=NAN, tau_up_s=0.0,
-            tau_slm_s=0.0, tau_uncertainty_s=0.0, tau_llm_s=llm.timing.forward_s,
-            wall_s=time.perf_counter() - start + llm.timing.replayed_s,
-        ))
-        tokens.append(token)
-        llm.append(token)
-        if token in pair.eos_token_ids:
-            stop_reason = "eos"
+        forward_sessions([sessions[i] for i in active])
+        for i in active:
+            llm_session, key = sessions[i], jobs[i].key
+            y = torch.softmax(llm_session.next_logits(), dim=-1)  # [V] float32
+            uniform = keyed_uniform(key=key, round_index=t, purpose=Purpose.LLM_SAMPLE)
+            token = int(sample_inverse_cdf(probs=y.unsqueeze(0), uniform=uniform)[0])
+            records[i].append(RoundRecord(
+                method="llm", prompt_index=key.prompt, round=t, draft=token, token=token, uncertainty=NAN,
+                sent=False, x_d=NAN, y_d=float(y[token]), beta=NAN, accepted=None, resampled=None, payload_bits=0,
+                catch_up_tokens=llm_session.timing.tokens, fading_gain=NAN, snr_db=NAN, tau_up_s=0.0,
+                tau_slm_s=0.0, tau_uncertainty_s=0.0, tau_llm_s=llm_session.timing.forward_s,
+                wall_s=llm_session.timing.replayed_s,  # plus the round's wall time, below
+            ))
+            tokens[i].append(token)
+            llm_session.append(token)
+            if token in eos_token_ids:
+                stop_reasons[i] = "eos"
+        wall = time.perf_counter() - start  # the round of every prompt in lockstep ends together
+        for i in active:
+            records[i][-1].wall_s += wall
+            if stop_reasons[i] == "eos" or t == cfg.decode.max_new_tokens:
+                outcomes[i] = DeviceOutcome(tokens=tokens[i], records=records[i], stop_reason=stop_reasons[i],
+                                            prefill_s=sessions[i].prefill_s)
+                if on_done is not None:
+                    on_done(i, outcomes[i])
+        active = [i for i in active if outcomes[i] is None]
+        if not active:
             break
-    return tokens, records, stop_reason, llm.prefill_s
+    return [o for o in outcomes if o is not None]

@@ -120,6 +120,10 @@ class PromptResult:
     records: list[RoundRecord] | list[BlockRecord] = field(default_factory=list)
     similarity: float = NAN
     device_index: int = 0  # the simulated device in a cell; 0 in single-device runs
+    batch_size: int = 1  # prompts decoded in lockstep with this one (its tokens do not depend on it)
+    # this prompt's part of its batch's decoding time (since the batch's previous prompt finished, prefill and
+    # scoring included), so that the parts add up to the experiment's time; NaN in stores written before it
+    decode_s: float = NAN
 
     def to_dict(self) -> dict:
         out = asdict(self)

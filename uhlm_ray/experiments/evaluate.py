@@ -10,15 +10,18 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 from filelock import FileLock
 from omegaconf import OmegaConf
 
-from uhlm_ray.config import EvaluateConfig
-from uhlm_ray.decode import decode_prompt, make_policy
+from uhlm_ray.config import BATCH_SIZE_DEFAULTS, EvaluateConfig
+from uhlm_ray.decode import DeviceOutcome, decode_batch, device_job, make_policy
+from uhlm_ray.device.decoder import method_measure
 from uhlm_ray.device.paraphrase import paraphrase_prompt_ids
+from uhlm_ray.experiments.calibration import Calibration
 from uhlm_ray.experiments.datasets import Example
 from uhlm_ray.measures.clock import ModelledClock, measured_clock
 from uhlm_ray.measures.metrics import summarize
@@ -27,6 +30,7 @@ from uhlm_ray.models.chat import chat_prompt_ids
 from uhlm_ray.models.loading import ModelPair
 from uhlm_ray.models.prefix_cache import PrefixCache, prefix_cache
 from uhlm_ray.records import PromptResult
+from uhlm_ray.validation import ConfigError
 
 DECODE_SECTIONS = ("model", "uncertainty", "policy", "cu_hlm", "block", "channel", "payload", "decode", "data",
                    "metrics")
@@ -82,6 +86,17 @@ def transmission_rate(results: list[PromptResult]) -> float:
     return sum(r.sent for r in records) / len(records) if records else math.nan
 
 
+def batch_size(*, cfg: EvaluateConfig, pair: ModelPair) -> int:
+    """Prompts decoded in lockstep: `runtime.batch_size`, else 1 for clock.timing='measured' (its taus come from
+    the run's own passes), else the default of the device the SLM is on."""
+    if cfg.runtime.batch_size is not None:
+        return cfg.runtime.batch_size
+    if cfg.clock.timing == "measured":
+        return 1
+    device = next(pair.slm.model.parameters()).device.type
+    return BATCH_SIZE_DEFAULTS.get(device, BATCH_SIZE_DEFAULTS["cpu"])
+
+
 def run_method(
     *,
     pair: ModelPair,
@@ -96,37 +111,49 @@ def run_method(
     stored: dict[tuple[int, int], PromptResult] | None = None,
 ) -> list[PromptResult]:
     """Decode every example with one method, skipping those the store already holds (`stored`: the caller's
-    `store.load(method)`, when it has read it already). Without an encoder the responses are not scored."""
+    `store.load(method)`, when it has read it already). The rest are decoded in lockstep batches of `batch_size`,
+    and each result is stored the moment its prompt finishes. Without an encoder the responses are not scored."""
     if stored is None:
         stored = store.load(method) if store is not None and cfg.resume else {}
     policy = make_policy(method=method, cfg=cfg, send_prob=send_prob)
-    results = []
-    for index, example in enumerate(examples):
-        if (0, index) in stored:
-            result = stored[(0, index)]
-        else:
-            prompt_ids = chat_prompt_ids(tokenizer=pair.tokenizer, prompt=example.prompt)
-            paraphrase_ids = paraphrase_prompt_ids(
-                tokenizer=pair.tokenizer, prompt=example.prompt, cfg=cfg, prompt_index=index,
-            ) if method != "llm" else None  # the LLM alone measures no uncertainty
-            tokens, records, stop_reason, prefill_s = decode_prompt(
-                pair=pair, prompt_ids=prompt_ids, prompt_index=index, method=method, cfg=cfg, policy=policy,
-                prefixes=prefixes, paraphrase_ids=paraphrase_ids,
-            )
-            response = pair.tokenizer.decode(tokens, skip_special_tokens=True)
+    results: dict[int, PromptResult] = {i: stored[(0, i)] for i in range(len(examples)) if (0, i) in stored}
+    pending = [i for i in range(len(examples)) if i not in results]
+    if on_prompt is not None:  # what an earlier run stored counts as done now
+        for i in sorted(results):
+            on_prompt(results[i])
+    size = batch_size(cfg=cfg, pair=pair)
+    for first in range(0, len(pending), size):
+        chunk = pending[first:first + size]
+        jobs = [device_job(
+            prompt_ids=chat_prompt_ids(tokenizer=pair.tokenizer, prompt=examples[i].prompt), prompt_index=i,
+            method=method, cfg=cfg, policy=policy,
+            paraphrase_ids=paraphrase_prompt_ids(tokenizer=pair.tokenizer, prompt=examples[i].prompt, cfg=cfg,
+                                                 prompt_index=i) if method != "llm" else None,  # LLM: no u
+        ) for i in chunk]
+        last_finish = time.perf_counter()
+
+        def finished(j: int, outcome: DeviceOutcome, *, chunk: list[int] = chunk, jobs: list = jobs) -> None:
+            nonlocal last_finish
+            index, example = chunk[j], examples[chunk[j]]
+            response = pair.tokenizer.decode(outcome.tokens, skip_special_tokens=True)
             similarity = float(response_similarity(encoder=encoder, responses=[response],
                                                    references=[example.reference])[0]) if encoder else math.nan
+            now = time.perf_counter()
             result = PromptResult(
                 method=method, prompt_index=index, example_id=example.id, reference=example.reference,
-                response=response, tokens=tokens, stop_reason=stop_reason, prompt_tokens=len(prompt_ids),
-                prefill_s=prefill_s, records=records, similarity=similarity,
+                response=response, tokens=outcome.tokens, stop_reason=outcome.stop_reason,
+                prompt_tokens=len(jobs[j].prompt_ids), prefill_s=outcome.prefill_s, records=outcome.records,
+                similarity=similarity, batch_size=len(chunk), decode_s=now - last_finish,
             )
+            last_finish = now
             if store is not None:
                 store.append(result)
-        results.append(result)
-        if on_prompt is not None:
-            on_prompt(result)
-    return results
+            results[index] = result
+            if on_prompt is not None:
+                on_prompt(result)
+
+        decode_batch(pair=pair, jobs=jobs, cfg=cfg, prefixes=prefixes, on_done=finished)
+    return [results[i] for i in range(len(examples))]
 
 
 def matched_send_prob(*, method: str, cfg: EvaluateConfig, results: dict[str, list[PromptResult]]) -> float | None:
@@ -156,15 +183,36 @@ def evaluate_methods(
     return results
 
 
-def run_clock(*, results: dict[str, list[PromptResult]], cfg: EvaluateConfig) -> ModelledClock:
-    """The modelled clock shared by every method of a run: configured times, else medians measured in the run.
-    A block round's LLM pass is priced as measured (scaled to the clock's tau_LLM) or flat (`clock.llm_pass`)."""
-    measured = measured_clock([r for rs in results.values() for res in rs for r in res.records])
-    tau_llm = cfg.clock.tau_llm_ms / 1e3 if cfg.clock.tau_llm_ms is not None else measured.tau_llm
+def run_clock(*, results: dict[str, list[PromptResult]], cfg: EvaluateConfig,
+              calibration: Calibration | None = None) -> ModelledClock:
+    """The modelled clock shared by every method of a run, the clock of one device: configured times, else the
+    calibration's solo passes (the jobs pass one under clock.timing='calibrated'), else medians measured in the
+    run's records, which must then come from batch-1 decoding. A block round's LLM pass is priced by its length
+    as calibrated (or as measured), scaled to the clock's tau_LLM, or flat (`clock.llm_pass`)."""
+    records = [r for rs in results.values() for res in rs for r in res.records]
+    if calibration is None:  # a caller without a calibration: the records' own medians, batch 1 only
+        if any(res.batch_size > 1 for rs in results.values() for res in rs) and \
+                (cfg.clock.tau_slm_ms is None or cfg.clock.tau_llm_ms is None):
+            raise ConfigError("the modelled clock cannot take tau from batched passes: pass the run's calibration "
+                              "(experiments/calibration.py run_calibration), decode with runtime.batch_size=1, or "
+                              "configure clock.tau_slm_ms and clock.tau_llm_ms")
+        measured = measured_clock(records)
+        tau_slm, tau_llm, one_token, table = measured.tau_slm, measured.tau_llm, measured.tau_llm, ()
+        tau_measure = {}
+    else:
+        tau_slm, tau_llm, one_token = calibration.tau_slm_s, calibration.tau_llm_s, calibration.tau_llm_s
+        table = calibration.llm_pass_s
+        tau_measure = {m: calibration.tau_measure_s[method_measure(method=m, cfg=cfg)]
+                       for m in cfg.methods if m != "llm" and method_measure(method=m, cfg=cfg)
+                       in calibration.tau_measure_s}
+    if cfg.clock.tau_measure_ms is not None:
+        tau_measure = {m: cfg.clock.tau_measure_ms / 1e3 for m in cfg.methods if m != "llm"}
+    tau_slm = cfg.clock.tau_slm_ms / 1e3 if cfg.clock.tau_slm_ms is not None else tau_slm
+    tau_llm = cfg.clock.tau_llm_ms / 1e3 if cfg.clock.tau_llm_ms is not None else tau_llm
     return ModelledClock(
-        tau_slm=cfg.clock.tau_slm_ms / 1e3 if cfg.clock.tau_slm_ms is not None else measured.tau_slm,
-        tau_llm=tau_llm, llm_pass=cfg.clock.llm_pass, flat_pass_tokens=cfg.clock.flat_pass_tokens,
-        llm_scale=tau_llm / measured.tau_llm if math.isfinite(measured.tau_llm) and measured.tau_llm > 0 else 1.0,
+        tau_slm=tau_slm, tau_llm=tau_llm, llm_pass=cfg.clock.llm_pass, flat_pass_tokens=cfg.clock.flat_pass_tokens,
+        llm_scale=tau_llm / one_token if math.isfinite(one_token) and one_token > 0 else 1.0, llm_pass_s=table,
+        tau_measure=tau_measure,
     )
 
 
@@ -174,18 +222,22 @@ def ratio(value: float, reference: float) -> float:
     return value / reference if reference and math.isfinite(reference) else math.nan
 
 
-def summarize_methods(*, results: dict[str, list[PromptResult]], cfg: EvaluateConfig) -> dict[str, dict[str, float]]:
-    clock = run_clock(results=results, cfg=cfg)
+def summarize_methods(*, results: dict[str, list[PromptResult]], cfg: EvaluateConfig,
+                      calibration: Calibration | None = None) -> dict[str, dict[str, float]]:
+    clock = run_clock(results=results, cfg=cfg, calibration=calibration)
     summaries = {
         method: summarize(results=rs, clock=clock, channel=cfg.channel, seed=cfg.decode.seed,
                           snr_sweep_db=cfg.clock.snr_sweep_db)
         for method, rs in results.items()
     }
+    for s in summaries.values():  # where the clock's times came from: 1 calibrated solo passes, 0 the records
+        s["clock_calibrated"] = float(calibration is not None)
     for base in ("llm", "hlm"):
         if base in summaries:
             reference = summaries[base]
             for s in summaries.values():
-                for key in (["accuracy"] if base == "llm" else []) + ["throughput_modelled", "throughput_wall"]:
+                for key in (["accuracy"] if base == "llm" else []) + ["throughput_modelled", "throughput_wall",
+                                                                      "throughput_experiment"]:
                     s[f"{key}_vs_{base}"] = ratio(s[key], reference[key])
     return summaries
 
@@ -214,6 +266,7 @@ def format_table(summaries: dict[str, dict[str, float]]) -> str:
         ("throughput_modelled", "tok/s model", "{:.3f}"),
         ("throughput_modelled_vs_llm", "x LLM", "{:.2f}"),
         ("throughput_modelled_vs_hlm", "x HLM", "{:.2f}"),
+        ("throughput_experiment", "tok/s exp.", "{:.2f}"),
         ("throughput_wall", "tok/s wall", "{:.2f}"),
         ("throughput_wall_vs_llm", "x LLM", "{:.2f}"),
         ("num_tokens", "tokens", "{:.0f}"),

@@ -40,6 +40,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from uhlm_ray.config import METHODS, ChannelConfig, EvaluateConfig, load_config
+from uhlm_ray.experiments.calibration import run_calibration
 from uhlm_ray.experiments.datasets import Example
 from uhlm_ray.experiments.evaluate import ResultStore, matched_send_prob, ordered_methods, run_method, summarize_methods
 from uhlm_ray.link.reprice import reprice_results
@@ -299,7 +300,8 @@ def evaluate_trial(
         reused += found
         decoded += len(examples) - found
         results[method] = rechannel(results=method_results, channel=cfg.channel, seed=cfg.decode.seed)
-    summaries = summarize_methods(results=results, cfg=cfg)
+    calibration = run_calibration(pair=pair, prompt=examples[0].prompt, cfg=cfg) if examples else None
+    summaries = summarize_methods(results=results, cfg=cfg, calibration=calibration)
     if "u_hlm" in results:  # Theorem 1's risk for this trial's threshold, beside the measured rejection risk
         summaries["u_hlm"].update(risk_at_threshold([r for res in results["u_hlm"] for r in res.records],
                                                     u_th=cfg.policy.u_th))

@@ -1,4 +1,5 @@
-"""A sweep's report: Pareto frontiers (accuracy vs modelled and vs wall throughput) and the risk plot, as files."""
+"""A sweep's report: Pareto frontiers (accuracy vs modelled and vs experiment throughput) and the risk plot, as
+files."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from uhlm_ray.experiments.evaluate import METHOD_LABELS, format_value
 from uhlm_ray.experiments.sweep import SearchSpace, pareto_front
 
 CLOCKS = (("throughput_modelled", "modelled throughput (tok/s, eq. 3-4)"),
-          ("throughput_wall", "wall-clock throughput (tok/s)"))
+          ("throughput_experiment", "experiment throughput (tok/s of trial time, batched)"))
 
 
 def trial_points(*, trials: list[dict], methods: list[str]) -> list[dict]:

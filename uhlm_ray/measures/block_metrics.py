@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass, field
 
 from uhlm_ray.link.throughput import run_throughput
-from uhlm_ray.measures.clock import ModelledClock, modelled_seconds, overhead_share, uplink_stats
+from uhlm_ray.measures.clock import ModelledClock, modelled_seconds, uplink_stats, wall_figures
 from uhlm_ray.records import BlockRecord, PromptResult
 
 
@@ -83,7 +83,6 @@ def summarize_blocks(*, results: list[PromptResult], clock: ModelledClock) -> di
     records: list[BlockRecord] = [r for res in results for r in res.records]
     stats = BlockStats.from_records(records)
     tokens = sum(len(res.tokens) for res in results)  # the last round's tokens may be cut at the budget
-    wall = sum(r.wall_s for r in records)
     modelled = sum(modelled_seconds(record=r, clock=clock) for r in records)
     sent = [r for r in records if r.sent]
     # lossy settings: a draft committed unverified is scored by the LLM afterwards (evaluation mode), its rejection
@@ -114,7 +113,6 @@ def summarize_blocks(*, results: list[PromptResult], clock: ModelledClock) -> di
         "mean_block_length": _mean([float(len(r.drafts)) for r in records]),
         "mean_catch_up_tokens": _mean([float(r.llm_pass_tokens - len(r.drafts)) for r in sent]),
         "throughput_modelled": run_throughput(tokens=tokens, seconds=modelled),
-        "throughput_wall": run_throughput(tokens=tokens, seconds=wall),
         "tau_slm_ms": clock.tau_slm * 1e3,
         "tau_llm_ms": clock.tau_llm * 1e3,
         "llm_pass_flat_tokens": float(clock.flat_pass_tokens if clock.llm_pass == "flat" else 0),
@@ -127,10 +125,9 @@ def summarize_blocks(*, results: list[PromptResult], clock: ModelledClock) -> di
         "mean_payload_bits": _mean([float(r.payload_bits) for r in sent]),
         "mean_kept_tokens": _mean([r.kept_tokens / len(r.drafts) for r in sent]),
         "mean_sync_bits": _mean([float(r.sync_bits) for r in sent]),
-        "wall_s": wall,
         "mean_prefill_s": _mean([res.prefill_s for res in results]),
         "modelled_s": modelled,
-        "round_overhead_share": overhead_share(records),
+        **wall_figures(results=results, records=records, tokens=tokens),
     }
     for k, (accepted, drafted) in enumerate(zip(stats.accepted_per_position, stats.drafts_per_position,
                                                 strict=True)):

@@ -1,5 +1,6 @@
 """The costs of a round on the two clocks: the modelled clock (eq. 4's denominator with tau_SLM, tau_LLM and the
-priced upload), the tau values calibrated from records, the wall clock's overhead share, and upload-time statistics.
+priced upload), the tau values measured in records, the wall clock (one stream's, or experiment throughput) and its
+overhead share, and upload-time statistics.
 
 Shared by the paper's metrics (metrics.py) and the block metrics (block_metrics.py), so neither imports the other
 for them.
@@ -9,20 +10,24 @@ from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from uhlm_ray.link.throughput import round_seconds
-from uhlm_ray.records import BlockRecord, RoundRecord
+from uhlm_ray.link.throughput import round_seconds, run_throughput
+from uhlm_ray.records import BlockRecord, PromptResult, RoundRecord
 
 
 @dataclass(frozen=True)
 class ModelledClock:
     """Per-token compute times for eq. 4, in seconds, and how a block round's LLM pass is priced.
 
-    `llm_pass` "measured": a pass costs its measured time times `llm_scale` (tau_LLM over the measured one-token
-    pass, 1 when tau_LLM is measured); "flat": tau_LLM per `flat_pass_tokens` tokens or fewer (a memory-bound GPU).
+    `llm_pass` "measured": a pass costs its solo cost for its length, `llm_pass_s[tokens - 1]` when calibrated
+    (linear beyond the table) or else the record's measured time, times `llm_scale` (tau_LLM over the one-token
+    pass, 1 when tau_LLM is that pass); "flat": tau_LLM per `flat_pass_tokens` tokens or fewer (a memory-bound GPU).
+    `tau_measure`: seconds of one uncertainty measurement by method, configured or calibrated; a method missing
+    from it is charged the record's measured time.
     """
 
     tau_slm: float
@@ -30,12 +35,30 @@ class ModelledClock:
     llm_pass: str = "measured"
     flat_pass_tokens: int = 16
     llm_scale: float = 1.0
+    llm_pass_s: tuple[float, ...] = ()
+    tau_measure: Mapping[str, float] = field(default_factory=dict)
 
     def llm_pass_seconds(self, *, measured_s: float, tokens: int) -> float:
         """A block round's LLM pass over `tokens` tokens on this clock."""
         if self.llm_pass == "flat":
             return self.tau_llm * math.ceil(tokens / self.flat_pass_tokens)
-        return measured_s * self.llm_scale
+        if not self.llm_pass_s:
+            return measured_s * self.llm_scale
+        table = self.llm_pass_s
+        if tokens <= len(table):
+            return table[max(tokens, 1) - 1] * self.llm_scale
+        slope = table[-1] - table[-2] if len(table) > 1 else table[-1]
+        return (table[-1] + slope * (tokens - len(table))) * self.llm_scale
+
+    def measure_seconds(self, record: RoundRecord | BlockRecord) -> float:
+        """The uncertainty measure's cost in a round whose policy or stop rule used it (tau_uncertainty_s > 0);
+        a block round measures each of its drafts."""
+        if record.tau_uncertainty_s <= 0.0:
+            return 0.0
+        per = self.tau_measure.get(record.method)
+        if per is None:
+            return record.tau_uncertainty_s
+        return per * (len(record.drafts) if isinstance(record, BlockRecord) else 1)
 
 
 def _llm_pass_tokens(record: RoundRecord | BlockRecord) -> int:
@@ -73,7 +96,7 @@ def overhead_share(records: list[RoundRecord]) -> float:
 def modelled_seconds(*, record: RoundRecord | BlockRecord, clock: ModelledClock) -> float:
     """A round on the modelled clock: eq. 4's denominator. The LLM alone costs tau_LLM per token (no uplink).
 
-    The uncertainty measure's measured time is added when the policy uses it (tau_uncertainty_s > 0): MC dropout and
+    The uncertainty measure's cost is added when the policy uses it (`ModelledClock.measure_seconds`): MC dropout and
     prompt perturbation cost K extra SLM passes; temperature perturbation's vectorised sampling costs milliseconds
     (the paper counts it as running in parallel with the forward pass). An upload that missed its deadline is
     charged the deadline. A block round costs n SLM steps, its upload and one LLM pass priced by `clock.llm_pass`.
@@ -84,9 +107,9 @@ def modelled_seconds(*, record: RoundRecord | BlockRecord, clock: ModelledClock)
     if isinstance(record, BlockRecord):
         llm = clock.llm_pass_seconds(measured_s=record.tau_llm_s, tokens=record.llm_pass_tokens) if record.sent \
             else 0.0
-        return len(record.drafts) * clock.tau_slm + record.tau_uncertainty_s + lost + \
+        return len(record.drafts) * clock.tau_slm + clock.measure_seconds(record) + lost + \
             (record.tau_up_s + llm if record.sent else 0.0)
-    return record.tau_uncertainty_s + lost + round_seconds(
+    return clock.measure_seconds(record) + lost + round_seconds(
         sent=record.sent, tau_slm=clock.tau_slm, tau_up=record.tau_up_s, tau_llm=clock.tau_llm)
 
 
@@ -98,3 +121,26 @@ def uplink_stats(records: list[RoundRecord | BlockRecord]) -> dict[str, float]:
         return {"mean_uplink_ms": math.nan, "median_uplink_ms": math.nan, "p95_uplink_ms": math.nan}
     return {"mean_uplink_ms": float(ups.mean()), "median_uplink_ms": float(np.median(ups)),
             "p95_uplink_ms": float(np.percentile(ups, 95))}
+
+
+def wall_figures(*, results: list[PromptResult], records: list[RoundRecord | BlockRecord], tokens: int
+                 ) -> dict[str, float]:
+    """The wall clock, which is one stream's real time or no figure at all, and experiment throughput.
+
+    `throughput_wall` (generation only) exists when every prompt was decoded alone (batch 1): a lockstep round's
+    time is shared by every prompt of its batch, so it is not one stream's. `throughput_experiment` is generated
+    tokens per second of decoding time, batched or not, prefill and evaluation scoring included: the prompts'
+    `decode_s` shares add up to their batches' wall time. NaN where a prompt came from an older store without it.
+    """
+    solo = all(res.batch_size == 1 for res in results)
+    wall = sum(r.wall_s for r in records)
+    decode = sum(res.decode_s for res in results)
+    return {
+        "throughput_wall": run_throughput(tokens=tokens, seconds=wall) if solo else math.nan,
+        "wall_s": wall if solo else math.nan,
+        "round_overhead_share": overhead_share(records) if solo else math.nan,
+        "throughput_experiment": run_throughput(tokens=tokens, seconds=decode) if math.isfinite(decode)
+        else math.nan,
+        "decode_s": decode,
+        "max_batch_size": float(max((res.batch_size for res in results), default=1)),
+    }

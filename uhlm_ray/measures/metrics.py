@@ -23,7 +23,7 @@ from uhlm_ray.config import ChannelConfig
 from uhlm_ray.link.reprice import reprice_results
 from uhlm_ray.link.throughput import run_throughput
 from uhlm_ray.measures.block_metrics import summarize_blocks
-from uhlm_ray.measures.clock import ModelledClock, modelled_seconds, overhead_share, uplink_stats
+from uhlm_ray.measures.clock import ModelledClock, modelled_seconds, uplink_stats, wall_figures
 from uhlm_ray.records import BlockRecord, PromptResult, RoundRecord
 from uhlm_ray.snr import db_to_linear
 
@@ -88,7 +88,6 @@ def summarize(
     accept_if_sent = [1.0 - r.beta for r in records if not math.isnan(r.beta)]
     skipped_accept = [1.0 - r.beta for r in records if not r.sent and not math.isnan(r.beta)]
     scored = len(accept_if_sent) == tokens and tokens > 0
-    wall = sum(r.wall_s for r in records)  # generation only: prompt prefills are reported apart
     modelled = sum(modelled_seconds(record=r, clock=clock) for r in records)
 
     out = {
@@ -107,7 +106,6 @@ def summarize(
         "num_skipped": stats.num_skipped if hybrid else 0,
         "mean_catch_up_tokens": _mean([float(r.catch_up_tokens) for r in records if r.sent]),
         "throughput_modelled": run_throughput(tokens=tokens, seconds=modelled),
-        "throughput_wall": run_throughput(tokens=tokens, seconds=wall),
         "tau_slm_ms": clock.tau_slm * 1e3,
         "tau_llm_ms": clock.tau_llm * 1e3,
         **uplink_stats(records),
@@ -122,10 +120,9 @@ def summarize(
         "compression_rate": _mean([r.compression for r in records if r.sent]) if hybrid else math.nan,
         "mean_kept_tokens": _mean([float(r.kept_tokens) for r in records if r.sent]) if hybrid else math.nan,
         "mean_sync_bits": _mean([float(r.sync_bits) for r in records if r.sent]) if hybrid else math.nan,
-        "wall_s": wall,
         "mean_prefill_s": _mean([res.prefill_s for res in results]),
         "modelled_s": modelled,
-        "round_overhead_share": overhead_share(records),
+        **wall_figures(results=results, records=records, tokens=tokens),
     }
     out.update(snr_sweep(results=results, clock=clock, channel=channel, seed=seed, snr_sweep_db=snr_sweep_db))
     return out

@@ -1,0 +1,130 @@
+"""Batched evaluation: prompts decoded in lockstep give the tokens and records of batch-1 decoding (every draw is
+keyed), are stored as they finish and resume; the modelled clock comes from solo passes, never from the batch.
+
+The tiny random-weight pair runs in float64 here, so that a padded batch's rounding cannot flip a sampled token.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+
+from uhlm_ray.config import ModelConfig, load_config
+from uhlm_ray.experiments import calibration as calibration_module
+from uhlm_ray.experiments.calibration import calibrate
+from uhlm_ray.experiments.datasets import Example
+from uhlm_ray.experiments.evaluate import ResultStore, evaluate_methods, run_clock, run_method, summarize_methods
+from uhlm_ray.models import load_pair
+from uhlm_ray.validation import ConfigError
+
+EXAMPLES = [Example(id=f"e{i}", prompt=p, reference="ref") for i, p in enumerate(
+    ["the cat", "a dog runs", "one two three", "sun and moon", "red", "the river runs far"])]
+TIMING_FIELDS = {"tau_slm_s", "tau_llm_s", "tau_uncertainty_s", "wall_s", "verify_wall_s", "verify_batch_size",
+                 "verify_replica"}
+
+
+@pytest.fixture(scope="module")
+def pair64(tiny_pair_dirs):
+    slm, llm = tiny_pair_dirs
+    pair = load_pair(ModelConfig(pair="custom", slm=slm, llm=llm, dtype="float32"))
+    pair.slm.model.double()
+    pair.llm.model.double()
+    return pair
+
+
+def _cfg(*overrides: str):
+    return load_config(overrides=["decode.max_new_tokens=12", "policy.send_prob=0.5", "block.max_drafts=3",
+                                  "decode.evaluation_methods=[u_hlm,rand_hlm,cu_hlm,block_hlm]", *overrides])
+
+
+def _same_nan(value):
+    return "nan" if isinstance(value, float) and math.isnan(value) else value  # NaN read back from JSON is not NaN
+
+
+def _comparable(results):
+    return [(res.tokens, res.stop_reason, [{k: _same_nan(v) for k, v in dataclasses.asdict(r).items()
+                                            if k not in TIMING_FIELDS} for r in res.records]) for res in results]
+
+
+@pytest.mark.parametrize("method", ["llm", "slm", "hlm", "rand_hlm", "u_hlm", "cu_hlm", "block_hlm"])
+def test_lockstep_batches_decode_what_batch_one_decodes(pair64, method):
+    solo = run_method(pair=pair64, examples=EXAMPLES, method=method, cfg=_cfg("runtime.batch_size=1"),
+                      encoder=None, store=None)
+    batched = run_method(pair=pair64, examples=EXAMPLES, method=method, cfg=_cfg("runtime.batch_size=4"),
+                         encoder=None, store=None)
+    assert [r.batch_size for r in solo] == [1] * 6
+    assert [r.batch_size for r in batched] == [4] * 4 + [2] * 2  # a full batch, then the rest
+    assert sum(len(r.tokens) for r in solo) > 6 * 3  # the prompts really generated
+    assert _comparable(batched) == _comparable(solo)
+
+
+def test_batched_results_are_stored_as_they_finish_and_resume(pair64, tmp_path):
+    cfg = _cfg("runtime.batch_size=4")
+    store = ResultStore(tmp_path / "store")
+    heard = []
+    first = run_method(pair=pair64, examples=EXAMPLES[:3], method="u_hlm", cfg=cfg, encoder=None, store=store,
+                       on_prompt=lambda r: heard.append((r.prompt_index, len(store.load("u_hlm")))))
+    # each prompt was in the store by the time the caller heard of it
+    assert [n for _, n in heard] == [1, 2, 3]
+    decoded = []
+    resumed = run_method(pair=pair64, examples=EXAMPLES, method="u_hlm", cfg=cfg, encoder=None, store=store,
+                         on_prompt=lambda r: decoded.append(r.prompt_index))
+    assert sorted(decoded) == [0, 1, 2, 3, 4, 5]  # every prompt reported, the first three from the store
+    lines = (tmp_path / "store" / "u_hlm.jsonl").read_text().splitlines()
+    assert sorted(int(line.split('"prompt_index": ')[1].split(",")[0]) for line in lines) == [0, 1, 2, 3, 4, 5]
+    fresh = run_method(pair=pair64, examples=EXAMPLES, method="u_hlm", cfg=cfg, encoder=None, store=None)
+    assert _comparable(resumed) == _comparable(first + fresh[3:]) == _comparable(fresh)
+
+
+def test_decode_shares_add_up_to_the_experiment_time(pair64):
+    results = run_method(pair=pair64, examples=EXAMPLES, method="hlm", cfg=_cfg("runtime.batch_size=6"),
+                         encoder=None, store=None)
+    assert all(r.decode_s >= 0 for r in results) and sum(r.decode_s for r in results) > 0
+    summary = summarize_methods(results={"hlm": results}, cfg=_cfg("runtime.batch_size=6", "clock.tau_slm_ms=20",
+                                                                   "clock.tau_llm_ms=100"))["hlm"]
+    tokens = sum(len(r.tokens) for r in results)
+    assert summary["throughput_experiment"] == pytest.approx(tokens / sum(r.decode_s for r in results))
+    assert math.isnan(summary["throughput_wall"])  # a lockstep round is not one stream's time
+    assert summary["max_batch_size"] == 6
+
+
+def test_modelled_clock_comes_from_the_calibration_not_the_batch(pair64, tmp_path):
+    cfg = _cfg("runtime.batch_size=4", "block.stop=uncertainty")
+    results = evaluate_methods(pair=pair64, examples=EXAMPLES[:4], cfg=dataclasses.replace(
+        cfg, methods=["llm", "hlm", "u_hlm", "block_hlm"]), encoder=None, store=None)
+    with pytest.raises(ConfigError, match="batched passes"):
+        run_clock(results=results, cfg=cfg)
+    cal = calibrate(pair=pair64, prompt_ids=[2, 3, 4, 5], cfg=cfg, folder=tmp_path)
+    again = calibrate(pair=pair64, prompt_ids=[9, 9], cfg=cfg, folder=tmp_path)
+    assert again == cal  # read from the cache: the same figures in every run on this machine
+    assert len(cal.llm_pass_s) == cfg.block.max_drafts + 2 and cal.tau_slm_s > 0 and cal.tau_llm_s > 0
+    assert set(cal.tau_measure_s) == {"temperature", "entropy"}  # U-HLM's and CU-HLM's measures
+    first = summarize_methods(results=results, cfg=cfg, calibration=cal)
+    # the records' measured times do not enter the modelled clock: scramble them, the figures stay
+    for rs in results.values():
+        for res in rs:
+            for r in res.records:
+                r.tau_slm_s, r.tau_llm_s, r.tau_uncertainty_s = 9.0, 9.0, r.tau_uncertainty_s and 7.0
+    second = summarize_methods(results=results, cfg=cfg, calibration=cal)
+    for method in first:
+        assert second[method]["throughput_modelled"] == first[method]["throughput_modelled"]
+        assert first[method]["clock_calibrated"] == 1.0
+    assert first["llm"]["tau_llm_ms"] == pytest.approx(cal.tau_llm_s * 1e3)
+
+
+def test_calibration_is_kept_per_machine(pair64, tmp_path, monkeypatch):
+    cfg = _cfg()
+    here = calibrate(pair=pair64, prompt_ids=[2, 3, 4], cfg=cfg, folder=tmp_path)
+    monkeypatch.setattr(calibration_module, "machine_name", lambda device: "cpu:another machine:2 threads")
+    there = calibrate(pair=pair64, prompt_ids=[2, 3, 4], cfg=cfg, folder=tmp_path)
+    assert there.key != here.key and there.machine == "cpu:another machine:2 threads"
+    assert len(list(tmp_path.glob("*.json"))) == 2
+
+
+def test_measured_timing_refuses_batches():
+    with pytest.raises(ConfigError, match="runtime.batch_size"):
+        load_config(overrides=["clock.timing=measured", "runtime.batch_size=8"])
+    with pytest.raises(ConfigError, match="clock.timing"):
+        load_config(overrides=["clock.timing=guessed"])

@@ -24,6 +24,7 @@ from uhlm_ray.device.paraphrase import paraphrase_prompt_ids
 from uhlm_ray.experiments.calibration import Calibration
 from uhlm_ray.experiments.datasets import Example
 from uhlm_ray.measures.clock import ModelledClock, measured_clock
+from uhlm_ray.measures.intervals import method_intervals, paired_intervals
 from uhlm_ray.measures.metrics import summarize
 from uhlm_ray.measures.similarity import Encoder, response_similarity
 from uhlm_ray.models.chat import chat_prompt_ids
@@ -232,13 +233,18 @@ def summarize_methods(*, results: dict[str, list[PromptResult]], cfg: EvaluateCo
     }
     for s in summaries.values():  # where the clock's times came from: 1 calibrated solo passes, 0 the records
         s["clock_calibrated"] = float(calibration is not None)
+    for method, s in summaries.items():  # 95% bootstrap intervals over prompts
+        s.update(method_intervals(results=results[method], clock=clock, seed=cfg.decode.seed))
     for base in ("llm", "hlm"):
         if base in summaries:
             reference = summaries[base]
-            for s in summaries.values():
+            for method, s in summaries.items():
                 for key in (["accuracy"] if base == "llm" else []) + ["throughput_modelled", "throughput_wall",
                                                                       "throughput_experiment"]:
                     s[f"{key}_vs_{base}"] = ratio(s[key], reference[key])
+                if method != base:  # paired on the same prompts
+                    s.update(paired_intervals(results=results[method], reference=results[base], clock=clock,
+                                              name=base, seed=cfg.decode.seed))
     return summaries
 
 
@@ -248,12 +254,22 @@ def format_value(value: float | None, fmt: str) -> str:
     return "-" if missing else fmt.format(value)
 
 
+def format_with_interval(summary: dict[str, float], *, key: str, fmt: str) -> str:
+    """A table cell with its 95% interval when the summary has one: "0.512 [0.431, 0.598]"."""
+    cell = format_value(summary.get(key), fmt)
+    low, high = summary.get(f"{key}_ci_low"), summary.get(f"{key}_ci_high")
+    if cell == "-" or low is None or high is None or not (math.isfinite(low) and math.isfinite(high)):
+        return cell
+    return f"{cell} [{fmt.format(low)}, {fmt.format(high)}]"
+
+
 METHOD_LABELS = {"llm": "LLM", "slm": "SLM", "hlm": "HLM", "rand_hlm": "Rand-HLM", "u_hlm": "U-HLM",
                  "cu_hlm": "CU-HLM", "block_hlm": "Block-HLM"}
 
 
 def format_table(summaries: dict[str, dict[str, float]]) -> str:
-    """A Markdown table in the spirit of the paper's Table I and Fig. 6."""
+    """A Markdown table in the spirit of the paper's Table I and Fig. 6, each figure with its 95% bootstrap
+    interval over prompts where it has one (comparisons with the LLM paired on the same prompts)."""
     columns = [
         ("accuracy", "cos sim", "{:.4f}"),
         ("accuracy_vs_llm", "vs LLM", "{:.2%}"),
@@ -275,6 +291,6 @@ def format_table(summaries: dict[str, dict[str, float]]) -> str:
     rule = "|---|" + "---:|" * len(columns)
     lines = [header, rule]
     for method, s in summaries.items():
-        cells = [format_value(s.get(key), fmt) for key, _, fmt in columns]
+        cells = [format_with_interval(s, key=key, fmt=fmt) for key, _, fmt in columns]
         lines.append(f"| {METHOD_LABELS.get(method, method)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

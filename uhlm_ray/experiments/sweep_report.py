@@ -25,6 +25,10 @@ def trial_points(*, trials: list[dict], methods: list[str]) -> list[dict]:
                 "trial": i, "trial_key": t.get("trial_key", ""), "method": method,
                 "accuracy": t[f"{method}.accuracy"],
                 **{clock: t.get(f"{method}.{clock}", math.nan) for clock, _ in CLOCKS},
+                # 95% bootstrap intervals over prompts; accuracy against the LLM alone paired on prompts
+                **{f"{m}_ci_{end}": t.get(f"{method}.{m}_ci_{end}", math.nan)
+                   for m in ("accuracy", *(c for c, _ in CLOCKS), "accuracy_vs_llm") for end in ("low", "high")},
+                "accuracy_vs_llm": t.get(f"{method}.accuracy_vs_llm", math.nan),
                 "transmission_rate": t.get(f"{method}.transmission_rate", math.nan),
                 "exact": t.get(f"{method}.exact", math.nan),
                 **{f"param.{k}": v for k, v in t["params"].items()},
@@ -82,6 +86,43 @@ def exact_against_llm(points: list[dict]) -> list[str]:
     return lines
 
 
+def _error_bars(points: list[dict], key: str) -> list[list[float]]:
+    """matplotlib's [below, above] distances to a point's 95% interval (0 where it has none)."""
+    def gap(p: dict, end: str) -> float:
+        bound = p.get(f"{key}_ci_{end}", math.nan)
+        return abs(p[key] - bound) if math.isfinite(bound) and math.isfinite(p[key]) else 0.0
+    return [[gap(p, "low") for p in points], [gap(p, "high") for p in points]]
+
+
+def _with_ci(point: dict, key: str, fmt: str) -> str:
+    cell = format_value(point.get(key), fmt)
+    low, high = point.get(f"{key}_ci_low", math.nan), point.get(f"{key}_ci_high", math.nan)
+    return f"{cell} [{fmt.format(low)}, {fmt.format(high)}]" if math.isfinite(low) and math.isfinite(high) else cell
+
+
+def untold_from_llm(points: list[dict]) -> list[str]:
+    """The (trial, method) points whose accuracy cannot be told apart from the LLM alone's: the paired 95% interval
+    of accuracy / the LLM's contains 1."""
+    untold = [p for p in points if p["method"] != "llm" and math.isfinite(p.get("accuracy_vs_llm_ci_low", math.nan))
+              and p["accuracy_vs_llm_ci_low"] <= 1.0 <= p["accuracy_vs_llm_ci_high"]]
+    told = [p for p in points if p["method"] != "llm" and p not in untold
+            and math.isfinite(p.get("accuracy_vs_llm_ci_low", math.nan))]
+    lines = ["", f"Accuracy against the LLM alone, paired on the same prompts (95%): {len(untold)} of "
+             f"{len(untold) + len(told)} points cannot be told apart from it:"]
+    seen: set[str] = set()
+    for p in untold:
+        label = point_label(p)
+        if label not in seen:
+            seen.add(label)
+            lines.append(f"- {label}: {_with_ci(p, 'accuracy_vs_llm', '{:.1%}')}")
+    for p in told:
+        label = point_label(p)
+        if label not in seen:
+            seen.add(label)
+            lines.append(f"- differs: {label}: {_with_ci(p, 'accuracy_vs_llm', '{:.1%}')}")
+    return lines
+
+
 def frontier_report(*, trials: list[dict], space: SearchSpace, folder: Path) -> str:
     """Write trials.csv, frontier.csv / .md, frontier_<clock>.png and risk.png; return the Markdown table."""
     import matplotlib
@@ -103,7 +144,9 @@ def frontier_report(*, trials: list[dict], space: SearchSpace, folder: Path) -> 
         fig, ax = plt.subplots(figsize=(6.4, 4.4))
         for method in space.methods:
             mine = [p for p in points if p["method"] == method]
-            ax.scatter([p[clock] for p in mine], [p["accuracy"] for p in mine], label=METHOD_LABELS[method], s=22)
+            ax.errorbar([p[clock] for p in mine], [p["accuracy"] for p in mine], xerr=_error_bars(mine, clock),
+                        yerr=_error_bars(mine, "accuracy"), fmt="o", ms=4.5, capsize=2, elinewidth=0.8,
+                        label=METHOD_LABELS[method])
         ax.plot([p[clock] for p in front], [p["accuracy"] for p in front], "k--", lw=1, label="Pareto frontier")
         for p in front:  # which settings each frontier point is
             ax.annotate(point_label(p), (p[clock], p["accuracy"]), xytext=(4, 3), textcoords="offset points",
@@ -117,14 +160,17 @@ def frontier_report(*, trials: list[dict], space: SearchSpace, folder: Path) -> 
         fig.tight_layout()
         fig.savefig(folder / f"frontier_{clock.split('_')[1]}.png", dpi=120)
         plt.close(fig)
-        lines += [f"\nPareto frontier, accuracy vs {label}:", "| method | accuracy | tok/s | TR | parameters |",
-                  "|---|---:|---:|---:|---|"]
+        lines += [f"\nPareto frontier, accuracy vs {label} (95% intervals over prompts):",
+                  "| method | accuracy | accuracy vs LLM (paired) | tok/s | TR | parameters |",
+                  "|---|---:|---:|---:|---:|---|"]
         for p in front:
             params = ", ".join(f"{k.removeprefix('param.')}={v}" for k, v in p.items() if k.startswith("param."))
-            lines.append(f"| {METHOD_LABELS[p['method']]} | {p['accuracy']:.4f} | {p[clock]:.3f} | "
+            lines.append(f"| {METHOD_LABELS[p['method']]} | {_with_ci(p, 'accuracy', '{:.4f}')} | "
+                         f"{_with_ci(p, 'accuracy_vs_llm', '{:.1%}')} | {_with_ci(p, clock, '{:.3f}')} | "
                          f"{format_value(p['transmission_rate'], '{:.1%}')} | {params} |")
     _write_csv(folder / "frontier.csv", front_rows or [{"trial": None}])
     lines += exact_against_llm(points)
+    lines += untold_from_llm(points)
     table = "\n".join(lines)
     (folder / "frontier.md").write_text(table + "\n")
 

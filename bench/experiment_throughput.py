@@ -1,0 +1,90 @@
+"""Experiment throughput: generated tokens per second of trial time at several lockstep batch sizes, measured in one
+run on the embedded pair (or any pair: pass model.* overrides), with the paper-scale reproduction's projected time.
+
+    .venv/bin/python bench/experiment_throughput.py [--batches 1,4,8,16,32] [--prompts 16] [--tokens 16] \
+        [--repeats 1] [overrides...]
+
+Every batch size decodes the same prompts with the same methods (the config's, all seven by default) from a cold
+start: no prefix cache, no result store, so nothing is replayed. Trial time is what `run_method` spends, prefill,
+verification and evaluation scoring included, the similarity encoder excluded (it is the same at any batch size).
+The tokens are the same at every batch size (every draw is keyed); the table checks it. Printed: tok/s per method
+and over all methods, the ratio to batch 1 of the same run (median of --repeats), and the time the paper's scale
+(4 data sets x 100 prompts x 128 tokens x 7 methods) would take at each batch size, at these tokens per second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+from uhlm_ray.config import load_config
+from uhlm_ray.experiments.datasets import load_examples
+from uhlm_ray.experiments.evaluate import METHOD_LABELS, matched_send_prob, ordered_methods, run_method
+from uhlm_ray.models.loading import load_pair
+
+PAPER_SCALE_TOKENS = 4 * 100 * 128 * 7
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batches", default="1,4,8,16,32")
+    parser.add_argument("--prompts", type=int, default=16)
+    parser.add_argument("--tokens", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args(argv)
+    batches = [int(b) for b in args.batches.split(",")]
+    base = [f"data.n_prompts={args.prompts}", f"decode.max_new_tokens={args.tokens}", "runtime.share_prefixes=false",
+            *args.overrides]
+    cfg = load_config(overrides=base)
+    pair = load_pair(cfg.model)
+    examples = load_examples(cfg.data)
+    dtype = next(pair.slm.model.parameters()).dtype
+    print(f"[bench] {len(examples)} prompts x {args.tokens} tokens, methods {cfg.methods}, {dtype}, "
+          f"batches {batches}, {args.repeats} repeat(s)", flush=True)
+
+    rates: dict[int, dict[str, list[float]]] = {b: {} for b in batches}
+    reference_tokens: dict[str, list[list[int]]] = {}
+    mismatched: set[tuple[int, str]] = set()
+    for _ in range(args.repeats):
+        for b in batches:
+            run_cfg = load_config(overrides=[*base, f"runtime.batch_size={b}"])
+            results: dict = {}
+            total_tokens = total_s = 0.0
+            for method in ordered_methods(run_cfg.methods):
+                start = time.perf_counter()
+                results[method] = run_method(pair=pair, examples=examples, method=method, cfg=run_cfg, encoder=None,
+                                             store=None, send_prob=matched_send_prob(method=method, cfg=run_cfg,
+                                                                                     results=results))
+                seconds = time.perf_counter() - start
+                tokens = sum(len(r.tokens) for r in results[method])
+                rates[b].setdefault(method, []).append(tokens / seconds)
+                total_tokens, total_s = total_tokens + tokens, total_s + seconds
+                decoded = [r.tokens for r in results[method]]
+                if reference_tokens.setdefault(method, decoded) != decoded:
+                    mismatched.add((b, method))
+            rates[b].setdefault("all", []).append(total_tokens / total_s)
+            print(f"[bench] batch {b}: {total_tokens:.0f} tokens in {total_s:.1f} s", flush=True)
+
+    columns = [*ordered_methods(cfg.methods), "all"]
+    one = statistics.median(rates[batches[0]]["all"])
+    print(f"\n| batch | {' | '.join(METHOD_LABELS.get(m, 'all methods') for m in columns)} | x batch {batches[0]} "
+          "| paper scale | same tokens |")
+    print("|---:|" + "---:|" * (len(columns) + 3))
+    for b in batches:
+        med = {m: statistics.median(rates[b][m]) for m in columns}
+        same = "yes" if not any(bb == b for bb, _ in mismatched) else \
+            "no: " + ", ".join(m for bb, m in sorted(mismatched) if bb == b)
+        hours = PAPER_SCALE_TOKENS / med["all"] / 3600
+        print(f"| {b} | " + " | ".join(f"{med[m]:.2f}" for m in columns) +
+              f" | {med['all'] / one:.2f} | {hours:.1f} h | {same} |")
+    print("\ntok/s: generated tokens per second of trial time (median of the repeats); paper scale: "
+          f"{PAPER_SCALE_TOKENS:,} tokens at the all-methods rate (an upper bound on tokens: prompts that stop early "
+          "take less).")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,158 @@
+"""95% confidence intervals by bootstrap over prompts, and comparisons paired on the same prompts.
+
+Prompts are the unit that is sampled: rounds of one prompt are not independent. Every interval metric is a ratio of
+sums over prompts, sum_p num_p / sum_p den_p (accuracy: similarity over 1; TR: uploads over tokens; throughput:
+tokens over seconds; ...), so that its point estimate is exactly the summary's value and a bootstrap resample of
+prompts costs two sums. A comparison with the LLM alone resamples the same prompt indices for both methods
+(`scipy.stats.bootstrap(..., paired=True)`). Intervals are BCa, percentile where BCa is undefined (a metric
+constant over prompts); NaN when fewer than two prompts have a defined value.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+
+import numpy as np
+from scipy.stats import bootstrap
+
+from uhlm_ray.measures.block_metrics import BlockStats
+from uhlm_ray.measures.clock import ModelledClock, modelled_seconds
+from uhlm_ray.measures.metrics import SpecDecodeStats
+from uhlm_ray.records import BlockRecord, PromptResult
+
+CONFIDENCE = 0.95
+N_RESAMPLES = 2000
+Parts = dict[str, tuple[float, float]]  # metric -> (numerator, denominator) of one prompt
+
+
+def _hybrid_parts(res: PromptResult) -> Parts:
+    """The paper's one-draft methods (RoundRecords); mirrors metrics.summarize."""
+    records = res.records
+    tokens = float(len(records))
+    stats = SpecDecodeStats.from_records(records)
+    accept_if_sent = [1.0 - r.beta for r in records if not math.isnan(r.beta)]
+    skipped_accept = [1.0 - r.beta for r in records if not r.sent and not math.isnan(r.beta)]
+    scored = len(accept_if_sent) == len(records) and records
+    return {
+        "transmission_rate": (stats.num_drafts, tokens),
+        "uploads_per_token": (stats.num_drafts, tokens),
+        "bits_per_token": (sum(r.payload_bits for r in records), tokens),
+        "acceptance_rate": (stats.num_accepted_tokens, stats.num_drafts),
+        "true_skip_rate": (sum(skipped_accept), sum(accept_if_sent)) if scored else (math.nan, math.nan),
+        "rejection_risk": (sum(r.beta for r in records if not r.sent), tokens) if scored else (math.nan, math.nan),
+    }
+
+
+def _block_parts(res: PromptResult) -> Parts:
+    """The block method (BlockRecords); mirrors block_metrics.summarize_blocks."""
+    records: list[BlockRecord] = res.records
+    tokens = float(len(res.tokens))
+    stats = BlockStats.from_records(records)
+    unverified = [(r, i) for r in records for i in range(r.num_accepted if r.sent else len(r.drafts))
+                  if not (r.sent and r.verified[i])]
+    risks = [1.0 - r.accept_prob[i] for r, i in unverified]
+    return {
+        "transmission_rate": (stats.num_uploads, tokens),
+        "uploads_per_token": (stats.num_uploads, tokens),
+        "bits_per_token": (sum(r.payload_bits for r in records), tokens),
+        "acceptance_rate": (stats.num_accepted_tokens, stats.num_drafts),
+        "mean_accepted_length": (stats.num_uploads + stats.num_accepted_tokens, stats.num_uploads),
+        "rejection_risk": (sum(risks), tokens) if not any(math.isnan(x) for x in risks) else (math.nan, math.nan),
+    }
+
+
+def prompt_parts(*, res: PromptResult, clock: ModelledClock) -> Parts:
+    """Numerator and denominator of every interval metric for one prompt."""
+    block = bool(res.records) and isinstance(res.records[0], BlockRecord)
+    tokens = float(len(res.tokens) if block else len(res.records))
+    parts: Parts = {
+        "accuracy": (res.similarity, 1.0),
+        "throughput_modelled": (tokens, sum(modelled_seconds(record=r, clock=clock) for r in res.records)),
+        "throughput_experiment": (tokens, res.decode_s),
+        "throughput_wall": (tokens, sum(r.wall_s for r in res.records)) if res.batch_size == 1
+        else (math.nan, math.nan),
+    }
+    if block:
+        parts |= _block_parts(res)
+    elif res.method != "llm":
+        parts |= _hybrid_parts(res)
+    return parts
+
+
+def _interval(samples: tuple[np.ndarray, ...], statistic: Callable, *, seed: int) -> tuple[float, float]:
+    """A paired bootstrap interval of `statistic(*samples, axis)` over the prompts that define every sample."""
+    keep = np.all([np.isfinite(s) for s in samples], axis=0)
+    samples = tuple(s[keep] for s in samples)
+    if samples[0].size < 2:
+        return math.nan, math.nan
+    for method in ("BCa", "percentile"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a degenerate (constant) sample: BCa is undefined, try percentile
+            ci = bootstrap(samples, statistic, paired=True, vectorized=True, n_resamples=N_RESAMPLES,
+                           confidence_level=CONFIDENCE, method=method, rng=np.random.default_rng(seed)
+                           ).confidence_interval
+        if math.isfinite(ci.low) and math.isfinite(ci.high):
+            return float(ci.low), float(ci.high)
+    return math.nan, math.nan
+
+
+def _ratio(num: np.ndarray, den: np.ndarray, axis: int = -1) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return num.sum(axis=axis) / den.sum(axis=axis)
+
+
+def _ratio_of_ratios(num: np.ndarray, den: np.ndarray, ref_num: np.ndarray, ref_den: np.ndarray,
+                     axis: int = -1) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return _ratio(num, den, axis) / _ratio(ref_num, ref_den, axis)
+
+
+def _arrays(parts: list[Parts], metric: str) -> tuple[np.ndarray, np.ndarray]:
+    pairs = np.array([p.get(metric, (math.nan, math.nan)) for p in parts], dtype=float).reshape(-1, 2)
+    return pairs[:, 0], pairs[:, 1]
+
+
+def method_intervals(*, results: list[PromptResult], clock: ModelledClock, seed: int = 0) -> dict[str, float]:
+    """`<metric>_ci_low` and `<metric>_ci_high` for every interval metric of one method."""
+    parts = [prompt_parts(res=res, clock=clock) for res in results]
+    out = {}
+    for metric in sorted({m for p in parts for m in p}):
+        low, high = _interval(_arrays(parts, metric), _ratio, seed=seed)
+        out[f"{metric}_ci_low"], out[f"{metric}_ci_high"] = low, high
+    return out
+
+
+PAIRED_METRICS = ("accuracy", "throughput_modelled", "throughput_experiment", "throughput_wall")
+
+
+def paired_intervals(*, results: list[PromptResult], reference: list[PromptResult], clock: ModelledClock,
+                     name: str, seed: int = 0) -> dict[str, float]:
+    """`<metric>_vs_<name>` intervals: this method over the reference, resampling the same prompts for both (the
+    prompts both decoded, matched by index)."""
+    ref = {(r.device_index, r.prompt_index): r for r in reference}
+    matched = [(res, ref[(res.device_index, res.prompt_index)]) for res in results
+               if (res.device_index, res.prompt_index) in ref]
+    mine = [prompt_parts(res=a, clock=clock) for a, _ in matched]
+    theirs = [prompt_parts(res=b, clock=clock) for _, b in matched]
+    out = {}
+    for metric in PAIRED_METRICS:
+        low, high = _interval((*_arrays(mine, metric), *_arrays(theirs, metric)), _ratio_of_ratios, seed=seed)
+        out[f"{metric}_vs_{name}_ci_low"], out[f"{metric}_vs_{name}_ci_high"] = low, high
+    return out
+
+
+def point_estimate(*, results: list[PromptResult], clock: ModelledClock, metric: str) -> float:
+    """The ratio of sums the interval is about (equal to the summary's value; the tests hold them together)."""
+    num, den = _arrays([prompt_parts(res=res, clock=clock) for res in results], metric)
+    keep = np.isfinite(num) & np.isfinite(den)
+    return float(_ratio(num[keep], den[keep])) if keep.any() and den[keep].sum() > 0 else math.nan
+
+
+def indistinguishable(summary: dict[str, float], *, metric: str, name: str = "llm") -> bool:
+    """Whether the interval of `<metric>_vs_<name>` contains 1: this method cannot be told apart from the
+    reference on that metric at the 95% level."""
+    low, high = summary.get(f"{metric}_vs_{name}_ci_low", math.nan), summary.get(f"{metric}_vs_{name}_ci_high",
+                                                                                 math.nan)
+    return math.isfinite(low) and math.isfinite(high) and low <= 1.0 <= high

@@ -3,6 +3,7 @@
 Each case is (job, arguments, what the one-line refusal must name). Arguments may hold placeholders that the
 caller fills with `fill`: {tiny_slm} / {tiny_llm} (a working tiny pair), {other_llm} (a tiny model whose
 vocabulary differs), {bad} (a folder of malformed data files), {no_config} (a folder without config.json),
+{bad_config} / {list_config} (a malformed YAML run config; one that is a list), {a_file} (a plain file),
 {space:NAME} (a space file written from SPACES[NAME]).
 """
 
@@ -93,6 +94,16 @@ CASES: list[tuple[str, list[str], str]] = [
     ("evaluate", ["cu_hlm.top_p=0"], "cu_hlm.top_p"),
     ("evaluate", ["model.dtype=int8"], "model.dtype"),
     ("evaluate", ["--config", "/nonexistent/run.yaml"], "--config"),
+    ("evaluate", ["--config", "{bad_config}"], "not valid YAML"),
+    ("evaluate", ["--config", "{list_config}"], "--config"),
+    ("evaluate", ["--config", "{bad}"], "--config"),  # a folder
+    ("evaluate", ["decode.max_new_tokens=["], "decode.max_new_tokens=["),
+    ("evaluate", ["output_dir={a_file}/results"], "output_dir"),  # under a plain file: cannot be created
+    ("evaluate", ["runtime.scratch_dir={a_file}"], "runtime.scratch_dir"),
+    ("evaluate", ["runtime.batch_size=0"], "runtime.batch_size"),
+    ("evaluate", ["clock.timing=measured", "runtime.batch_size=4"], "runtime.batch_size"),
+    ("evaluate", ["clock.timing=guessed"], "clock.timing"),
+    ("evaluate", ["clock.tau_measure_ms=-1"], "clock.tau_measure_ms"),
     # data folders and files
     ("evaluate", ["data.name=squad"], "data.name"),
     ("evaluate", ["data.n_prompts=0"], "data.n_prompts"),
@@ -168,8 +179,12 @@ def write_fixtures(root: Path, *, tiny_slm: str, tiny_llm: str) -> dict[str, str
     other = root / "other_llm"
     if not (other / "config.json").is_file():
         save_tiny_model(other, words=[w.upper() for w in WORDS], layers=2, hidden=32, seed=3)
+    (root / "bad_config.yaml").write_text("decode:\n  max_new_tokens: [1, 2\n")  # an unclosed list
+    (root / "list_config.yaml").write_text("- decode.max_new_tokens=8\n")  # a list, not a mapping of sections
+    (root / "a_file").write_text("not a folder\n")
     values = {"tiny_slm": tiny_slm, "tiny_llm": tiny_llm, "other_llm": str(other), "bad": str(bad),
-              "no_config": str(no_config)}
+              "no_config": str(no_config), "bad_config": str(root / "bad_config.yaml"),
+              "list_config": str(root / "list_config.yaml"), "a_file": str(root / "a_file")}
     for name, text in SPACES.items():
         path = root / "spaces" / f"{name}.yaml"
         path.parent.mkdir(exist_ok=True)

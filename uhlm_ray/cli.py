@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from uhlm_ray.config import EvaluateConfig, config_from_argv
 from uhlm_ray.experiments.datasets import Example, load_examples
@@ -29,6 +31,22 @@ def job_inputs(argv: list[str], *, description: str, defaults: list[str] = ()) -
 
     with refusals():
         cfg = config_from_argv(argv, description=description, defaults=list(defaults))
+        check_writable_folder(cfg.output_dir, field="output_dir")
+        if cfg.runtime.scratch_dir is not None:
+            check_writable_folder(cfg.runtime.scratch_dir, field="runtime.scratch_dir")
         examples = load_examples(cfg.data)
         check_model_sources(cfg.model)
         return cfg, examples
+
+
+def check_writable_folder(path: str, *, field: str) -> None:
+    """A folder results will be written to: created now (with its parents) and probed, so that a job whose models
+    take minutes to load cannot fail only when it writes its first result."""
+    folder = Path(path).expanduser()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".uhlm_ray-probe-"):
+            pass
+    except OSError as err:
+        raise ConfigError(f"{field}={path!r} cannot be created or written: {err.strerror or err} "
+                          "(give a folder this user may write)") from err

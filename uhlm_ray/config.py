@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 
+import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -294,12 +295,15 @@ def load_config(
 ) -> EvaluateConfig:
     """Defaults <- a job's own `defaults` <- YAML file <- dotted overrides; returns a validated EvaluateConfig."""
     merged = OmegaConf.structured(EvaluateConfig)
+    source = "the job's defaults"  # what a parse error is reported against
     try:
         if defaults:
             merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(defaults)))
         if yaml_path is not None:
+            source = f"--config {yaml_path}"
             merged = OmegaConf.merge(merged, OmegaConf.load(yaml_path))
         if overrides:
+            source = f"the overrides {' '.join(overrides)}"
             merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
         cfg: EvaluateConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
     except OmegaConfBaseException as err:  # unknown keys, wrong types: omegaconf's message names the key
@@ -307,6 +311,14 @@ def load_config(
         raise ConfigError(f"{where}{str(err).splitlines()[0]} ({type(err).__name__})") from err
     except FileNotFoundError as err:
         raise ConfigError(f"--config file not found: {yaml_path}") from err
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as err:
+        raise ConfigError(f"--config {yaml_path}: cannot be read as a YAML file ({type(err).__name__})") from err
+    except yaml.YAMLError as err:  # malformed YAML: the parser's first line says where
+        where = str(err).strip().splitlines()
+        raise ConfigError(f"{source}: not valid YAML ({' '.join(w.strip() for w in where[:3])})") from err
+    except (ValueError, TypeError) as err:  # an override omegaconf cannot parse, a YAML file that is no mapping
+        raise ConfigError(f"{source}: {str(err).splitlines()[0]} ({type(err).__name__}); a config is a mapping "
+                          "of sections, e.g. decode: {max_new_tokens: 32}") from err
     validate_config(cfg)
     return cfg
 

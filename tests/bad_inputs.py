@@ -104,6 +104,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("evaluate", ["clock.timing=measured", "runtime.batch_size=4"], "runtime.batch_size"),
     ("evaluate", ["clock.timing=guessed"], "clock.timing"),
     ("evaluate", ["clock.tau_measure_ms=-1"], "clock.tau_measure_ms"),
+    ("evaluate", ["runtime.trial_resources={GPU: 0.5}"], "model.device"),
     # data folders and files
     ("evaluate", ["data.name=squad"], "data.name"),
     ("evaluate", ["data.n_prompts=0"], "data.n_prompts"),

@@ -380,6 +380,9 @@ def validate_config(cfg: EvaluateConfig) -> None:
     for i, method in enumerate(cfg.decode.evaluation_methods):
         check_choice(method, field=f"decode.evaluation_methods[{i}]", allowed=METHODS)
     check_choice(cfg.model.dtype, field="model.dtype", allowed=("auto", "bfloat16", "float16", "float32"))
+    if cfg.runtime.trial_resources.get("GPU", 0) > 0 and not str(cfg.model.device).startswith("cuda"):
+        raise ConfigError(f"runtime.trial_resources={dict(cfg.runtime.trial_resources)} gives each trial a GPU "
+                          f"share but model.device={cfg.model.device!r} decodes on the CPU; set model.device=cuda")
     check_choice(cfg.uncertainty.measure, field="uncertainty.measure", allowed=UNCERTAINTY_MEASURES)
     check_range(cfg.uncertainty.k, field="uncertainty.k", low=1)
     check_range(cfg.uncertainty.theta_max, field="uncertainty.theta_max", low=0.0, low_open=True)

@@ -5,7 +5,10 @@ every unfinished device, then one verification call carrying every sent draft. I
 the verifier: the core passes an in-process `Verifier`, the Ray device actor passes a Serve client, so the one-device
 cell and the core loop are the same code. The block method's rounds (`block_hlm`) run the same way: each drafting
 step is one batched SLM forward over the devices still drafting, then one call verifies every uploaded block.
-`decode_prompt` is the single-device, single-prompt case, plus the LLM-alone reference (r(t) ~ y every round).
+`decode_llm_lockstep` is the LLM-alone reference (r(t) ~ y every round) for several prompts the same way.
+`decode_batch` runs several prompts of one method in-process (what a trial does, `runtime.batch_size` at a time);
+`decode_prompt` is its single-prompt case. Every draw is keyed by (seed, device, prompt, round), so a prompt's tokens
+do not depend on the batch it is decoded in.
 """
 
 from __future__ import annotations
@@ -155,7 +158,7 @@ def decode_lockstep(
         forward_sessions([sessions[i] for i in active])  # Step 1's SLM forward, batched over devices
         drafts = {i: decoders[i].draft(logits=sessions[i].next_logits(), tau_slm_s=sessions[i].timing.forward_s,
                                        perturbed=perturbed_passes(measure=decoders[i].measure, session=sessions[i],
-                                                                   paraphrased=paraphrased[i], cfg=cfg))
+                                                                  paraphrased=paraphrased[i], cfg=cfg))
                   for i in active}
         sent = [i for i in active if drafts[i].sent]
         verify_start = time.perf_counter()
@@ -210,7 +213,7 @@ def decode_blocks_lockstep(
             for i in drafting:
                 replayed[i] += sessions[i].timing.replayed_s
                 perturbed = perturbed_passes(measure=decoders[i].measure, session=sessions[i],
-                                              paraphrased=paraphrased[i], cfg=cfg)
+                                             paraphrased=paraphrased[i], cfg=cfg)
                 if decoders[i].add_draft(logits=sessions[i].next_logits(), tau_slm_s=sessions[i].timing.forward_s,
                                          perturbed=perturbed):
                     for session in (sessions[i], *paraphrased[i]):

@@ -96,3 +96,34 @@ def test_comparisons_are_paired_on_the_same_prompts():
 def test_too_few_prompts_give_no_interval():
     s = method_intervals(results=[_result(index=0, similarity=0.5)], clock=CLOCK)
     assert math.isnan(s["accuracy_ci_low"]) and math.isnan(s["accuracy_ci_high"])
+
+
+def test_theorem_intervals_cover_the_line_that_made_the_rounds():
+    from uhlm_ray.measures.intervals import theorem_intervals
+    from uhlm_ray.measures.theory import theorem_report_from_records
+    from uhlm_ray.records import RoundRecord
+
+    rng = np.random.default_rng(11)
+    records = []
+    for prompt in range(40):
+        shift = rng.normal(0, 0.05)  # prompts differ: rounds of one prompt are not independent
+        for t in range(30):
+            u = float(rng.uniform(0.25, 1))  # beta stays inside [0, 1]: no clipping bends the line
+            beta = float(np.clip(0.8 * u - 0.06 + shift + rng.normal(0, 0.05), 0, 1))
+            x_d = 0.5
+            records.append(RoundRecord(
+                method="hlm", prompt_index=prompt, round=t + 1, draft=1, token=1, uncertainty=u, sent=True, x_d=x_d,
+                y_d=x_d * (1 - beta), beta=beta, accepted=True, resampled=False, payload_bits=1, catch_up_tokens=1,
+                fading_gain=1.0, snr_db=0.0, tau_up_s=0.0, tau_slm_s=0.0, tau_uncertainty_s=0.0, tau_llm_s=0.0,
+                wall_s=0.0))
+    spread = theorem_intervals(records, n_resamples=300)
+    point = theorem_report_from_records(records)
+    for q in ("a", "b", "delta", "risk", "risk_bound"):
+        assert spread[f"{q}_ci_low"] <= getattr(point, q) <= spread[f"{q}_ci_high"], q
+    assert spread["a_ci_high"] - spread["a_ci_low"] < 0.1
+    assert 0.0 <= spread["bound_holds_share"] <= 1.0
+    # prompts, not rounds, are resampled: treating every round as its own prompt ignores the prompt effect and
+    # gives an interval on b far too narrow
+    rounds_alone = [dataclasses.replace(r, prompt_index=i) for i, r in enumerate(records)]
+    naive = theorem_intervals(rounds_alone, n_resamples=300)
+    assert (spread["b_ci_high"] - spread["b_ci_low"]) > 1.5 * (naive["b_ci_high"] - naive["b_ci_low"])

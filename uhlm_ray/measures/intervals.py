@@ -20,7 +20,9 @@ from scipy.stats import bootstrap
 from uhlm_ray.measures.block_metrics import BlockStats
 from uhlm_ray.measures.clock import ModelledClock, modelled_seconds
 from uhlm_ray.measures.metrics import SpecDecodeStats
+from uhlm_ray.measures.theory import theorem_report
 from uhlm_ray.records import BlockRecord, PromptResult
+from uhlm_ray.validation import ConfigError
 
 CONFIDENCE = 0.95
 N_RESAMPLES = 2000
@@ -156,3 +158,39 @@ def indistinguishable(summary: dict[str, float], *, metric: str, name: str = "ll
     low, high = summary.get(f"{metric}_vs_{name}_ci_low", math.nan), summary.get(f"{metric}_vs_{name}_ci_high",
                                                                                  math.nan)
     return math.isfinite(low) and math.isfinite(high) and low <= 1.0 <= high
+
+
+THEOREM_QUANTITIES = ("a", "b", "delta", "u_th_risk_prone", "u_th_risk_averse", "risk", "risk_bound")
+
+
+def theorem_intervals(records: list, *, n_resamples: int = 1000, seed: int = 0, bins: int = 20) -> dict[str, float]:
+    """Theorem 1's fit and risk with 95% percentile intervals, by bootstrap over prompts (a prompt's rounds stay
+    together: they share a context). Also the share of resamples in which eq. 12's risk stays under eq. 13's bound,
+    so that "the bound holds" is said with its uncertainty."""
+    scored = [r for r in records if math.isfinite(r.y_d) and math.isfinite(r.uncertainty) and math.isfinite(r.x_d)]
+    groups: dict[tuple, list] = {}
+    for r in scored:
+        groups.setdefault((r.method, r.prompt_index), []).append(r)
+    columns = [np.array([[r.uncertainty, r.beta, r.x_d, r.y_d] for r in g], dtype=float) for g in groups.values()]
+    out: dict[str, float] = {}
+    if len(columns) < 2:
+        return {**{f"{q}_ci_{end}": math.nan for q in THEOREM_QUANTITIES for end in ("low", "high")},
+                "bound_holds_share": math.nan}
+    rng = np.random.default_rng(seed)
+    draws: dict[str, list[float]] = {q: [] for q in THEOREM_QUANTITIES}
+    holds = []
+    for _ in range(n_resamples):
+        data = np.concatenate([columns[i] for i in rng.integers(len(columns), size=len(columns))])
+        try:
+            report = theorem_report(u=data[:, 0], beta=data[:, 1], x_d=data[:, 2], y_d=data[:, 3], bins=bins)
+        except ConfigError:  # a resample whose u does not vary: no line to fit
+            continue
+        for q in THEOREM_QUANTITIES:
+            draws[q].append(getattr(report, q))
+        holds.append(report.bound_holds)
+    for q, values in draws.items():
+        finite = np.array([v for v in values if math.isfinite(v)])
+        low, high = (np.percentile(finite, [2.5, 97.5]) if finite.size else (math.nan, math.nan))
+        out[f"{q}_ci_low"], out[f"{q}_ci_high"] = float(low), float(high)
+    out["bound_holds_share"] = float(np.mean(holds)) if holds else math.nan
+    return out

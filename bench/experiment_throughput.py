@@ -4,9 +4,12 @@ run on the embedded pair (or any pair: pass model.* overrides), with the paper-s
     .venv/bin/python bench/experiment_throughput.py [--batches 1,4,8,16,32] [--prompts 16] [--tokens 16] \
         [--repeats 1] [overrides...]
 
-Every batch size decodes the same prompts with the same methods (the config's, all seven by default) from a cold
-start: no prefix cache, no result store, so nothing is replayed. Trial time is what `run_method` spends, prefill,
-verification and evaluation scoring included, the similarity encoder excluded (it is the same at any batch size).
+Every batch size decodes the same prompts with the same methods (the config's, all seven by default) as a trial
+does: the methods share forward passes through a prefix cache of their own (a new one for each batch size, so
+nothing is replayed from another batch size), no result store. A prompt's prefill is computed once and replayed for
+the other methods; at batch 1 the methods also share their SLM passes while they draft the same tokens, which a
+padded batch cannot. Trial time is what `run_method` spends, prefill, verification and evaluation scoring included,
+the similarity encoder excluded (it is the same at any batch size).
 The tokens are the same at every batch size (every draw is keyed); the table checks it. Printed: tok/s per method
 and over all methods, the ratio to batch 1 of the same run (median of --repeats), and the time the paper's scale
 (4 data sets x 100 prompts x 128 tokens x 7 methods) would take at each batch size, at these tokens per second.
@@ -23,6 +26,7 @@ from uhlm_ray.config import load_config
 from uhlm_ray.experiments.datasets import load_examples
 from uhlm_ray.experiments.evaluate import METHOD_LABELS, matched_send_prob, ordered_methods, run_method
 from uhlm_ray.models.loading import load_pair
+from uhlm_ray.models.prefix_cache import prefix_cache
 
 PAPER_SCALE_TOKENS = 4 * 100 * 128 * 7
 
@@ -36,8 +40,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
     batches = [int(b) for b in args.batches.split(",")]
-    base = [f"data.n_prompts={args.prompts}", f"decode.max_new_tokens={args.tokens}", "runtime.share_prefixes=false",
-            *args.overrides]
+    base = [f"data.n_prompts={args.prompts}", f"decode.max_new_tokens={args.tokens}", *args.overrides]
     cfg = load_config(overrides=base)
     pair = load_pair(cfg.model)
     examples = load_examples(cfg.data)
@@ -52,12 +55,13 @@ def main(argv: list[str]) -> int:
         for b in batches:
             run_cfg = load_config(overrides=[*base, f"runtime.batch_size={b}"])
             results: dict = {}
+            prefixes = prefix_cache(run_cfg.runtime)  # this batch size's own: as evaluate_methods shares passes
             total_tokens = total_s = 0.0
             for method in ordered_methods(run_cfg.methods):
                 start = time.perf_counter()
                 results[method] = run_method(pair=pair, examples=examples, method=method, cfg=run_cfg, encoder=None,
-                                             store=None, send_prob=matched_send_prob(method=method, cfg=run_cfg,
-                                                                                     results=results))
+                                             store=None, prefixes=prefixes,
+                                             send_prob=matched_send_prob(method=method, cfg=run_cfg, results=results))
                 seconds = time.perf_counter() - start
                 tokens = sum(len(r.tokens) for r in results[method])
                 rates[b].setdefault(method, []).append(tokens / seconds)

@@ -13,17 +13,28 @@ from uhlm_ray.experiments.evaluate import evaluate_methods, summarize_methods
 from uhlm_ray.measures.similarity import load_encoder
 from uhlm_ray.models import CausalSession, full_recompute_logits
 from uhlm_ray.models.embedded import EMBEDDED_MODELS, ensure_embedded
+from uhlm_ray.models.loading import resolve_dtype
 
 pytestmark = pytest.mark.real_models
 
 
-def test_embedded_pair_loads_in_bf16_with_one_vocabulary(real_pair):
+def test_embedded_pair_loads_in_the_auto_dtype_with_one_vocabulary(real_pair):
     assert real_pair.slm.vocab_size == real_pair.llm.vocab_size == 151_936
-    assert next(real_pair.llm.model.parameters()).dtype == torch.bfloat16
-    assert getattr(real_pair.llm.model, "hf_quantizer", None) is None  # plain bf16 weights, not GGUF kernels
+    # bf16 where the CPU computes in it, float32 elsewhere (models/loading.py resolve_dtype)
+    assert next(real_pair.llm.model.parameters()).dtype == resolve_dtype("auto", device="cpu")
+    assert getattr(real_pair.llm.model, "hf_quantizer", None) is None  # plain dense weights, not GGUF kernels
     assert real_pair.tokenizer.decode(real_pair.tokenizer("def main():")["input_ids"]) == "def main():"
     for name in EMBEDDED_MODELS:  # converted once, then found in the cache
         assert (ensure_embedded(name) / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize(("capability", "dtype"), [("AVX512", torch.float32), ("AVX2", torch.float32),
+                                                    ("AVX512_BF16", torch.bfloat16), ("AMX_BF16", torch.bfloat16),
+                                                    ("DEFAULT", torch.float32)])
+def test_auto_dtype_follows_the_cpus_bf16_units(capability, dtype, monkeypatch):
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    assert resolve_dtype("auto", device="cpu") == dtype
+    assert resolve_dtype("bfloat16", device="cpu") == torch.bfloat16  # an explicit dtype is kept
 
 
 def test_catch_up_matches_full_recompute_on_the_real_llm(real_pair):

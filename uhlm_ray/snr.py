@@ -7,10 +7,17 @@ import circle; it imports nothing of the project at run time.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:  # the type only: config imports this module
-    from uhlm_ray.config import ChannelConfig
+
+class LinkBudget(Protocol):
+    """What the average SNR is computed from (config.ChannelConfig has these fields; config imports this module)."""
+
+    mean_snr_db: float | None
+    tx_power_dbm: float
+    distance_m: float
+    path_loss_exponent: float
+    noise_dbm: float
 
 
 def dbm_to_watts(dbm: float) -> float:
@@ -25,7 +32,7 @@ def linear_to_db(value: float) -> float:
     return 10.0 * math.log10(value) if value > 0 else -math.inf
 
 
-def mean_snr(cfg: ChannelConfig) -> float:
+def mean_snr(cfg: LinkBudget) -> float:
     """The average received SNR (linear): p * rho^(-alpha) / N, or `mean_snr_db` when that is set."""
     if cfg.mean_snr_db is not None:
         return db_to_linear(cfg.mean_snr_db)
@@ -33,5 +40,5 @@ def mean_snr(cfg: ChannelConfig) -> float:
     return received_watts / dbm_to_watts(cfg.noise_dbm)
 
 
-def mean_snr_db(cfg: ChannelConfig) -> float:
+def mean_snr_db(cfg: LinkBudget) -> float:
     return linear_to_db(mean_snr(cfg))

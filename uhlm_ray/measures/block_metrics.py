@@ -78,6 +78,13 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else math.nan
 
 
+def unverified_risks(records: list[BlockRecord]) -> list[float]:
+    """Lossy settings: each draft committed unverified is scored by the LLM afterwards (evaluation mode); its
+    rejection probability 1 - accept_prob is the risk it took (NaN where it was not scored)."""
+    return [1.0 - r.accept_prob[i] for r in records for i in range(r.num_accepted if r.sent else len(r.drafts))
+            if not (r.sent and r.verified[i])]
+
+
 def summarize_blocks(*, results: list[PromptResult], clock: ModelledClock) -> dict[str, float]:
     """The block method's metrics: the keys the paper's methods report where they mean the same, and vLLM's."""
     records: list[BlockRecord] = [r for res in results for r in res.records]
@@ -85,11 +92,7 @@ def summarize_blocks(*, results: list[PromptResult], clock: ModelledClock) -> di
     tokens = sum(len(res.tokens) for res in results)  # the last round's tokens may be cut at the budget
     modelled = sum(modelled_seconds(record=r, clock=clock) for r in records)
     sent = [r for r in records if r.sent]
-    # lossy settings: a draft committed unverified is scored by the LLM afterwards (evaluation mode), its rejection
-    # probability 1 - accept_prob is the risk it took
-    unverified = [(r, i) for r in records for i in range(r.num_accepted if r.sent else len(r.drafts))
-                  if not (r.sent and r.verified[i])]
-    risks = [1.0 - r.accept_prob[i] for r, i in unverified]
+    risks = unverified_risks(records)
     scored = not any(math.isnan(x) for x in risks)
     out = {
         "accuracy": _mean([res.similarity for res in results]),

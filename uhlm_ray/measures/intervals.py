@@ -17,9 +17,9 @@ from collections.abc import Callable
 import numpy as np
 from scipy.stats import bootstrap
 
-from uhlm_ray.measures.block_metrics import BlockStats
+from uhlm_ray.measures.block_metrics import BlockStats, unverified_risks
 from uhlm_ray.measures.clock import ModelledClock, modelled_seconds
-from uhlm_ray.measures.metrics import SpecDecodeStats
+from uhlm_ray.measures.metrics import SpecDecodeStats, acceptance_if_sent
 from uhlm_ray.measures.theory import theorem_report
 from uhlm_ray.records import BlockRecord, PromptResult
 from uhlm_ray.validation import ConfigError
@@ -34,9 +34,7 @@ def _hybrid_parts(res: PromptResult) -> Parts:
     records = res.records
     tokens = float(len(records))
     stats = SpecDecodeStats.from_records(records)
-    accept_if_sent = [1.0 - r.beta for r in records if not math.isnan(r.beta)]
-    skipped_accept = [1.0 - r.beta for r in records if not r.sent and not math.isnan(r.beta)]
-    scored = len(accept_if_sent) == len(records) and records
+    accept_if_sent, skipped_accept, scored = acceptance_if_sent(records)
     return {
         "transmission_rate": (stats.num_drafts, tokens),
         "uploads_per_token": (stats.num_drafts, tokens),
@@ -52,9 +50,7 @@ def _block_parts(res: PromptResult) -> Parts:
     records: list[BlockRecord] = res.records
     tokens = float(len(res.tokens))
     stats = BlockStats.from_records(records)
-    unverified = [(r, i) for r in records for i in range(r.num_accepted if r.sent else len(r.drafts))
-                  if not (r.sent and r.verified[i])]
-    risks = [1.0 - r.accept_prob[i] for r, i in unverified]
+    risks = unverified_risks(records)
     return {
         "transmission_rate": (stats.num_uploads, tokens),
         "uploads_per_token": (stats.num_uploads, tokens),

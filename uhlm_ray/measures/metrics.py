@@ -71,6 +71,13 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else math.nan
 
 
+def acceptance_if_sent(records: list[RoundRecord]) -> tuple[list[float], list[float], bool]:
+    """1 - beta of every scored round and of the skipped ones, and whether every round was scored (TSR, risk)."""
+    accept_if_sent = [1.0 - r.beta for r in records if not math.isnan(r.beta)]
+    skipped_accept = [1.0 - r.beta for r in records if not r.sent and not math.isnan(r.beta)]
+    return accept_if_sent, skipped_accept, bool(records) and len(accept_if_sent) == len(records)
+
+
 def summarize(
     *, results: list[PromptResult], clock: ModelledClock, channel: ChannelConfig, seed: int,
     snr_sweep_db: list[float],
@@ -85,9 +92,7 @@ def summarize(
     hybrid = bool(records) and records[0].method != "llm"
     tokens = len(records)
 
-    accept_if_sent = [1.0 - r.beta for r in records if not math.isnan(r.beta)]
-    skipped_accept = [1.0 - r.beta for r in records if not r.sent and not math.isnan(r.beta)]
-    scored = len(accept_if_sent) == tokens and tokens > 0
+    accept_if_sent, skipped_accept, scored = acceptance_if_sent(records)
     modelled = sum(modelled_seconds(record=r, clock=clock) for r in records)
 
     out = {

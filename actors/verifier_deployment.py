@@ -336,6 +336,12 @@ class ServeVerifierClient:
                 self._reopen(reopen, session_id)
         raise RuntimeError(f"verifier: session {session_id!r} still lost after {self.patience_s:.0f} s")
 
+    def score_batch(self, *, items: list[tuple[str, list[int]]], reopen: Reopen | None = None
+                    ) -> list[tuple[list[float], float]]:
+        """One call per session: sessions are spread over replicas by their id, and scoring is evaluation only."""
+        return [self.score(session_id=session_id, new_tokens=new_tokens, reopen=reopen)
+                for session_id, new_tokens in items]
+
     def close(self, *, session_id: str) -> bool:
         try:
             return self._session(session_id).close.remote(session_id).result()

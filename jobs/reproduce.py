@@ -24,11 +24,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
+from tqdm import tqdm
 
 from uhlm_ray.cli import job_inputs, refusals
 from uhlm_ray.config import EvaluateConfig
+from uhlm_ray.experiments.calibration import machine_name
 from uhlm_ray.experiments.datasets import load_examples
-from uhlm_ray.experiments.evaluate import DECODE_SECTIONS, run_key
+from uhlm_ray.experiments.evaluate import DECODE_SECTIONS, METHOD_LABELS, batch_size, run_key
 from uhlm_ray.experiments.figures import (
     PAPER_CU_HEADLINE,
     PAPER_HEADLINE,
@@ -36,6 +39,7 @@ from uhlm_ray.experiments.figures import (
     fig4_threshold,
     fig5_density_and_fit,
     fig6_rates_and_snr,
+    headline_numbers,
     table_one,
 )
 from uhlm_ray.experiments.sweep import evaluate_trial, local_store
@@ -45,6 +49,8 @@ from uhlm_ray.measures.similarity import load_encoder
 from uhlm_ray.measures.theory import PAPER, theorem_report_from_records
 from uhlm_ray.models import load_pair
 from uhlm_ray.models.prefix_cache import prefix_cache
+from uhlm_ray.records import PromptResult
+from uhlm_ray.validation import ConfigError
 
 
 def variant(cfg: EvaluateConfig, **changes) -> EvaluateConfig:
@@ -58,6 +64,24 @@ def variant(cfg: EvaluateConfig, **changes) -> EvaluateConfig:
 
 # The paper's uplink: eq. 3 at the round's SNR, no per-upload overhead (command-line overrides still win)
 PAPER_CHANNEL = ["channel.model=shannon", "channel.upload_overhead_ms=0"]
+
+
+def reproduction_report(*, argv: list[str], cfg: EvaluateConfig, pair, summary: str, elapsed_s: float) -> str:
+    """The run's own account: the command, the machine, the settings that matter, the wall time and the tables."""
+    dtype = next(pair.slm.model.parameters()).dtype
+    machine = machine_name(next(pair.slm.model.parameters()).device)
+    rep = cfg.reproduce
+    return "\n".join([
+        "```", "python jobs/reproduce.py " + " ".join(argv), "```", "",
+        f"- machine: {machine}, torch {torch.__version__}, {dtype}; wall time {elapsed_s / 60:.1f} min "
+        f"({time.strftime('%Y-%m-%d')})",
+        f"- models: {pair.slm.source} / {pair.llm.source}, |V| = {pair.vocab_size}",
+        f"- data sets: {', '.join(rep.datasets)}, {rep.n_prompts} prompts each; r_max = decode.max_new_tokens = "
+        f"{cfg.decode.max_new_tokens}; K = {cfg.uncertainty.k}, theta_max = {cfg.uncertainty.theta_max}; "
+        f"u_th = {cfg.policy.u_th}; uplink {cfg.channel.model}; seed {cfg.decode.seed}",
+        f"- prompts decoded in lockstep batches of {batch_size(cfg=cfg, pair=pair)}; the modelled clock from solo "
+        "passes (calibrated once per machine) or the configured times",
+        "", summary, ""])
 
 
 def main(argv: list[str]) -> int:
@@ -75,13 +99,22 @@ def main(argv: list[str]) -> int:
     prefixes = prefix_cache(cfg.runtime)  # forward passes shared by every run of the reproduction
     shared = folder / "shared"
 
+    # every (run, method, prompt) the reproduction needs, so the bar's time left covers all of it
+    total = rep.n_prompts * (len(rep.datasets) * len(cfg.methods) + len(rep.measures) + len(rep.thresholds))
+    bar = tqdm(total=total, desc="reproduce", unit="prompt", file=sys.stdout, smoothing=0.05)
+
     def run(trial_cfg: EvaluateConfig, label: str):
         examples = load_examples(trial_cfg.data)
         t0 = time.perf_counter()
+
+        def progress(result: PromptResult) -> None:
+            bar.set_postfix_str(f"{label}: {METHOD_LABELS[result.method]} #{result.prompt_index}")
+            bar.update(1)
+
         outcome = evaluate_trial(pair=pair, examples=examples, cfg=trial_cfg, encoder=encoder,
-                                 store_for=local_store(shared), prefixes=prefixes)
-        print(f"[reproduce] {label}: {len(examples)} prompts, {outcome.decoded_prompts} decoded, "
-              f"{outcome.reused_prompts} reused, {time.perf_counter() - t0:.0f} s", flush=True)
+                                 store_for=local_store(shared), prefixes=prefixes, on_prompt=progress)
+        bar.write(f"[reproduce] {label}: {len(examples)} prompts, {outcome.decoded_prompts} decoded, "
+                  f"{outcome.reused_prompts} reused, {time.perf_counter() - t0:.0f} s")
         return outcome
 
     base = variant(cfg, **{"data.n_prompts": rep.n_prompts, "uncertainty.measure": "temperature"})
@@ -89,8 +122,7 @@ def main(argv: list[str]) -> int:
     per_dataset = {}
     for name in rep.datasets:
         per_dataset[name] = run(variant(base, **{"data.name": name}), f"Table I, {name}")
-    accuracy = {m: {d: o.summaries[m]["accuracy"] for d, o in per_dataset.items()} for m in cfg.methods}
-    rows, table = table_one(accuracy=accuracy)
+    rows, table = table_one(summaries={d: o.summaries for d, o in per_dataset.items()})
     with (folder / "table1.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -101,10 +133,14 @@ def main(argv: list[str]) -> int:
 
     scored = [r for o in per_dataset.values() for m in ("hlm", "u_hlm", "rand_hlm") if m in o.results
               for res in o.results[m] for r in res.records]
-    theorem = theorem_report_from_records(scored)
-    usable = [r for r in scored if math.isfinite(r.y_d) and math.isfinite(r.uncertainty)]
-    fig5_density_and_fit(u=np.array([r.uncertainty for r in usable]), beta=np.array([r.beta for r in usable]),
-                         report=theorem, path=folder / "figures" / "fig5_density_fit.png")
+    try:
+        theorem, theorem_failed = theorem_report_from_records(scored), ""
+    except ConfigError as err:  # e.g. a falling line: Theorem 1 does not apply, the rest of the report still does
+        theorem, theorem_failed = None, str(err)
+    if theorem is not None:
+        usable = [r for r in scored if math.isfinite(r.y_d) and math.isfinite(r.uncertainty)]
+        fig5_density_and_fit(u=np.array([r.uncertainty for r in usable]), beta=np.array([r.beta for r in usable]),
+                             report=theorem, path=folder / "figures" / "fig5_density_fit.png")
 
     # Fig. 3: HLM scores every round, so each measure's u meets the LLM's beta on every token
     first_data = variant(base, **{"data.name": rep.datasets[0]})
@@ -125,47 +161,38 @@ def main(argv: list[str]) -> int:
     fig4_threshold(thresholds=[f[0] for f in fig4], accuracy=[f[1] for f in fig4], tr=[f[2] for f in fig4],
                    path=folder / "figures" / "fig4_threshold.png")
 
-    # headline numbers beside the paper's
-    s = first.summaries
-    headline = {
-        "tr_reduction": 1.0 - s["u_hlm"]["transmission_rate"],
-        "accuracy_vs_llm": float(np.mean([o.summaries["u_hlm"]["accuracy_vs_llm"] for o in per_dataset.values()])),
-        "throughput_vs_hlm": s["u_hlm"]["throughput_modelled_vs_hlm"],
-    }
+    bar.close()
+    # headline numbers beside the paper's, each with its interval
+    headline = headline_numbers(summaries={d: o.summaries for d, o in per_dataset.items()}, first=rep.datasets[0])
     spread = theorem_intervals(scored, seed=cfg.decode.seed)  # bootstrap over prompts
     lines = ["| quantity | ours | ours, 95% interval over prompts | paper |", "|---|---:|---:|---:|"]
-    for key, value in theorem.to_dict().items():
+    ours = theorem.to_dict() if theorem is not None else {}
+    for key, value in ours.items():
         if key in PAPER:
             lines.append(f"| {key} | {value:.4g} | [{spread[f'{key}_ci_low']:.4g}, {spread[f'{key}_ci_high']:.4g}] "
                          f"| {PAPER[key]:.4g} |")
-    lines += [f"| r (Pearson) | {theorem.r:.3f} | - | - |",
-              f"| bound holds | {theorem.bound_holds} | in {spread['bound_holds_share']:.0%} of resamples | True |"]
-    if "block_hlm" in s:  # beyond the papers: the block method against the LLM alone, on the modelled clock
-        headline |= {"block_throughput_vs_llm": s["block_hlm"]["throughput_modelled"] / s["llm"]["throughput_modelled"]
-                     if "llm" in s else math.nan,
-                     "block_throughput_vs_hlm": s["block_hlm"]["throughput_modelled_vs_hlm"],
-                     "block_exact": s["block_hlm"]["exact"]}
-    if "cu_hlm" in s:  # the CU-HLM abstract's numbers
-        headline |= {
-            "cu_tr_reduction": 1.0 - s["cu_hlm"]["transmission_rate"],
-            "cu_compression_rate": s["cu_hlm"]["compression_rate"],
-            "cu_throughput_vs_hlm": s["cu_hlm"]["throughput_modelled_vs_hlm"],
-            "cu_accuracy_vs_llm": float(np.mean([o.summaries["cu_hlm"]["accuracy_vs_llm"]
-                                                 for o in per_dataset.values()])),
-        }
+    if theorem is not None:
+        lines += [f"| r (Pearson) | {theorem.r:.3f} | - | - |",
+                  f"| bound holds | {theorem.bound_holds} | in {spread['bound_holds_share']:.0%} of resamples "
+                  "| True |"]
+    else:
+        lines.append(f"| Theorem 1 | does not apply: {theorem_failed} | - | a = 0.82 |")
     papers = PAPER_HEADLINE | PAPER_CU_HEADLINE
-    for key, value in headline.items():
+    for key, (value, low, high) in headline.items():
         paper = f"{papers[key]:.4g}" if key in papers else "-"
-        lines.append(f"| {key} | {value:.4g} | {paper} |")
-    summary = "\n".join(["Table I (cosine similarity, USE):", table, "", "Theorem 1 and headline numbers "
+        lines.append(f"| {key} | {value:.4g} | [{low:.4g}, {high:.4g}] | {paper} |")
+    summary = "\n".join(["Table I (cosine similarity, USE; ours with its 95% bootstrap interval over prompts):", table,
+                         "", "Theorem 1 and headline numbers "
                          f"({rep.datasets[0]} for the throughput and TR; accuracy averaged over data sets):", *lines])
     (folder / "summary.md").write_text(summary + "\n")
-    (folder / "theorem.json").write_text(json.dumps({"ours": theorem.to_dict(), "intervals": spread, "paper": PAPER,
-                                                     "headline": headline, "paper_headline": papers},
-                                                    indent=2))
+    (folder / "theorem.json").write_text(json.dumps(
+        {"ours": ours or {"error": theorem_failed}, "intervals": spread, "paper": PAPER,
+         "headline": {k: list(v) for k, v in headline.items()}, "paper_headline": papers}, indent=2))
     print(summary)
     elapsed = time.perf_counter() - start
-    print(f"\n[reproduce] done in {elapsed:.0f} s; files in {folder}")
+    (folder / "reproduction.md").write_text(reproduction_report(argv=argv, cfg=cfg, pair=pair, summary=summary,
+                                                                elapsed_s=elapsed))
+    print(f"\n[reproduce] done in {elapsed:.0f} s; files in {folder} (reproduction.md: the report)")
 
     if cfg.tracking.enabled:
         import mlflow
@@ -173,10 +200,14 @@ def main(argv: list[str]) -> int:
         experiment_id = setup_experiment(cfg.tracking, job="reproduce")
         with mlflow.start_run(experiment_id=experiment_id, run_name=f"reproduce-{folder.name}") as run_:
             mlflow.log_params(flat_params(cfg))
-            mlflow.log_metrics(finite_metrics({**{f"theorem.{k}": v for k, v in theorem.to_dict().items()},
+            mlflow.log_metrics(finite_metrics({**{f"theorem.{k}": v for k, v in ours.items()},
                                                **{f"theorem.{k}": v for k, v in spread.items()},
-                                               **headline, "wall_s": elapsed}))
-            for path in [folder / "table1.csv", folder / "table1.md", folder / "summary.md", folder / "theorem.json"]:
+                                               **{k: v[0] for k, v in headline.items()},
+                                               **{f"{k}_ci_low": v[1] for k, v in headline.items()},
+                                               **{f"{k}_ci_high": v[2] for k, v in headline.items()},
+                                               "wall_s": elapsed}))
+            for path in [folder / "table1.csv", folder / "table1.md", folder / "summary.md", folder / "theorem.json",
+                         folder / "reproduction.md"]:
                 mlflow.log_artifact(str(path))
             mlflow.log_artifacts(str(folder / "figures"), "figures")
             experiment = experiment_name(cfg.tracking, job="reproduce")

@@ -28,11 +28,16 @@ def test_binned_rejection_by_hand():
     assert math.isnan(rows[1][2])  # one sample: no interval
 
 
-def test_table_one_puts_the_paper_beside_ours():
-    rows, markdown = table_one(accuracy={"llm": {"alpaca": 0.7, "qed": 0.6}, "u_hlm": {"alpaca": 0.65, "qed": 0.5}})
-    assert rows[0] == {"method": "llm", "alpaca_ours": 0.7, "alpaca_paper": PAPER_TABLE_I["llm"]["alpaca"],
-                       "qed_ours": 0.6, "qed_paper": PAPER_TABLE_I["llm"]["qed"]}
-    assert "| U-HLM | 0.6500 | 0.5585 | 0.5000 | 0.4943 |" in markdown
+def test_table_one_puts_the_paper_beside_ours_with_our_interval():
+    summaries = {"alpaca": {"llm": {"accuracy": 0.7, "accuracy_ci_low": 0.6, "accuracy_ci_high": 0.78},
+                            "u_hlm": {"accuracy": 0.65, "accuracy_ci_low": 0.55, "accuracy_ci_high": 0.7}},
+                 "qed": {"llm": {"accuracy": 0.6}, "u_hlm": {"accuracy": 0.5}}}  # qed: no interval
+    rows, markdown = table_one(summaries=summaries)
+    assert {k: v for k, v in rows[0].items() if not k.startswith("qed_ci")} == {
+        "method": "llm", "alpaca_ours": 0.7, "alpaca_paper": PAPER_TABLE_I["llm"]["alpaca"], "alpaca_ci_low": 0.6,
+        "alpaca_ci_high": 0.78, "qed_ours": 0.6, "qed_paper": PAPER_TABLE_I["llm"]["qed"]}
+    assert math.isnan(rows[0]["qed_ci_low"]) and math.isnan(rows[0]["qed_ci_high"])
+    assert "| U-HLM | 0.6500 [0.5500, 0.7000] | 0.5585 | 0.5000 | 0.4943 |" in markdown
 
 
 def test_figures_are_written(tmp_path):

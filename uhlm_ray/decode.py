@@ -60,6 +60,9 @@ class VerifierClient(Protocol):
     def score(self, *, session_id: str, new_tokens: list[int], reopen: Reopen | None = None
               ) -> tuple[list[float], float]: ...
 
+    def score_batch(self, *, items: list[tuple[str, list[int]]], reopen: Reopen | None = None
+                    ) -> list[tuple[list[float], float]]: ...
+
     def close(self, *, session_id: str) -> bool: ...
 
 
@@ -266,11 +269,14 @@ def _outcome(*, decoder: DeviceDecoder | BlockDecoder, prefill_s: float) -> Devi
 def _finish_done(*, verifier: VerifierClient, jobs: list[DeviceJob], decoders: list, active: list[int],
                  reopen: Reopen, prefill_s: list[float], on_done: OnDone | None) -> None:
     """Devices done this round: the LLM scores what it has not seen (evaluation mode), then the session closes."""
-    for i in [i for i in active if decoders[i].done]:
-        if decoders[i].evaluate and decoders[i].unscored_tokens():
-            probs, _ = verifier.score(session_id=jobs[i].session_id, new_tokens=decoders[i].unscored_tokens(),
+    done = [i for i in active if decoders[i].done]
+    unscored = [i for i in done if decoders[i].evaluate and decoders[i].unscored_tokens()]
+    if unscored:  # one batched pass for every device that ended this round
+        scored = verifier.score_batch(items=[(jobs[i].session_id, decoders[i].unscored_tokens()) for i in unscored],
                                       reopen=reopen)
+        for i, (probs, _) in zip(unscored, scored, strict=True):
             decoders[i].finish_scoring(probs)
+    for i in done:
         verifier.close(session_id=jobs[i].session_id)
         if on_done is not None:
             on_done(i, _outcome(decoder=decoders[i], prefill_s=prefill_s[i]))

@@ -176,11 +176,21 @@ class Verifier:
     def score(self, *, session_id: str, new_tokens: list[int], reopen: Reopen | None = None
               ) -> tuple[list[float], float]:
         """y of each token the LLM has not seen (evaluation only, e.g. the skipped tail of a response)."""
+        (result,) = self.score_batch(items=[(session_id, new_tokens)], reopen=reopen)
+        return result
+
+    def score_batch(self, *, items: list[tuple[str, list[int]]], reopen: Reopen | None = None
+                    ) -> list[tuple[list[float], float]]:
+        """`score` for several sessions in one batched pass: (session_id, new tokens) each; returns each one's
+        probabilities of its new tokens and the seconds of the pass (evaluation only: off both clocks)."""
         with self._lock:
-            session, _ = self._get(session_id)
-            if not new_tokens:
-                return [], 0.0
-            for token in new_tokens:
-                session.append(token)
-            session.next_logits(score=True)
-            return session.pending_probs, session.timing.forward_s + session.timing.scoring_s
+            ids = [session_id for session_id, _ in items]
+            if len(set(ids)) != len(ids):
+                raise SessionError(f"sessions {sorted({i for i in ids if ids.count(i) > 1})} appear twice in a batch")
+            sessions = [self._get(session_id)[0] for session_id in ids]
+            for session, (_, new_tokens) in zip(sessions, items, strict=True):
+                for token in new_tokens:
+                    session.append(token)
+            forward_sessions([s for s, (_, new) in zip(sessions, items, strict=True) if new], score=True)
+            return [(session.pending_probs, session.timing.forward_s + session.timing.scoring_s) if new else ([], 0.0)
+                    for session, (_, new) in zip(sessions, items, strict=True)]

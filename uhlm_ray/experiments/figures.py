@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from uhlm_ray.experiments.evaluate import METHOD_LABELS
+from uhlm_ray.experiments.evaluate import METHOD_LABELS, format_with_interval
 from uhlm_ray.measures.theory import TheoremReport, UncertaintyDensity
 
 # Table I of the paper (cosine similarity, USE), and its other headline numbers
@@ -27,6 +27,44 @@ PAPER_HEADLINE = {"tr_reduction": 0.4593, "accuracy_vs_llm": 0.9754, "throughput
 PAPER_CU_HEADLINE = {"cu_tr_reduction": 0.748, "cu_compression_rate": 0.974, "cu_throughput_vs_hlm": 206.0,
                      "cu_accuracy_vs_llm": 0.974}
 
+
+# headline key -> (method, summary metric, transform): 1 - TR is the transmission-rate reduction
+HEADLINE_SOURCES = {
+    "tr_reduction": ("u_hlm", "transmission_rate", "complement"),
+    "accuracy_vs_llm": ("u_hlm", "accuracy_vs_llm", "mean_over_datasets"),
+    "throughput_vs_hlm": ("u_hlm", "throughput_modelled_vs_hlm", "first_dataset"),
+    "cu_tr_reduction": ("cu_hlm", "transmission_rate", "complement"),
+    "cu_compression_rate": ("cu_hlm", "compression_rate", "first_dataset"),
+    "cu_throughput_vs_hlm": ("cu_hlm", "throughput_modelled_vs_hlm", "first_dataset"),
+    "cu_accuracy_vs_llm": ("cu_hlm", "accuracy_vs_llm", "mean_over_datasets"),
+    "block_throughput_vs_llm": ("block_hlm", "throughput_modelled_vs_llm", "first_dataset"),
+    "block_throughput_vs_hlm": ("block_hlm", "throughput_modelled_vs_hlm", "first_dataset"),
+}
+
+
+def headline_numbers(*, summaries: dict[str, dict[str, dict[str, float]]], first: str
+                     ) -> dict[str, tuple[float, float, float]]:
+    """The papers' headline numbers from our summaries (data set -> method -> summary), each as
+    (value, 95% low, 95% high). Rates and throughputs come from the `first` data set; accuracies relative to the LLM
+    are averaged over the data sets, as the paper does, with an interval that combines the per-set bootstrap
+    intervals as independent normal errors (the sets share no prompts)."""
+    out = {}
+    for key, (method, metric, how) in HEADLINE_SOURCES.items():
+        if method not in summaries[first]:
+            continue
+        s = summaries[first][method]
+        value, low, high = (s.get(metric, math.nan), s.get(f"{metric}_ci_low", math.nan),
+                            s.get(f"{metric}_ci_high", math.nan))
+        if how == "complement":
+            value, low, high = 1.0 - value, 1.0 - high, 1.0 - low
+        elif how == "mean_over_datasets":
+            per = [summaries[d][method] for d in summaries if method in summaries[d]]
+            value = float(np.mean([p.get(metric, math.nan) for p in per]))
+            half = [(p.get(f"{metric}_ci_high", math.nan) - p.get(f"{metric}_ci_low", math.nan)) / 2 for p in per]
+            spread = math.sqrt(sum(h * h for h in half)) / len(per)
+            low, high = value - spread, value + spread
+        out[key] = (value, low, high)
+    return out
 
 def _plt():
     import matplotlib
@@ -143,22 +181,27 @@ def fig6_rates_and_snr(*, summaries: dict[str, dict[str, float]], path: Path) ->
     plt.close(fig)
 
 
-def table_one(*, accuracy: dict[str, dict[str, float]]) -> tuple[list[dict], str]:
-    """Table I: cosine similarity per method (rows) and data set (columns), ours beside the paper's."""
-    datasets = sorted({d for per in accuracy.values() for d in per})
+def table_one(*, summaries: dict[str, dict[str, dict[str, float]]]) -> tuple[list[dict], str]:
+    """Table I: cosine similarity per method (rows) and data set (columns), ours with its 95% bootstrap interval
+    over prompts beside the paper's. `summaries` maps data set -> method -> summary (summarize_methods')."""
+    datasets = sorted(summaries)
+    methods = {m for per in summaries.values() for m in per}
     rows, lines = [], []
     header = "| method | " + " | ".join(f"{d} (ours) | {d} (paper)" for d in datasets) + " |"
     lines += [header, "|---|" + "---:|---:|" * len(datasets)]
     for method in ("llm", "slm", "hlm", "rand_hlm", "u_hlm", "cu_hlm", "block_hlm"):
-        if method not in accuracy:
+        if method not in methods:
             continue
-        row = {"method": method}
+        row: dict = {"method": method}
         cells = []
         for d in datasets:
-            ours = accuracy[method].get(d, math.nan)
+            summary = summaries[d].get(method, {})
             paper = PAPER_TABLE_I.get(method, {}).get(d, math.nan)
-            row[f"{d}_ours"], row[f"{d}_paper"] = ours, paper
-            cells += [f"{ours:.4f}", f"{paper:.4f}" if not math.isnan(paper) else "-"]
+            row[f"{d}_ours"], row[f"{d}_paper"] = summary.get("accuracy", math.nan), paper
+            row[f"{d}_ci_low"], row[f"{d}_ci_high"] = (summary.get("accuracy_ci_low", math.nan),
+                                                       summary.get("accuracy_ci_high", math.nan))
+            cells += [format_with_interval(summary, key="accuracy", fmt="{:.4f}"),
+                      f"{paper:.4f}" if not math.isnan(paper) else "-"]
         rows.append(row)
         lines.append(f"| {METHOD_LABELS[method]} | " + " | ".join(cells) + " |")
     return rows, "\n".join(lines)

@@ -285,9 +285,10 @@ def local_store(shared_dir: Path) -> Callable[[str], StoreView]:
 def evaluate_trial(
     *, pair: ModelPair, examples: list[Example], cfg: EvaluateConfig, encoder: Encoder,
     store_for: Callable[[str], StoreView], prefixes: PrefixCache | None = None,
+    on_prompt: Callable[[PromptResult], None] | None = None,
 ) -> TrialOutcome:
     """Every method of one trial, reusing what earlier trials of the sweep already decoded (`store_for` gives the
-    shared store's part for a method key)."""
+    shared store's part for a method key); `on_prompt` hears of every prompt result, stored ones included."""
     results: dict[str, list[PromptResult]] = {}
     decoded = reused = 0
     for method in ordered_methods(cfg.methods):
@@ -296,7 +297,8 @@ def evaluate_trial(
         stored = store.load(method)
         found = sum((0, index) in stored for index in range(len(examples)))
         method_results = run_method(pair=pair, examples=examples, method=method, cfg=cfg, encoder=encoder,
-                                    store=store, send_prob=send_prob, prefixes=prefixes, stored=stored)
+                                    store=store, send_prob=send_prob, prefixes=prefixes, stored=stored,
+                                    on_prompt=on_prompt)
         reused += found
         decoded += len(examples) - found
         results[method] = rechannel(results=method_results, channel=cfg.channel, seed=cfg.decode.seed)

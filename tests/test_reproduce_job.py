@@ -1,0 +1,51 @@
+"""The reproduction job end to end on the tiny pair and two public sets: its report puts each of the paper's numbers
+beside ours with an interval, it shows progress, and a rerun resumes from the store without decoding again."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import SHARED_DATA
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"public data folder {SHARED_DATA} not present")
+
+
+def test_reproduction_reports_intervals_and_resumes(tiny_pair_dirs, tmp_path):
+    slm, llm = tiny_pair_dirs
+    overrides = [
+        "model.pair=custom", f"model.slm={slm}", f"model.llm={llm}", "model.dtype=float32",
+        f"data.path={SHARED_DATA}", "reproduce.datasets=[alpaca,qed]", "reproduce.n_prompts=4",
+        "reproduce.thresholds=[0.3,0.6]", "reproduce.measures=[temperature,mc_dropout]", "decode.max_new_tokens=6",
+        "uncertainty.k=4", f"output_dir={tmp_path / 'out' / 'evaluate'}",
+        f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}", "tracking.experiment=test-reproduce",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    cmd = [sys.executable, str(ROOT / "jobs" / "reproduce.py"), *overrides]
+
+    first = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
+    assert first.returncode == 0, first.stderr[-3000:]
+    # progress over every (run, method, prompt): 4 x (2 sets x 7 methods + 2 measures + 2 thresholds)
+    assert re.search(r"reproduce: 100%.*\b72/72\b", first.stdout + first.stderr)
+    (report_path,) = (tmp_path / "out" / "reproduce").glob("*/reproduction.md")
+    report = report_path.read_text()
+    assert "python jobs/reproduce.py " in report and "wall time" in report
+    u_hlm = next(line for line in report.splitlines() if line.startswith("| U-HLM |"))
+    cells = [c.strip() for c in u_hlm.strip("|").split("|")][1:]
+    assert len(cells) == 4  # alpaca ours, paper, qed ours, paper
+    assert re.fullmatch(r"-?\d\.\d{4} \[-?\d\.\d{4}, -?\d\.\d{4}\]", cells[0]), cells[0]  # ours, with its interval
+    assert cells[1] == "0.5585"  # the paper's
+    tr = next(line for line in report.splitlines() if line.startswith("| tr_reduction |"))
+    value, interval, paper = [c.strip() for c in tr.strip("|").split("|")][1:]
+    low, high = (float(v) for v in interval.strip("[]").split(","))
+    assert low <= float(value) <= high and paper == "0.4593"
+
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    decoded = re.findall(r"(\d+) decoded, (\d+) reused", again.stdout)
+    assert decoded and all(d == "0" for d, _ in decoded)  # everything came back from the store

@@ -173,6 +173,7 @@ def main(argv: list[str]) -> int:
                          f"| {PAPER[key]:.4g} |")
     if theorem is not None:
         lines += [f"| r (Pearson) | {theorem.r:.3f} | - | - |",
+                  f"| line rises (a > 0) | {theorem.a > 0} | in {spread['rising_share']:.0%} of resamples | True |",
                   f"| bound holds | {theorem.bound_holds} | in {spread['bound_holds_share']:.0%} of resamples "
                   "| True |"]
     else:

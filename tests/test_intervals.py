@@ -127,3 +127,13 @@ def test_theorem_intervals_cover_the_line_that_made_the_rounds():
     rounds_alone = [dataclasses.replace(r, prompt_index=i) for i, r in enumerate(records)]
     naive = theorem_intervals(rounds_alone, n_resamples=300)
     assert (spread["b_ci_high"] - spread["b_ci_low"]) > 1.5 * (naive["b_ci_high"] - naive["b_ci_low"])
+    assert spread["rising_share"] == 1.0
+
+    # no relation at all: about half the resamples fall, and a's interval must still straddle 0 rather than sit
+    # on the rising half alone (resamples without thresholds keep their a and b)
+    flat = [dataclasses.replace(r, beta=float(b), y_d=0.5 * (1 - float(b)))
+            for r, b in zip(records, rng.uniform(0.2, 0.4, len(records)), strict=True)]
+    spread_flat = theorem_intervals(flat, n_resamples=300)
+    assert spread_flat["a_ci_low"] < 0 < spread_flat["a_ci_high"]
+    assert 0.05 < spread_flat["rising_share"] < 0.95
+    assert spread_flat["bound_holds_share"] <= spread_flat["rising_share"]

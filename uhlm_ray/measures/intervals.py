@@ -20,7 +20,7 @@ from scipy.stats import bootstrap
 from uhlm_ray.measures.block_metrics import BlockStats, unverified_risks
 from uhlm_ray.measures.clock import ModelledClock, modelled_seconds
 from uhlm_ray.measures.metrics import SpecDecodeStats, acceptance_if_sent
-from uhlm_ray.measures.theory import theorem_report
+from uhlm_ray.measures.theory import fit_rejection_line, not_immediately_accepted, theorem_report
 from uhlm_ray.records import BlockRecord, PromptResult
 from uhlm_ray.validation import ConfigError
 
@@ -161,8 +161,12 @@ THEOREM_QUANTITIES = ("a", "b", "delta", "u_th_risk_prone", "u_th_risk_averse", 
 
 def theorem_intervals(records: list, *, n_resamples: int = 1000, seed: int = 0, bins: int = 20) -> dict[str, float]:
     """Theorem 1's fit and risk with 95% percentile intervals, by bootstrap over prompts (a prompt's rounds stay
-    together: they share a context). Also the share of resamples in which eq. 12's risk stays under eq. 13's bound,
-    so that "the bound holds" is said with its uncertainty."""
+    together: they share a context).
+
+    a, b and Delta come from every resample; the thresholds, R and its bound only from those whose line rises
+    (a > 0), since eq. 11 has no threshold otherwise. `rising_share` says how many did, and `bound_holds_share` in
+    what share of all resamples eq. 12's risk stays under eq. 13's bound (a falling line counts as not holding), so
+    that "the bound holds" is said with its uncertainty."""
     scored = [r for r in records if math.isfinite(r.y_d) and math.isfinite(r.uncertainty) and math.isfinite(r.x_d)]
     groups: dict[tuple, list] = {}
     for r in scored:
@@ -171,17 +175,26 @@ def theorem_intervals(records: list, *, n_resamples: int = 1000, seed: int = 0, 
     out: dict[str, float] = {}
     if len(columns) < 2:
         return {**{f"{q}_ci_{end}": math.nan for q in THEOREM_QUANTITIES for end in ("low", "high")},
-                "bound_holds_share": math.nan}
+                "bound_holds_share": math.nan, "rising_share": math.nan}
     rng = np.random.default_rng(seed)
     draws: dict[str, list[float]] = {q: [] for q in THEOREM_QUANTITIES}
-    holds = []
+    holds, rising = [], []
     for _ in range(n_resamples):
         data = np.concatenate([columns[i] for i in rng.integers(len(columns), size=len(columns))])
+        u, beta, x_d, y_d = data.T
         try:
-            report = theorem_report(u=data[:, 0], beta=data[:, 1], x_d=data[:, 2], y_d=data[:, 3], bins=bins)
+            fit = fit_rejection_line(u=u, beta=beta)
         except ConfigError:  # a resample whose u does not vary: no line to fit
             continue
-        for q in THEOREM_QUANTITIES:
+        draws["a"].append(fit.a)
+        draws["b"].append(fit.b)
+        draws["delta"].append(not_immediately_accepted(x_d=x_d, y_d=y_d))
+        rising.append(fit.a > 0)
+        if not fit.a > 0:
+            holds.append(False)
+            continue
+        report = theorem_report(u=u, beta=beta, x_d=x_d, y_d=y_d, bins=bins)
+        for q in THEOREM_QUANTITIES[3:]:  # the thresholds, R and the bound
             draws[q].append(getattr(report, q))
         holds.append(report.bound_holds)
     for q, values in draws.items():
@@ -189,4 +202,5 @@ def theorem_intervals(records: list, *, n_resamples: int = 1000, seed: int = 0, 
         low, high = (np.percentile(finite, [2.5, 97.5]) if finite.size else (math.nan, math.nan))
         out[f"{q}_ci_low"], out[f"{q}_ci_high"] = float(low), float(high)
     out["bound_holds_share"] = float(np.mean(holds)) if holds else math.nan
+    out["rising_share"] = float(np.mean(rising)) if rising else math.nan
     return out

@@ -1,6 +1,7 @@
 """Wall-clock race on the embedded pair: the LLM alone, Hugging Face assisted generation and our hybrid methods.
 
-    .venv/bin/python bench/assisted_race.py [--prompts 3] [--tokens 32] [--repeats 3] [overrides...]
+    .venv/bin/python bench/assisted_race.py [--prompts 3] [--tokens 32] [--repeats 3] [--only 'fixed n = 3'] \
+        [overrides...]
 
 Same prompts (chat-templated built-ins), same max new tokens, same machine, same process, plain sampling at
 temperature 1 everywhere (no top-k/top-p, no repetition penalty), measured in one run, every row `--repeats` times
@@ -17,6 +18,10 @@ temperature 1 everywhere (no top-k/top-p, no repetition penalty), measured in on
 
 Each time includes the prompt prefill. Prints tokens per second, the ratios to the LLM alone and to HF assisted's
 fastest setting, and for our methods the share of round time outside model forward passes (framework overhead).
+Then a per-token breakdown of every run, measured the same way for HF and for us by hooks on each model's decoder
+and output head (so every forward counts, whoever calls it): SLM forwards and LLM passes per generated token and
+their mean cost, our uncertainty measure's time (from the records), and the rest (sampling, verification
+arithmetic, framework), all per generated token (medians over the repeats; prefill included, as in the race).
 """
 
 from __future__ import annotations
@@ -51,6 +56,30 @@ BLOCKS = [
 ]
 
 
+class ForwardMeter:
+    """Counts the forward passes of one model's decoder and times them with its output head, by module hooks."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.calls, self.seconds = 0, 0.0
+        self._started: float | None = None
+        for module, counts in ((model.get_decoder(), True), (model.get_output_embeddings(), False)):
+            module.register_forward_pre_hook(self._start)
+            module.register_forward_hook(lambda *_, counts=counts: self._stop(counts=counts))
+
+    def _start(self, *_) -> None:
+        self._started = time.perf_counter()
+
+    def _stop(self, *, counts: bool) -> None:
+        self.seconds += time.perf_counter() - self._started
+        self.calls += counts
+
+    def take(self) -> tuple[int, float]:
+        """(forward passes, seconds) since the last take."""
+        out = (self.calls, self.seconds)
+        self.calls, self.seconds = 0, 0.0
+        return out
+
+
 def hf_generate(*, pair, prompts: list[list[int]], tokens: int, assistant: dict | None) -> tuple[int, float, None]:
     """Generated tokens and seconds over all prompts; `assistant` None is the LLM alone."""
     eos = sorted(pair.eos_token_ids)
@@ -71,11 +100,12 @@ def hf_generate(*, pair, prompts: list[list[int]], tokens: int, assistant: dict 
                                           assistant_model=pair.slm.model if assistant is not None else None)
         seconds += time.perf_counter() - start
         produced += out.shape[1] - input_ids.shape[1]
-    return produced, seconds, None
+    return produced, seconds, None, 0.0
 
 
-def ours(*, pair, prompts: list[list[int]], method: str, cfg) -> tuple[int, float, float]:
-    """Tokens, seconds and the share of round time outside forward passes, for one of our methods."""
+def ours(*, pair, prompts: list[list[int]], method: str, cfg) -> tuple[int, float, float, float]:
+    """Tokens, seconds, the share of round time outside forward passes and the uncertainty measure's seconds, for
+    one of our methods."""
     produced, seconds, records = 0, 0.0, []
     policy = make_policy(method=method, cfg=cfg)
     for i, ids in enumerate(prompts):
@@ -85,7 +115,7 @@ def ours(*, pair, prompts: list[list[int]], method: str, cfg) -> tuple[int, floa
         seconds += time.perf_counter() - start
         produced += len(tokens)
         records += prompt_records
-    return produced, seconds, overhead_share(records)
+    return produced, seconds, overhead_share(records), sum(r.tau_uncertainty_s for r in records)
 
 
 def main(argv: list[str]) -> int:
@@ -93,6 +123,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--prompts", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--only", default="", help="comma-separated label parts: keep only our rows that match "
+                        "(the LLM alone and HF's rows always run)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
     base = [f"data.n_prompts={args.prompts}", f"decode.max_new_tokens={args.tokens}", "decode.evaluation_methods=[]",
@@ -103,7 +135,7 @@ def main(argv: list[str]) -> int:
     hf_generate(pair=pair, prompts=prompts[:1], tokens=4, assistant={})  # warm-up: first-call costs off the table
 
     defaults = GenerationConfig._get_default_generation_params()  # what HF fills in for unset settings
-    rows: list[tuple[str, str, Callable[[], tuple[int, float, float | None]]]] = [
+    rows: list[tuple[str, str, Callable[[], tuple[int, float, float | None, float]]]] = [
         ("llm", "LLM alone (HF generate)",
          lambda: hf_generate(pair=pair, prompts=prompts, tokens=args.tokens, assistant=None)),
         ("hf", f"HF assisted, default ({defaults['num_assistant_tokens']} tokens, "
@@ -124,12 +156,25 @@ def main(argv: list[str]) -> int:
         rows.append(("block", f"ours: Block-HLM (lossless), {label}",
                      lambda c=block_cfg: ours(pair=pair, prompts=prompts, method="block_hlm", cfg=c)))
 
+    if args.only:
+        wanted = [w.strip() for w in args.only.split(",")]
+        rows = [r for r in rows if r[0] in ("llm", "hf") or any(w in r[1] for w in wanted)]
+    meters = {"slm": ForwardMeter(pair.slm.model), "llm": ForwardMeter(pair.llm.model)}
     rates: dict[int, list[float]] = {i: [] for i in range(len(rows))}
     shares: dict[int, list[float]] = {i: [] for i in range(len(rows))}
+    per_token: dict[int, list[dict[str, float]]] = {i: [] for i in range(len(rows))}
     produced: dict[int, int] = {}
     for repeat in range(args.repeats):
         for i, (_, label, run) in enumerate(rows):
-            n, seconds, share = run()
+            for meter in meters.values():
+                meter.take()
+            n, seconds, share, measure_s = run()
+            (slm_calls, slm_s), (llm_calls, llm_s) = meters["slm"].take(), meters["llm"].take()
+            per_token[i].append({"slm_fwd": slm_calls / n, "slm_ms": 1e3 * slm_s / max(slm_calls, 1),
+                                 "llm_fwd": llm_calls / n, "llm_ms": 1e3 * llm_s / max(llm_calls, 1),
+                                 "measure_ms": 1e3 * measure_s / n,
+                                 "rest_ms": 1e3 * (seconds - slm_s - llm_s - measure_s) / n,
+                                 "total_ms": 1e3 * seconds / n})
             rates[i].append(n / seconds)
             produced[i] = n
             if share is not None:
@@ -149,6 +194,16 @@ def main(argv: list[str]) -> int:
         mark = " (tuned: fastest)" if i == fastest else ""
         print(f"| {label}{mark} | {produced[i]} | {median[i]:.2f} | {median[i] / llm:.2f} | "
               f"{median[i] / median[fastest]:.2f} | {share} |")
+
+    print("\nPer generated token (medians over the repeats; SLM / LLM: forward passes of each model and their mean "
+          "cost, output head included; measure: our uncertainty measure; rest: sampling, verification arithmetic "
+          "and framework):")
+    print("| run | SLM fwd | ms per SLM fwd | LLM passes | ms per LLM pass | measure ms | rest ms | ms per token |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for i, (_, label, _) in enumerate(rows):
+        m = {k: statistics.median(d[k] for d in per_token[i]) for k in per_token[i][0]}
+        print(f"| {label} | {m['slm_fwd']:.2f} | {m['slm_ms']:.1f} | {m['llm_fwd']:.2f} | {m['llm_ms']:.1f} | "
+              f"{m['measure_ms']:.1f} | {m['rest_ms']:.1f} | {m['total_ms']:.1f} |")
     return 0
 
 

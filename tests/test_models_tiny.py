@@ -1,5 +1,6 @@
 """Model loading, the vocabulary check and the KV-cache step API on a tiny random-weight pair (mechanics)."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -107,4 +108,51 @@ def test_batched_forward_equals_each_session_alone(tiny_pair):
     for session, prompt, tokens in zip(batched, prompts, appended, strict=True):
         torch.testing.assert_close(session.next_logits(),
                                    full_recompute_logits(model=tiny_pair.llm, token_ids=prompt + tokens + [3]),
+                                   atol=1e-4, rtol=1e-4)
+
+
+def _partitions(items):
+    if not items:
+        yield []
+        return
+    first, rest = items[0], items[1:]
+    for part in _partitions(rest):
+        yield [[first], *part]
+        for i in range(len(part)):
+            yield [*part[:i], [first, *part[i]], *part[i + 1:]]
+
+
+def test_pass_groups_is_the_cheapest_split():
+    """Against every partition of the sessions (not only contiguous runs of the sorted lengths)."""
+    from uhlm_ray.models.session import pass_groups
+
+    def cost(groups, lengths, overhead):
+        return sum(overhead + len(g) * max(lengths[i] for i in g) for g in groups)
+
+    rng = np.random.default_rng(3)
+    for _ in range(40):
+        lengths = rng.integers(1, 9, size=int(rng.integers(1, 7))).tolist()
+        overhead = int(rng.integers(0, 20))
+        groups = pass_groups(lengths, overhead_rows=overhead)
+        assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+        best = min(cost(p, lengths, overhead) for p in _partitions(list(range(len(lengths)))))
+        assert cost(groups, lengths, overhead) == best
+    assert pass_groups([1] * 7 + [6], overhead_rows=12) == [list(range(7)), [7]]  # 19 + 18 rows, not 12 + 48
+    assert pass_groups([1] * 7 + [6], overhead_rows=4096) == [list(range(8))]  # a GPU: one pass
+
+
+def test_a_long_catch_up_gets_its_own_pass_with_the_same_results(tiny_pair):
+    from uhlm_ray.models.session import forward_sessions
+
+    prompts = [[2, 3], [4, 5, 6], [7], [8, 9]]
+    appended = [[10], [11], [12], [2 + i % 10 for i in range(38)]]  # one device skipped 38 rounds
+    sessions = [CausalSession(model=tiny_pair.llm, prompt_ids=p) for p in prompts]
+    for session, tokens in zip(sessions, appended, strict=True):
+        for token in tokens:
+            session.append(token)
+    forward_sessions(sessions)
+    assert [s.timing.batch_size for s in sessions] == [3, 3, 3, 1]
+    for session, prompt, tokens in zip(sessions, prompts, appended, strict=True):
+        torch.testing.assert_close(session.next_logits(),
+                                   full_recompute_logits(model=tiny_pair.llm, token_ids=prompt + tokens),
                                    atol=1e-4, rtol=1e-4)

@@ -27,6 +27,7 @@ class Purpose(enum.IntEnum):
     MC_DROPOUT = 8  # MC dropout's K dropout probabilities and masks
     PARAPHRASE = 9  # prompt perturbation's K paraphrases (round 0: once per prompt)
     UPLINK = 10  # a block round's channel: fading draws, retransmissions
+    COUPLED = 11  # the shared race noise of a response position (sampling/coupling.py): keyed by position, not round
 
 
 def keyed_rng(

@@ -99,20 +99,29 @@ def main(argv: list[str]) -> int:
     prefixes = prefix_cache(cfg.runtime)  # forward passes shared by every run of the reproduction
     shared = folder / "shared"
 
-    # every (run, method, prompt) the reproduction needs, so the bar's time left covers all of it
+    # every (run, method, prompt) the reproduction needs; what a store already holds leaves the total as it is
+    # found, so that the rate and the time left are those of decoding
     total = rep.n_prompts * (len(rep.datasets) * len(cfg.methods) + len(rep.measures) + len(rep.thresholds))
-    bar = tqdm(total=total, desc="reproduce", unit="prompt", file=sys.stdout, smoothing=0.05)
+    bar = tqdm(total=total, desc="reproduce: to decode", unit="prompt", file=sys.stdout, smoothing=0.1)
+    reused = 0
 
     def run(trial_cfg: EvaluateConfig, label: str):
         examples = load_examples(trial_cfg.data)
         t0 = time.perf_counter()
 
         def progress(result: PromptResult) -> None:
-            bar.set_postfix_str(f"{label}: {METHOD_LABELS[result.method]} #{result.prompt_index}")
+            bar.set_postfix_str(f"{reused} reused; {label}: {METHOD_LABELS[result.method]} #{result.prompt_index}")
             bar.update(1)
 
+        def found(result: PromptResult) -> None:
+            nonlocal reused
+            reused += 1
+            bar.total -= 1
+            bar.set_postfix_str(f"{reused} reused; {label}")
+
         outcome = evaluate_trial(pair=pair, examples=examples, cfg=trial_cfg, encoder=encoder,
-                                 store_for=local_store(shared), prefixes=prefixes, on_prompt=progress)
+                                 store_for=local_store(shared), prefixes=prefixes, on_prompt=progress,
+                                 on_stored=found)
         bar.write(f"[reproduce] {label}: {len(examples)} prompts, {outcome.decoded_prompts} decoded, "
                   f"{outcome.reused_prompts} reused, {time.perf_counter() - t0:.0f} s")
         return outcome

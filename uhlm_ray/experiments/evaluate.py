@@ -110,18 +110,22 @@ def run_method(
     on_prompt: Callable[[PromptResult], None] | None = None,
     prefixes: PrefixCache | None = None,
     stored: dict[tuple[int, int], PromptResult] | None = None,
+    on_stored: Callable[[PromptResult], None] | None = None,
 ) -> list[PromptResult]:
     """Decode every example with one method, skipping those the store already holds (`stored`: the caller's
     `store.load(method)`, when it has read it already). The rest are decoded in lockstep batches of `batch_size`,
-    and each result is stored the moment its prompt finishes. Without an encoder the responses are not scored."""
+    and each result is stored the moment its prompt finishes. Without an encoder the responses are not scored.
+    `on_prompt` hears of every result; `on_stored`, when given, hears of the stored ones instead (so that a progress
+    bar's rate counts only what is decoded now)."""
     if stored is None:
         stored = store.load(method) if store is not None and cfg.resume else {}
     policy = make_policy(method=method, cfg=cfg, send_prob=send_prob)
     results: dict[int, PromptResult] = {i: stored[(0, i)] for i in range(len(examples)) if (0, i) in stored}
     pending = [i for i in range(len(examples)) if i not in results]
-    if on_prompt is not None:  # what an earlier run stored counts as done now
+    report_stored = on_stored or on_prompt
+    if report_stored is not None:  # what an earlier run stored counts as done now
         for i in sorted(results):
-            on_prompt(results[i])
+            report_stored(results[i])
     size = batch_size(cfg=cfg, pair=pair)
     for first in range(0, len(pending), size):
         chunk = pending[first:first + size]

@@ -286,9 +286,10 @@ def evaluate_trial(
     *, pair: ModelPair, examples: list[Example], cfg: EvaluateConfig, encoder: Encoder,
     store_for: Callable[[str], StoreView], prefixes: PrefixCache | None = None,
     on_prompt: Callable[[PromptResult], None] | None = None,
+    on_stored: Callable[[PromptResult], None] | None = None,
 ) -> TrialOutcome:
     """Every method of one trial, reusing what earlier trials of the sweep already decoded (`store_for` gives the
-    shared store's part for a method key); `on_prompt` hears of every prompt result, stored ones included."""
+    shared store's part for a method key); `on_prompt` and `on_stored` as in `run_method`."""
     results: dict[str, list[PromptResult]] = {}
     decoded = reused = 0
     for method in ordered_methods(cfg.methods):
@@ -298,7 +299,7 @@ def evaluate_trial(
         found = sum((0, index) in stored for index in range(len(examples)))
         method_results = run_method(pair=pair, examples=examples, method=method, cfg=cfg, encoder=encoder,
                                     store=store, send_prob=send_prob, prefixes=prefixes, stored=stored,
-                                    on_prompt=on_prompt)
+                                    on_prompt=on_prompt, on_stored=on_stored)
         reused += found
         decoded += len(examples) - found
         results[method] = rechannel(results=method_results, channel=cfg.channel, seed=cfg.decode.seed)

@@ -48,6 +48,7 @@ from uhlm_ray.measures.intervals import theorem_intervals
 from uhlm_ray.measures.similarity import load_encoder
 from uhlm_ray.measures.theory import PAPER, theorem_report_from_records
 from uhlm_ray.models import load_pair
+from uhlm_ray.models.loading import ModelPair
 from uhlm_ray.models.prefix_cache import prefix_cache
 from uhlm_ray.records import PromptResult
 from uhlm_ray.validation import ConfigError
@@ -66,7 +67,8 @@ def variant(cfg: EvaluateConfig, **changes) -> EvaluateConfig:
 PAPER_CHANNEL = ["channel.model=shannon", "channel.upload_overhead_ms=0"]
 
 
-def reproduction_report(*, argv: list[str], cfg: EvaluateConfig, pair, summary: str, elapsed_s: float) -> str:
+def reproduction_report(*, argv: list[str], cfg: EvaluateConfig, pair: ModelPair, summary: str,
+                        elapsed_s: float) -> str:
     """The run's own account: the command, the machine, the settings that matter, the wall time and the tables."""
     dtype = next(pair.slm.model.parameters()).dtype
     machine = machine_name(next(pair.slm.model.parameters()).device)

@@ -66,6 +66,7 @@ def headline_numbers(*, summaries: dict[str, dict[str, dict[str, float]]], first
         out[key] = (value, low, high)
     return out
 
+
 def _plt():
     import matplotlib
 

@@ -28,7 +28,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("run")
     parser.add_argument("--sizes", default="5,20,100")
     parser.add_argument("overrides", nargs="*")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     store = ResultStore(Path(args.run))
     methods = ordered_methods([p.stem for p in Path(args.run).glob("*.jsonl")])
     stored = {m: [r for _, r in sorted(store.load(m).items())] for m in methods}

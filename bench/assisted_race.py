@@ -53,6 +53,8 @@ BLOCKS = [
      ["block.payload=truncated", "block.stop=uncertainty", "block.stop_u_th=0.2"]),
     ("truncated top-p 0.95, fixed n = 1", ["block.payload=truncated", "block.stop=fixed", "block.fixed_drafts=1"]),
     ("truncated top-p 0.95, fixed n = 3", ["block.payload=truncated", "block.stop=fixed", "block.fixed_drafts=3"]),
+    # HF's own stop (its assistant stops drafting below a confidence of 0.4, whatever num_assistant_tokens says)
+    ("truncated top-p 0.95, confidence stop 0.4", ["block.payload=truncated", "block.stop=confidence"]),
 ]
 
 

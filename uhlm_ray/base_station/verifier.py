@@ -48,6 +48,12 @@ def block_uniforms(*, key: SessionKey, round_index: int, drafts: int) -> tuple[l
     return accept, key.uniform(round_index=round_index, purpose=Purpose.RESAMPLE, offset=drafts)
 
 
+def _check_unique(ids: list[str]) -> None:
+    """A batch holds each session once: two requests would race on one KV cache."""
+    if len(set(ids)) != len(ids):
+        raise SessionError(f"sessions {sorted({i for i in ids if ids.count(i) > 1})} appear twice in a batch")
+
+
 class Verifier:
     """LLM sessions by id, opened with a prompt, verified in batches, closed when the device is done."""
 
@@ -89,8 +95,7 @@ class Verifier:
         session is ever lost, so `reopen` is not needed.)"""
         with self._lock:
             ids = [r.session_id for r in requests]
-            if len(set(ids)) != len(ids):
-                raise SessionError(f"sessions {sorted({i for i in ids if ids.count(i) > 1})} appear twice in a batch")
+            _check_unique(ids)
             entries = [self._get(r.session_id) for r in requests]
             for (session, _), request in zip(entries, requests, strict=True):
                 for token in request.new_tokens:
@@ -122,8 +127,7 @@ class Verifier:
         to the longest), then each keeps its accepted prefix and drops the rest from its KV cache."""
         with self._lock:
             ids = [r.session_id for r in requests]
-            if len(set(ids)) != len(ids):
-                raise SessionError(f"sessions {sorted({i for i in ids if ids.count(i) > 1})} appear twice in a batch")
+            _check_unique(ids)
             entries = [self._get(r.session_id) for r in requests]
             before = []
             for (session, _), request in zip(entries, requests, strict=True):
@@ -185,8 +189,7 @@ class Verifier:
         probabilities of its new tokens and the seconds of the pass (evaluation only: off both clocks)."""
         with self._lock:
             ids = [session_id for session_id, _ in items]
-            if len(set(ids)) != len(ids):
-                raise SessionError(f"sessions {sorted({i for i in ids if ids.count(i) > 1})} appear twice in a batch")
+            _check_unique(ids)
             sessions = [self._get(session_id)[0] for session_id in ids]
             for session, (_, new_tokens) in zip(sessions, items, strict=True):
                 for token in new_tokens:

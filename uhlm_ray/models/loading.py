@@ -55,7 +55,7 @@ def resolve_dtype(name: str, *, device: str) -> torch.dtype:
     # 5.7 tok/s of trial time for the LLM alone against 3.9 in bf16. A one-token bf16 step was faster on AVX2
     # (memory-bound), but batches are the common case now: bf16 only where the CPU computes in it.
     capability = torch.backends.cpu.get_cpu_capability()
-    return torch.bfloat16 if capability in ("AVX512_BF16", "AMX") or "AMX" in capability else torch.float32
+    return torch.bfloat16 if capability == "AVX512_BF16" or "AMX" in capability else torch.float32
 
 
 def _gguf_cache_folder(gguf: Path) -> Path:

@@ -29,6 +29,7 @@ BLOCK_STOPS = ("uncertainty", "confidence", "fixed", "channel_aware")
 BLOCK_PAYLOADS = ("full", "truncated", "ids")
 LLM_PASS_PRICING = ("measured", "flat")
 CLOCK_TIMINGS = ("calibrated", "measured")
+SAMPLING_MODES = ("independent", "coupled")  # decode.sampling
 BATCH_SIZE_DEFAULTS = {"cpu": 16, "cuda": 64}
 
 
@@ -171,6 +172,11 @@ class DecodeConfig:
     # Methods whose skipped rounds the LLM also scores (time kept off both clocks), so that TSR and the rejection
     # risk are measured. HLM needs none (it sends everything); adding "slm" costs an LLM forward per token.
     evaluation_methods: list[str] = field(default_factory=lambda: ["rand_hlm", "u_hlm", "cu_hlm"])
+    # "independent": the papers' sampling (inverse-CDF draws, speculative sampling's accept test and resampling).
+    # "coupled": every token sampled at a response position is the winner of a race on noise shared by the phone
+    # and the base station, keyed by (session, position) (uhlm_ray/sampling/coupling.py): a draft is kept when it
+    # equals the LLM's winner, so uploads are token ids only and exact methods emit the LLM alone's own tokens.
+    sampling: str = "independent"
 
 
 @dataclass
@@ -400,6 +406,7 @@ def validate_config(cfg: EvaluateConfig) -> None:
     check_range(cfg.cu_hlm.top_k, field="cu_hlm.top_k", low=1)
     check_range(cfg.cu_hlm.top_p, field="cu_hlm.top_p", low=0.0, high=1.0, low_open=True)
     check_range(cfg.decode.max_new_tokens, field="decode.max_new_tokens", low=1)
+    check_choice(cfg.decode.sampling, field="decode.sampling", allowed=SAMPLING_MODES)
     if cfg.data.n_prompts is not None:
         check_range(cfg.data.n_prompts, field="data.n_prompts", low=1)
     check_choice(cfg.clock.timing, field="clock.timing", allowed=CLOCK_TIMINGS)
@@ -452,6 +459,12 @@ def validate_block(cfg: EvaluateConfig) -> None:
     check_choice(block.truncation, field="block.truncation", allowed=("top_k", "top_p"))
     check_range(block.top_k, field="block.top_k", low=1)
     check_range(block.top_p, field="block.top_p", low=0.0, high=1.0, low_open=True)
+    if cfg.decode.sampling == "coupled" and "block_hlm" in cfg.methods and block.payload != "ids":
+        raise ConfigError(f"decode.sampling='coupled' verifies blocks by the shared race, which needs only the ids: "
+                          f"set block.payload='ids' (got {block.payload!r})")
+    if cfg.decode.sampling == "coupled" and block.greedy:
+        raise ConfigError("block.greedy=true drafts the SLM's argmax, not its race winner: it cannot be used with "
+                          "decode.sampling='coupled'")
     if block.greedy and block.payload != "ids":
         raise ConfigError(f"block.greedy=true needs block.payload='ids' (got {block.payload!r}): a full or truncated "
                           "upload must be the distribution the draft was sampled from")

@@ -41,6 +41,7 @@ from uhlm_ray.models.prefix_cache import PrefixCache
 from uhlm_ray.models.session import CausalSession, forward_sessions, mc_dropout_logits
 from uhlm_ray.protocol import BlockRequest, BlockResult, Reopen, VerifyRequest, VerifyResult
 from uhlm_ray.records import NAN, RoundRecord
+from uhlm_ray.sampling.coupling import coupled_sample, race_exponentials
 from uhlm_ray.sampling.rng import Purpose, SessionKey
 from uhlm_ray.sampling.verify import sample_inverse_cdf
 from uhlm_ray.snr import mean_snr
@@ -377,8 +378,12 @@ def decode_llm_lockstep(
         for i in active:
             llm_session, key = sessions[i], jobs[i].key
             y = torch.softmax(llm_session.next_logits(), dim=-1)  # [V] float32
-            uniform = keyed_uniform(key=key, round_index=t, purpose=Purpose.LLM_SAMPLE)
-            token = int(sample_inverse_cdf(probs=y.unsqueeze(0), uniform=uniform)[0])
+            if cfg.decode.sampling == "coupled":  # the race every coupled method's verifier runs at position t
+                token = int(coupled_sample(probs=y, exponentials=race_exponentials(key=key, position=t,
+                                                                                   vocab_size=y.shape[-1])))
+            else:
+                uniform = keyed_uniform(key=key, round_index=t, purpose=Purpose.LLM_SAMPLE)
+                token = int(sample_inverse_cdf(probs=y.unsqueeze(0), uniform=uniform)[0])
             records[i].append(RoundRecord(
                 method="llm", prompt_index=key.prompt, round=t, draft=token, token=token, uncertainty=NAN,
                 sent=False, x_d=NAN, y_d=float(y[token]), beta=NAN, accepted=None, resampled=None, payload_bits=0,

@@ -42,8 +42,9 @@ class VerifyRequest:
     round_index: int  # t, from 1
     draft: int  # d
     new_tokens: list[int]  # response tokens the LLM has not processed, oldest first
-    draft_probs: torch.Tensor  # x [V] float32, the distribution d was drawn from
+    draft_probs: torch.Tensor | None  # x [V] float32, the distribution d was drawn from; None with `coupled`
     score: bool = False  # also return y of each new token (evaluation mode)
+    coupled: bool = False  # keep d iff it is the LLM's race winner at response position round_index (ids only)
 
 
 @dataclass
@@ -73,6 +74,8 @@ class BlockRequest:
     draft_probs: torch.Tensor | None  # [n, V] float32 (dense or sparse) q_i per draft; None: ids only (point masses)
     verify: list[bool] | None = None  # False: committed unverified (lossy); None: verify every draft
     score: bool = False  # also return y of each catch-up token (evaluation mode)
+    coupled: bool = False  # keep drafts while they are the LLM's race winners (ids only, sampling/coupling.py)
+    position: int = 0  # with `coupled`: the response position of d_1 (from 1), which keys the shared noise
 
 
 @dataclass

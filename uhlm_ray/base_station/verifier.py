@@ -31,6 +31,7 @@ from uhlm_ray.protocol import (
     VerifyResult,
 )
 from uhlm_ray.sampling.block_verify import verify_block
+from uhlm_ray.sampling.coupling import coupled_sample, race_exponentials, verify_coupled_block
 from uhlm_ray.sampling.rng import Purpose, SessionKey
 from uhlm_ray.sampling.verify import verify_draft
 
@@ -104,16 +105,23 @@ class Verifier:
             results = []
             for (session, key), request in zip(entries, requests, strict=True):
                 y = torch.softmax(session.next_logits(), dim=-1)  # [V] float32
-                u_accept, u_resample = uniforms(key=key, round_index=request.round_index)
-                verdict = verify_draft(
-                    x=request.draft_probs.float().unsqueeze(0), y=y.unsqueeze(0),  # [1, V] each
-                    draft=torch.tensor([request.draft]), u_accept=torch.tensor([u_accept], dtype=torch.float64),
-                    u_resample=torch.tensor([u_resample], dtype=torch.float64), validate=False,
-                )
+                if request.coupled:  # the LLM's own race winner at this position; beta is the device's to compute
+                    winner = int(coupled_sample(probs=y, exponentials=race_exponentials(
+                        key=key, position=request.round_index, vocab_size=y.shape[-1])))
+                    token, accepted, beta = winner, winner == request.draft, float("nan")
+                    resampled = not accepted
+                else:
+                    u_accept, u_resample = uniforms(key=key, round_index=request.round_index)
+                    verdict = verify_draft(
+                        x=request.draft_probs.float().unsqueeze(0), y=y.unsqueeze(0),  # [1, V] each
+                        draft=torch.tensor([request.draft]), u_accept=torch.tensor([u_accept], dtype=torch.float64),
+                        u_resample=torch.tensor([u_resample], dtype=torch.float64), validate=False,
+                    )
+                    token, accepted, beta = int(verdict.token[0]), bool(verdict.accepted[0]), float(verdict.beta[0])
+                    resampled = bool(verdict.recovered[0])
                 caught_up = bool(request.new_tokens)
                 results.append(VerifyResult(
-                    token=int(verdict.token[0]), accepted=bool(verdict.accepted[0]),
-                    resampled=bool(verdict.recovered[0]), y_d=float(y[request.draft]), beta=float(verdict.beta[0]),
+                    token=token, accepted=accepted, resampled=resampled, y_d=float(y[request.draft]), beta=beta,
                     tau_llm_s=session.timing.forward_s if caught_up else 0.0,
                     catch_up_tokens=len(request.new_tokens), batch_size=len(requests),
                     new_token_probs=session.pending_probs if request.score and caught_up else [],
@@ -158,19 +166,29 @@ class Verifier:
                     verify[b, :n] = torch.tensor(r.verify)
                 accept, u_final[b] = block_uniforms(key=key, round_index=r.round_index, drafts=n)
                 u_accept[b, :n] = torch.tensor(accept, dtype=torch.float64)
-            verdict = verify_block(target=target, drafts=drafts,
-                                   num_drafts=torch.tensor([len(r.drafts) for r in requests]),
+            num_drafts = torch.tensor([len(r.drafts) for r in requests])
+            verdict = verify_block(target=target, drafts=drafts, num_drafts=num_drafts,
                                    draft_probs=probs, u_accept=u_accept, u_final=u_final, verify=verify)
+            picked = {b: (verdict, b) for b, r in enumerate(requests) if not r.coupled}
+            for b, ((_, key), r) in enumerate(zip(entries, requests, strict=True)):
+                if r.coupled:  # the shared race at the block's positions, one block at a time (its noise is |V| wide)
+                    n = len(r.drafts)
+                    noise = torch.stack([race_exponentials(key=key, position=r.position + i, vocab_size=vocab)
+                                         for i in range(n + 1)]).unsqueeze(0)  # [1, n + 1, V]
+                    picked[b] = (verify_coupled_block(
+                        target=target[b:b + 1, :n + 1], drafts=drafts[b:b + 1, :n], num_drafts=num_drafts[b:b + 1],
+                        exponentials=noise, verify=verify[b:b + 1, :n]), 0)
             results = []
             for b, ((session, _), r) in enumerate(zip(entries, requests, strict=True)):
-                n, a = len(r.drafts), int(verdict.num_accepted[b])
+                verdict, row = picked[b]
+                n, a = len(r.drafts), int(verdict.num_accepted[row])
                 rows = session.row_logits  # [n + 1, V]
                 session.discard(count=n - a, last_token=r.drafts[a - 1] if a else before[b], logits=rows[a])
                 catch_up = len(r.new_tokens)
                 results.append(BlockResult(
-                    tokens=verdict.tokens[b, :a + 1].tolist(), num_accepted=a,
-                    recovered=bool(verdict.recovered[b]), bonus=bool(verdict.bonus[b]),
-                    y_d=verdict.y_d[b, :n].tolist(), accept_prob=verdict.accept_prob[b, :n].tolist(),
+                    tokens=verdict.tokens[row, :a + 1].tolist(), num_accepted=a,
+                    recovered=bool(verdict.recovered[row]), bonus=bool(verdict.bonus[row]),
+                    y_d=verdict.y_d[row, :n].tolist(), accept_prob=verdict.accept_prob[row, :n].tolist(),
                     tau_llm_s=session.timing.forward_s, pass_tokens=catch_up + n, batch_size=batch,
                     new_token_probs=session.pending_probs[:catch_up] if r.score else [],
                     scoring_s=session.timing.scoring_s, replayed_s=session.timing.replayed_s,

@@ -30,6 +30,7 @@ from uhlm_ray.link.channel import Upload, expected_upload_seconds, upload
 from uhlm_ray.link.payload import block_payload_bits, sync_bits, truncate
 from uhlm_ray.protocol import BlockRequest, BlockResult
 from uhlm_ray.records import NAN, BlockRecord
+from uhlm_ray.sampling.coupling import coupled_sample, race_exponentials
 from uhlm_ray.sampling.rng import Purpose, SessionKey
 from uhlm_ray.sampling.verify import sample_inverse_cdf
 from uhlm_ray.snr import linear_to_db
@@ -69,6 +70,7 @@ class BlockDecoder:
         self.evaluate = evaluate and cfg.block.skip_u_th is not None  # lossless blocks leave nothing to score
         # the uncertainty measure each draft runs ("" when neither the stop rule nor a skip threshold needs u)
         self.measure = cfg.uncertainty.measure if rule.needs_uncertainty or cfg.block.skip_u_th is not None else ""
+        self.coupled = cfg.decode.sampling == "coupled"  # drafts are race winners, verified by the coupled rule
         self.tokens: list[int] = []
         self.records: list[BlockRecord] = []
         self.llm_seen = 0  # response tokens the verifier has processed
@@ -127,6 +129,9 @@ class BlockDecoder:
         drawn_from = x if probs is None else probs  # [V]
         if block.greedy:
             token = int(torch.argmax(x))
+        elif self.coupled:  # the race on the noise the verifier shares, at this draft's response position
+            token = int(coupled_sample(probs=x, exponentials=race_exponentials(
+                key=self.key, position=len(self.tokens) + i + 1, vocab_size=x.shape[-1])))
         else:
             uniform = keyed_uniform(key=self.key, round_index=self.round, purpose=Purpose.DRAFT, offset=i)
             token = int(sample_inverse_cdf(probs=drawn_from.unsqueeze(0), uniform=uniform)[0])
@@ -167,7 +172,8 @@ class BlockDecoder:
         verify = [d.verified for d in self.block]
         return BlockRequest(session_id=session_id, round_index=self.round, new_tokens=self.tokens[self.llm_seen:],
                             drafts=[d.token for d in self.block], draft_probs=probs,
-                            verify=None if all(verify) else verify, score=self.evaluate)
+                            verify=None if all(verify) else verify, score=self.evaluate, coupled=self.coupled,
+                            position=len(self.tokens) + 1)
 
     def commit(self, *, result: BlockResult | None, wall_s: float) -> BlockRecord:
         """The verdict (None: the block was not uploaded, its drafts are kept unverified) becomes the round's record.

@@ -32,9 +32,17 @@ from uhlm_ray.device.uncertainty import (
     temperature_perturbation,
 )
 from uhlm_ray.link.channel import expected_upload_seconds, upload
-from uhlm_ray.link.payload import Truncated, full_payload_bits, sync_bits, truncate, truncated_payload_bits
+from uhlm_ray.link.payload import (
+    Truncated,
+    full_payload_bits,
+    index_bits,
+    sync_bits,
+    truncate,
+    truncated_payload_bits,
+)
 from uhlm_ray.protocol import VerifyRequest, VerifyResult
 from uhlm_ray.records import NAN, RoundRecord
+from uhlm_ray.sampling.coupling import coupled_sample, race_exponentials
 from uhlm_ray.sampling.rng import Purpose, SessionKey
 from uhlm_ray.sampling.verify import rejection_probability, sample_inverse_cdf
 from uhlm_ray.snr import linear_to_db
@@ -133,6 +141,7 @@ class DeviceDecoder:
         self.evaluate = evaluate
         self.vocab_size = vocab_size
         self.measure = method_measure(method=method, cfg=cfg)
+        self.coupled = cfg.decode.sampling == "coupled"
         self.truncation = cfg.cu_hlm if method == "cu_hlm" and cfg.cu_hlm.truncation != "none" else None
         self.full_bits = full_payload_bits(vocab_size=vocab_size, cfg=cfg.payload)
         self.tokens: list[int] = []
@@ -159,16 +168,24 @@ class DeviceDecoder:
             truncated = truncate(probs=x, truncation=self.truncation.truncation, top_k=self.truncation.top_k,
                                  top_p=self.truncation.top_p)
         draft_probs = truncated.probs if truncated is not None else x  # [V]
-        draft = int(sample_inverse_cdf(probs=draft_probs.unsqueeze(0),
-                                       uniform=keyed_uniform(key=key, round_index=t, purpose=Purpose.DRAFT))[0])
+        if self.coupled:  # the race on the noise the verifier shares: t is the response position
+            draft = int(coupled_sample(probs=draft_probs, exponentials=race_exponentials(
+                key=key, position=t, vocab_size=draft_probs.shape[-1])))
+        else:
+            draft = int(sample_inverse_cdf(probs=draft_probs.unsqueeze(0),
+                                           uniform=keyed_uniform(key=key, round_index=t, purpose=Purpose.DRAFT))[0])
         # u(t) is recorded for every method (Fig. 3 and 5 need it) but is on the clocks only for policies using it
         start = time.perf_counter()
         u = measure_uncertainty(logits=logits, probs=x, draft=draft, cfg=self.cfg, measure=self.measure,
                                 rng=key.rng(round_index=t, purpose=Purpose.TEMPERATURES), perturbed=perturbed)
         spent = time.perf_counter() - start
         tau_u, eval_s = (spent, 0.0) if self.policy.needs_uncertainty else (0.0, spent)
-        dist_bits = self.full_bits if truncated is None else truncated_payload_bits(
-            kept=truncated.kept, vocab_size=self.vocab_size, cfg=self.cfg.payload)
+        if self.coupled:  # the verifier needs the draft's id only
+            dist_bits = index_bits(vocab_size=self.vocab_size)
+        elif truncated is None:
+            dist_bits = self.full_bits
+        else:
+            dist_bits = truncated_payload_bits(kept=truncated.kept, vocab_size=self.vocab_size, cfg=self.cfg.payload)
         # the LLM chose the response token of the last sent round itself; every later token was a skipped draft
         skipped = len(self.tokens) - self.llm_seen - (1 if self.uploaded else 0)
         sync = sync_bits(skipped_tokens=skipped, vocab_size=self.vocab_size) if self.cfg.payload.sync_token_ids else 0
@@ -190,7 +207,8 @@ class DeviceDecoder:
     def request(self, *, session_id: str, draft: Draft) -> VerifyRequest:
         """Step 2's upload: the draft, x, and the response tokens the LLM has not seen yet."""
         return VerifyRequest(session_id=session_id, round_index=draft.round_index, draft=draft.draft,
-                             new_tokens=self.tokens[self.llm_seen:], draft_probs=draft.probs, score=self.evaluate)
+                             new_tokens=self.tokens[self.llm_seen:], draft_probs=None if self.coupled else draft.probs,
+                             score=self.evaluate, coupled=self.coupled)
 
     def commit(self, *, draft: Draft, result: VerifyResult | None, wall_s: float) -> RoundRecord:
         """Step 3: the response token is final; one RoundRecord for the round.
@@ -218,6 +236,8 @@ class DeviceDecoder:
             self.llm_seen = len(self.tokens)
             record.token, record.accepted, record.resampled = result.token, result.accepted, result.resampled
             record.y_d, record.beta = result.y_d, result.beta
+            if self.coupled:  # the verifier saw no x: the rejection probability of eq. 5 is the device's to compute
+                record.beta = float(rejection_probability(x_d=torch.tensor([x_d]), y_d=torch.tensor([result.y_d]))[0])
             record.tau_llm_s, record.catch_up_tokens = result.tau_llm_s, result.catch_up_tokens
             record.verify_batch_size, record.verify_replica = result.batch_size, result.replica
         self.records.append(record)

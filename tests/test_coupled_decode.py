@@ -1,0 +1,68 @@
+"""Coupled sampling (decode.sampling=coupled) end to end on the tiny random-weight pair in float64, so that no
+rounding tie can flip an argmax: exact methods emit the LLM alone's own tokens, whatever drafted them."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+
+from uhlm_ray.config import BLOCK_STOPS, ModelConfig, load_config
+from uhlm_ray.decode import decode_batch, device_job, make_policy
+from uhlm_ray.models import load_pair
+from uhlm_ray.validation import ConfigError
+
+KEYS = 500  # distinct session keys (prompt indices), each a different draw of the shared noise
+TOKENS = 12
+PROMPTS = [[2, 3, 4], [5, 6], [7, 8, 9, 10], [11]]
+
+
+@pytest.fixture(scope="module")
+def pair64(tiny_pair_dirs):
+    slm, llm = tiny_pair_dirs
+    pair = load_pair(ModelConfig(pair="custom", slm=slm, llm=llm, dtype="float32"))
+    pair.slm.model.double()
+    pair.llm.model.double()
+    # no end-of-sequence stop: every key decodes all its tokens, so every position is compared
+    return types.SimpleNamespace(slm=pair.slm, llm=pair.llm, eos_token_ids=frozenset())
+
+
+def _decode(pair, method: str, *overrides: str) -> list[list[int]]:
+    cfg = load_config(overrides=[f"decode.max_new_tokens={TOKENS}", "decode.sampling=coupled", "block.payload=ids",
+                                 "decode.evaluation_methods=[]", *overrides])
+    policy = make_policy(method=method, cfg=cfg)
+    jobs = [device_job(prompt_ids=PROMPTS[i % len(PROMPTS)], prompt_index=i, method=method, cfg=cfg, policy=policy)
+            for i in range(KEYS)]
+    return [outcome.tokens for outcome in decode_batch(pair=pair, jobs=jobs, cfg=cfg)]
+
+
+@pytest.fixture(scope="module")
+def llm_tokens(pair64):
+    return _decode(pair64, "llm")
+
+
+def test_hlm_emits_the_llm_alones_tokens(pair64, llm_tokens):
+    assert all(len(t) == TOKENS for t in llm_tokens)
+    hlm = _decode(pair64, "hlm")
+    assert sum(h == t for h, t in zip(hlm, llm_tokens, strict=True)) == KEYS
+
+
+@pytest.mark.parametrize("stop", BLOCK_STOPS)
+@pytest.mark.parametrize("max_drafts", [1, 2, 3, 4])
+def test_the_block_method_emits_the_llm_alones_tokens_under_every_stop(pair64, llm_tokens, stop, max_drafts):
+    block = _decode(pair64, "block_hlm", f"block.stop={stop}", f"block.max_drafts={max_drafts}",
+                    f"block.fixed_drafts={max_drafts}", "block.stop_u_th=0.6")
+    assert sum(b == t for b, t in zip(block, llm_tokens, strict=True)) == KEYS
+
+
+def test_the_slm_alone_is_not_the_llm(pair64, llm_tokens):
+    """The negative control of the equalities above: a different model racing on the same noise differs."""
+    slm = _decode(pair64, "slm")
+    assert sum(s == t for s, t in zip(slm, llm_tokens, strict=True)) < KEYS // 2
+
+
+def test_coupled_blocks_need_the_ids_payload():
+    with pytest.raises(ConfigError, match="block.payload='ids'"):
+        load_config(overrides=["decode.sampling=coupled", "block.payload=truncated"])
+    with pytest.raises(ConfigError, match="decode.sampling"):
+        load_config(overrides=["decode.sampling=shared"])

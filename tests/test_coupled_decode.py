@@ -66,3 +66,23 @@ def test_coupled_blocks_need_the_ids_payload():
         load_config(overrides=["decode.sampling=coupled", "block.payload=truncated"])
     with pytest.raises(ConfigError, match="decode.sampling"):
         load_config(overrides=["decode.sampling=shared"])
+
+
+def test_exact_describes_the_configuration_not_the_run(tiny_pair):
+    """A fallback deadline that no upload misses skips nothing, yet the setting is lossy: not exact."""
+    from uhlm_ray.experiments.datasets import Example
+    from uhlm_ray.experiments.evaluate import run_method, summarize_methods
+
+    examples = [Example(id="e0", prompt="the cat", reference="ref"), Example(id="e1", prompt="a dog", reference="r")]
+    cfg = load_config(overrides=["decode.max_new_tokens=6", "methods=[llm,hlm,block_hlm]", "clock.tau_slm_ms=1",
+                                 "clock.tau_llm_ms=2", "clock.tau_measure_ms=1", "channel.deadline_ms=1000000",
+                                 "channel.deadline_mode=fallback"])
+    results = {m: run_method(pair=tiny_pair, examples=examples, method=m, cfg=cfg, encoder=None, store=None)
+               for m in cfg.methods}
+    s = summarize_methods(results=results, cfg=cfg)
+    assert s["hlm"]["all_verified"] == 1.0 and s["hlm"]["exact"] == 0.0
+    assert s["block_hlm"]["all_verified"] == 1.0 and s["block_hlm"]["exact"] == 0.0
+    assert s["llm"]["exact"] == 1.0
+    plain = load_config(overrides=["decode.max_new_tokens=6", "methods=[hlm]", "clock.tau_slm_ms=1",
+                                   "clock.tau_llm_ms=2", "clock.tau_measure_ms=1"])
+    assert summarize_methods(results={"hlm": results["hlm"]}, cfg=plain)["hlm"]["exact"] == 1.0

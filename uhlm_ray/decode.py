@@ -101,6 +101,21 @@ def make_policy(*, method: str, cfg: EvaluateConfig, send_prob: float | None = N
     raise ConfigError(f"method={method!r} is not one of {list(METHODS)}")
 
 
+def is_exact(*, method: str, cfg: EvaluateConfig) -> bool:
+    """Whether a method's configuration is lossless (its output distributed as the LLM's), whatever one run did: a
+    lossy setting that happened to skip nothing is still lossy. Skipping policies are lossy; HLM and the block
+    method are exact unless a missed deadline keeps a draft (`deadline_mode=fallback`) or the block commits drafts
+    below `block.skip_u_th` unverified."""
+    fallback = cfg.channel.deadline_ms is not None and cfg.channel.deadline_mode == "fallback"
+    if method == "llm":
+        return True
+    if method == "hlm":
+        return not fallback
+    if method == "block_hlm":
+        return cfg.block.skip_u_th is None and not fallback
+    return False
+
+
 def evaluates(*, method: str, cfg: EvaluateConfig) -> bool:
     """Whether skipped rounds are scored by the LLM too (HLM sends all; the LLM alone has no drafts)."""
     return method in cfg.decode.evaluation_methods and method not in ("llm", "hlm")

@@ -18,7 +18,7 @@ from filelock import FileLock
 from omegaconf import OmegaConf
 
 from uhlm_ray.config import BATCH_SIZE_DEFAULTS, EvaluateConfig
-from uhlm_ray.decode import DeviceOutcome, decode_batch, device_job, make_policy
+from uhlm_ray.decode import DeviceOutcome, decode_batch, device_job, is_exact, make_policy
 from uhlm_ray.device.decoder import method_measure
 from uhlm_ray.device.paraphrase import paraphrase_prompt_ids
 from uhlm_ray.experiments.calibration import Calibration
@@ -235,8 +235,10 @@ def summarize_methods(*, results: dict[str, list[PromptResult]], cfg: EvaluateCo
                           snr_sweep_db=cfg.clock.snr_sweep_db)
         for method, rs in results.items()
     }
-    for s in summaries.values():  # where the clock's times came from: 1 calibrated solo passes, 0 the records
-        s["clock_calibrated"] = float(calibration is not None)
+    for method, s in summaries.items():
+        s["clock_calibrated"] = float(calibration is not None)  # the clock's times: 1 calibrated solo passes
+        s["all_verified"] = s["exact"]  # what this run did: no token committed unverified
+        s["exact"] = float(is_exact(method=method, cfg=cfg))  # what the configuration guarantees
     for method, s in summaries.items():  # 95% bootstrap intervals over prompts
         s.update(method_intervals(results=results[method], clock=clock, seed=cfg.decode.seed))
     for base in ("llm", "hlm"):

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import types
 
+import numpy as np
 import pytest
+from scipy import stats
 
 from uhlm_ray.config import BLOCK_STOPS, ModelConfig, load_config
 from uhlm_ray.decode import decode_batch, device_job, make_policy
-from uhlm_ray.models import load_pair
+from uhlm_ray.models import full_recompute_logits, load_pair
 from uhlm_ray.validation import ConfigError
 
 KEYS = 500  # distinct session keys (prompt indices), each a different draw of the shared noise
@@ -86,3 +88,47 @@ def test_exact_describes_the_configuration_not_the_run(tiny_pair):
     plain = load_config(overrides=["decode.max_new_tokens=6", "methods=[hlm]", "clock.tau_slm_ms=1",
                                    "clock.tau_llm_ms=2", "clock.tau_measure_ms=1"])
     assert summarize_methods(results={"hlm": results["hlm"]}, cfg=plain)["hlm"]["exact"] == 1.0
+
+
+def _joint_law(llm, prompt: list[int], vocab: int) -> np.ndarray:
+    """P(t1, t2, t3) [V, V, V] of the LLM sampling three tokens after `prompt`, from its exact conditionals."""
+    import torch
+
+    def probs(ids):
+        return torch.softmax(full_recompute_logits(model=llm, token_ids=ids).double(), -1).numpy()
+
+    p1 = probs(prompt)
+    p2 = np.stack([probs(prompt + [a]) for a in range(vocab)])  # [V, V]
+    p3 = np.stack([[probs(prompt + [a, b]) for b in range(vocab)] for a in range(vocab)])  # [V, V, V]
+    return p1[:, None, None] * p2[:, :, None] * p3
+
+
+def _coupled_triples(pair, n: int) -> np.ndarray:
+    cfg = load_config(overrides=["decode.max_new_tokens=3", "decode.sampling=coupled", "block.payload=ids"])
+    jobs = [device_job(prompt_ids=PROMPTS[0], prompt_index=i, method="llm", cfg=cfg, policy=None) for i in range(n)]
+    return np.array([outcome.tokens for outcome in decode_batch(pair=pair, jobs=jobs, cfg=cfg)])  # [n, 3]
+
+
+def _pooled_chisquare(triples: np.ndarray, law: np.ndarray) -> float:
+    """Chi-square p-value of the observed triples against the law, cells with fewer than 5 expected pooled."""
+    vocab = law.shape[0]
+    counts = np.bincount(np.ravel_multi_index(triples.T, law.shape), minlength=law.size)
+    expected = law.ravel() * len(triples)
+    big = expected >= 5
+    observed = np.append(counts[big], counts[~big].sum())
+    wanted = np.append(expected[big], expected[~big].sum())
+    assert big.sum() >= 20, f"only {big.sum()} cells of {vocab}^3 are testable"
+    return float(stats.chisquare(observed, f_exp=wanted * observed.sum() / wanted.sum()).pvalue)
+
+
+def test_the_coupled_llm_alone_samples_the_llms_joint_law(pair64, monkeypatch):
+    """3,000 keys: the first 3 tokens' joint law is the LLM's (alpha 1e-3); noise reused across positions (the
+    negative control) is rejected by the same test."""
+    import uhlm_ray.decode as decode_module
+
+    law = _joint_law(pair64.llm, PROMPTS[0], pair64.llm.vocab_size)
+    assert _pooled_chisquare(_coupled_triples(pair64, 3000), law) > 1e-3
+    real = decode_module.race_exponentials
+    monkeypatch.setattr(decode_module, "race_exponentials",
+                        lambda *, key, position, vocab_size: real(key=key, position=1, vocab_size=vocab_size))
+    assert _pooled_chisquare(_coupled_triples(pair64, 3000), law) < 1e-6

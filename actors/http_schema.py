@@ -66,12 +66,19 @@ class TruncatedDistribution(_Strict):
         return self
 
 
+class CoupledDistribution(_Strict):
+    """Nothing but the id: the draft is the device's race winner on the noise both sides draw from the session's
+    key at response position `round` (decode.sampling=coupled); it is kept iff it is the LLM's winner too."""
+
+    format: Literal["coupled"]
+
+
 class Verify(_Strict):
-    round: int = Field(ge=1, description="t, from 1; keys the accept/resample draws")
+    round: int = Field(ge=1, description="t, from 1; keys the accept/resample draws (coupled: the position)")
     draft_token_id: TokenId
     new_token_ids: list[TokenId] = Field(default_factory=list, max_length=MAX_NEW_TOKENS_PER_CALL,
                                          description="response tokens the verifier has not seen, oldest first")
-    distribution: FullDistribution | TruncatedDistribution = Field(discriminator="format")
+    distribution: FullDistribution | TruncatedDistribution | CoupledDistribution = Field(discriminator="format")
     score: bool = False
 
 
@@ -94,6 +101,14 @@ class IdsPayload(_Strict):
     format: Literal["ids"]
 
 
+class CoupledBlockPayload(_Strict):
+    """Token ids only, verified by the shared race (decode.sampling=coupled): drafts are kept while they are the
+    LLM's race winners at their positions, from `position` (the first draft's response position) on."""
+
+    format: Literal["coupled"]
+    position: int = Field(ge=1, description="the response position of the first draft, from 1")
+
+
 class FullBlockPayload(_Strict):
     """x_i for every draft: |V| probabilities each (a full block over HTTP fits the body limit for n <= 3)."""
 
@@ -114,7 +129,8 @@ class Block(_Strict):
     new_token_ids: list[TokenId] = Field(default_factory=list, max_length=MAX_NEW_TOKENS_PER_CALL,
                                          description="response tokens the verifier has not seen, oldest first")
     draft_token_ids: list[TokenId] = Field(min_length=1, max_length=MAX_BLOCK_DRAFTS)
-    payload: IdsPayload | FullBlockPayload | TruncatedBlockPayload = Field(discriminator="format")
+    payload: IdsPayload | CoupledBlockPayload | FullBlockPayload | TruncatedBlockPayload = Field(
+        discriminator="format")
     verify: list[bool] | None = Field(default=None, description="false: committed unverified (lossy); null: all")
     score: bool = False
 
@@ -122,7 +138,7 @@ class Block(_Strict):
     def _one_entry_per_draft(self) -> Block:
         n = len(self.draft_token_ids)
         lengths = {"verify": self.verify}
-        if not isinstance(self.payload, IdsPayload):
+        if not isinstance(self.payload, IdsPayload | CoupledBlockPayload):
             lengths["payload.probs"] = self.payload.probs
         if isinstance(self.payload, TruncatedBlockPayload):
             lengths["payload.token_ids"] = self.payload.token_ids
@@ -161,6 +177,9 @@ def to_request(*, session_id: str, body: Verify, vocab_size: int) -> VerifyReque
         if bad:
             raise FieldError(("body", name), f"token id {bad[0]} is outside [0, {vocab_size - 1}] (vocab_size)")
     dist = body.distribution
+    if isinstance(dist, CoupledDistribution):
+        return VerifyRequest(session_id=session_id, round_index=body.round, draft=body.draft_token_id,
+                             new_tokens=list(body.new_token_ids), draft_probs=None, score=body.score, coupled=True)
     if isinstance(dist, FullDistribution):
         if len(dist.probs) != vocab_size:
             raise FieldError(("body", "distribution", "full", "probs"),
@@ -219,8 +238,10 @@ def to_block_request(*, session_id: str, body: Block, vocab_size: int) -> BlockR
                 raise FieldError(("body", "draft_token_ids", i), "has probability 0 in the distribution it was "
                                  "drawn from")
         probs = probs / probs.sum(dim=-1, keepdim=True)
+    coupled = isinstance(payload, CoupledBlockPayload)
     return BlockRequest(session_id=session_id, round_index=body.round, new_tokens=list(body.new_token_ids),
-                        drafts=list(body.draft_token_ids), draft_probs=probs, verify=body.verify, score=body.score)
+                        drafts=list(body.draft_token_ids), draft_probs=probs, verify=body.verify, score=body.score,
+                        coupled=coupled, position=payload.position if coupled else 0)
 
 
 def session_key(body: OpenSession) -> SessionKey:

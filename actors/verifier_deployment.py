@@ -36,6 +36,7 @@ from uhlm_ray.protocol import (
     BlockRequest,
     BlockResult,
     Reopen,
+    Scored,
     SessionError,
     UnknownSession,
     VerifyRequest,
@@ -143,8 +144,9 @@ class VerifierDeployment:
                     out[i] = err
         return out
 
-    async def score(self, session_id: str, new_tokens: list[int]) -> tuple[list[float], float]:
-        return await asyncio.to_thread(self.core.score, session_id=session_id, new_tokens=new_tokens)
+    async def score(self, session_id: str, new_tokens: list[int], position: int | None = None) -> Scored:
+        return await asyncio.to_thread(self.core.score, session_id=session_id, new_tokens=new_tokens,
+                                       position=position)
 
     async def close(self, session_id: str) -> bool:
         return await asyncio.to_thread(self.core.close, session_id=session_id)
@@ -324,11 +326,12 @@ class ServeVerifierClient:
         reopen(session_id)  # through `open`, which waits for a replica
         self.rebuilt += 1
 
-    def score(self, *, session_id: str, new_tokens: list[int], reopen: Reopen | None = None
-              ) -> tuple[list[float], float]:
+    def score(self, *, session_id: str, new_tokens: list[int], reopen: Reopen | None = None,
+              position: int | None = None) -> Scored:
         for pause in self._pauses():
             try:
-                return tuple(self._session(session_id).score.remote(session_id, new_tokens).result())  # type: ignore
+                return tuple(self._session(session_id).score.remote(  # type: ignore[return-value]
+                    session_id, new_tokens, position).result())
             except SESSION_LOST:
                 if reopen is None:
                     raise
@@ -336,11 +339,12 @@ class ServeVerifierClient:
                 self._reopen(reopen, session_id)
         raise RuntimeError(f"verifier: session {session_id!r} still lost after {self.patience_s:.0f} s")
 
-    def score_batch(self, *, items: list[tuple[str, list[int]]], reopen: Reopen | None = None
-                    ) -> list[tuple[list[float], float]]:
+    def score_batch(self, *, items: list[tuple[str, list[int]]], reopen: Reopen | None = None,
+                    positions: list[int] | None = None) -> list[Scored]:
         """One call per session: sessions are spread over replicas by their id, and scoring is evaluation only."""
-        return [self.score(session_id=session_id, new_tokens=new_tokens, reopen=reopen)
-                for session_id, new_tokens in items]
+        return [self.score(session_id=session_id, new_tokens=new_tokens, reopen=reopen,
+                           position=None if positions is None else positions[b])
+                for b, (session_id, new_tokens) in enumerate(items)]
 
     def close(self, *, session_id: str) -> bool:
         try:

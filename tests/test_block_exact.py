@@ -4,7 +4,8 @@ tokens equals the LLM's own P(t1) P(t2 | t1) P(t3 | t1, t2), computed with plain
 Every payload is tried (full x, truncated top-k and top-p x~, ids only, ids with greedy drafts), each with blocks of
 three drafts, so tokens 2 and 3 are verified inside a block, after a rollback, or come as bonus tokens. Chi-square
 goodness of fit over SEEDS independent decodes (the seed keys every draw), cells with an expected count below 5
-pooled, significance ALPHA per test. A negative control, drafting from x~ but uploading x, must be rejected.
+pooled, significance ALPHA per test. Two negative controls must be rejected: drafting from x~ but uploading x, and
+resampling a rejected ids draft from y with the draft left in.
 """
 
 from __future__ import annotations
@@ -16,13 +17,16 @@ import pytest
 import torch
 from scipy import stats
 
+import uhlm_ray.base_station.verifier as verifier_module
 import uhlm_ray.decode as decode_module
 from uhlm_ray.base_station.verifier import Verifier
 from uhlm_ray.config import load_config
-from uhlm_ray.decode import DeviceJob, decode_lockstep
+from uhlm_ray.decode import DeviceJob, decode_lockstep, make_policy
 from uhlm_ray.device.block_decoder import BlockDecoder
 from uhlm_ray.models.prefix_cache import PrefixCache
+from uhlm_ray.sampling.block_verify import verify_block
 from uhlm_ray.sampling.rng import SessionKey
+from uhlm_ray.sampling.verify import sample_inverse_cdf
 
 ALPHA = 1e-3
 SEEDS = 4000
@@ -109,10 +113,31 @@ def test_negative_control_uploading_x_for_drafts_from_x_tilde_is_detected(tiny_p
     assert chi_square_p(samples, law) < ALPHA
 
 
-def test_the_sampled_law_is_not_the_slms(tiny_pair, law):
-    """Power check: the SLM's own law of three tokens differs detectably from the LLM's at this sample size."""
-    slm_law = llm_joint_law(tiny_pair.slm.model, PROMPT, tiny_pair.vocab_size)
-    rng = np.random.default_rng(0)
-    flat = rng.choice(slm_law.size, size=SEEDS, p=slm_law.ravel() / slm_law.sum())
-    samples = [tuple(int(i) for i in np.unravel_index(f, slm_law.shape)) for f in flat]
+def _resampling_y_with_the_rejected_draft(**kwargs):
+    """The negative control of the ids path: a rejected point-mass draft is resampled from y itself, not from y
+    without the draft (norm(max(y - delta_d, 0)))."""
+    verdict = verify_block(**kwargs)
+    if kwargs["draft_probs"] is None:
+        rows = verdict.recovered.nonzero().squeeze(-1)  # [R]
+        a = verdict.num_accepted[rows]  # [R]
+        y = kwargs["target"].float()[rows, a]  # [R, V] y at the rejection, the draft left in
+        verdict.tokens[rows, a] = sample_inverse_cdf(probs=y, uniform=kwargs["u_final"][rows])
+    return verdict
+
+
+def test_negative_control_resampling_from_y_with_the_rejected_draft_is_detected(tiny_pair, law, monkeypatch):
+    monkeypatch.setattr(verifier_module, "verify_block", _resampling_y_with_the_rejected_draft)
+    samples = block_samples(tiny_pair, PAYLOADS["ids"])
     assert chi_square_p(samples, law) < ALPHA
+
+
+def test_the_sampled_law_is_not_the_slms(tiny_pair, law):
+    """Power check: the SLM alone, decoded by the same loop with the same seeds, has a law of three tokens that the
+    test tells from the LLM's at this sample size."""
+    cfg = load_config(overrides=["model.pair=custom", f"decode.max_new_tokens={LENGTH}", "channel.fading=none"])
+    jobs = [DeviceJob(session_id=f"s{seed}", key=SessionKey(seed=seed, device=0, prompt=0), prompt_ids=PROMPT,
+                      method="slm", policy=make_policy(method="slm", cfg=cfg), mean_snr=1.0) for seed in range(SEEDS)]
+    verifier = Verifier(model=tiny_pair.llm, max_sessions=SEEDS)
+    outcomes = decode_lockstep(slm=tiny_pair.slm, verifier=verifier, jobs=jobs, cfg=cfg, eos_token_ids=frozenset())
+    assert all(len(o.tokens) == LENGTH for o in outcomes)
+    assert chi_square_p([tuple(o.tokens) for o in outcomes], law) < ALPHA

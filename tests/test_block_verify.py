@@ -87,11 +87,17 @@ def test_first_token_is_distributed_as_y_with_and_without_draft_probabilities(po
 
 
 def test_the_test_has_power_a_point_mass_treated_as_accepted_is_caught():
-    """Keeping every draft reproduces x, not y: detected at this sample size."""
+    """verify_block told to keep every point-mass draft (accept uniforms of 0, the bug of treating an ids upload as
+    accepted) returns x, not y: the chi-square above detects it at this sample size."""
     rng = np.random.default_rng(5)
     x = rng.dirichlet(np.full(12, 0.5)).astype(np.float32)
-    y = rng.dirichlet(np.full(12, 0.5)).astype(np.float32)
-    counts = np.bincount(sample_inverse_cdf(probs=torch.tensor(np.tile(x, (DRAWS, 1))),
-                                            uniform=torch.from_numpy(rng.random(DRAWS))).numpy(), minlength=12)
-    expected = y.astype(np.float64) / y.astype(np.float64).sum() * DRAWS
+    y = rng.dirichlet(np.full(12, 0.5), size=2).astype(np.float32)
+    xb = torch.tensor(np.tile(x / x.sum(), (DRAWS, 1)))  # [N, V]
+    drafts = sample_inverse_cdf(probs=xb, uniform=torch.from_numpy(rng.random(DRAWS)))  # [N]
+    v = verify_block(target=torch.tensor(np.tile(y, (DRAWS, 1, 1))), drafts=drafts.unsqueeze(-1),
+                     num_drafts=torch.ones(DRAWS, dtype=torch.long), draft_probs=None,
+                     u_accept=torch.zeros(DRAWS, 1, dtype=F64), u_final=torch.from_numpy(rng.random(DRAWS)))
+    assert bool(v.bonus.all())
+    counts = np.bincount(v.tokens[:, 0].numpy(), minlength=12)
+    expected = y[0].astype(np.float64) / y[0].astype(np.float64).sum() * DRAWS
     assert stats.chisquare(counts[expected > 0] + 0.0, expected[expected > 0]).pvalue < 1e-12

@@ -329,3 +329,57 @@ def test_the_printed_verifier_address_is_the_one_serve_runs(verifier):
     url = verifier_url()
     assert url == f"http://127.0.0.1:{verifier.runtime.http_port}/verifier"
     assert requests.get(f"{url}/v1/health", timeout=30).ok
+
+
+def test_coupled_blocks_through_serve_emit_the_llm_alones_tokens(verifier, tiny_pair, tiny_pair_dirs, tmp_path):
+    """500 keys (10 devices x 50 prompts) of the coupled block method against the Serve verifier emit, token for
+    token, what the LLM alone emits with the same keys in process."""
+    from actors.cell_runner import run_cell
+    from uhlm_ray.decode import decode_batch, device_job
+    from uhlm_ray.measures.similarity import timing_only_encoder
+
+    cfg = _cfg(tiny_pair_dirs, n_devices=10, prompts_per_device=50, devices_per_actor=10, method="block_hlm")
+    cfg.decode.sampling, cfg.decode.max_new_tokens = "coupled", 12
+    cfg.block.payload, cfg.block.stop, cfg.block.stop_u_th = "ids", "uncertainty", 0.5
+    results = run_cell(cfg=cfg, examples=EXAMPLES, store=ResultStore(tmp_path), encoder=timing_only_encoder,
+                       run="coupled")
+    assert len(results) == 500
+    jobs = [device_job(prompt_ids=chat_prompt_ids(tokenizer=tiny_pair.tokenizer,
+                                                  prompt=EXAMPLES[r.prompt_index % len(EXAMPLES)].prompt),
+                       prompt_index=r.prompt_index, method="llm", cfg=cfg, policy=None, device_index=r.device_index)
+            for r in results]
+    alone = decode_batch(pair=tiny_pair, jobs=jobs, cfg=cfg)
+    assert sum(r.tokens == a.tokens for r, a in zip(results, alone, strict=True)) == 500
+    assert max(r.verify_batch_size for res in results for r in res.records) > 1  # blocks shared Serve batches
+
+
+def test_http_route_verifies_coupled_blocks_with_ids_and_a_position(verifier, tiny_pair):
+    """Over HTTP only the ids and the first draft's position cross: the LLM alone's own tokens are all kept with
+    its next token as the bonus, and a wrong draft is replaced by the LLM alone's token (after a catch-up)."""
+    from uhlm_ray.config import load_config
+    from uhlm_ray.decode import decode_batch, device_job
+
+    cfg = verifier
+    prompt = [2, 3, 4, 5]
+    llm_cfg = load_config(overrides=["decode.max_new_tokens=6", "decode.sampling=coupled", "block.payload=ids",
+                                     "decode.seed=3"])
+    (alone,) = decode_batch(pair=tiny_pair, jobs=[device_job(prompt_ids=prompt, prompt_index=0, method="llm",
+                                                             cfg=llm_cfg, policy=None)], cfg=llm_cfg)
+    t = alone.tokens
+    assert len(t) >= 5, "the reference stopped early"
+    opened = requests.post(_url(cfg, "/v1/sessions"), json={"session_id": "coupled-http", "prompt_token_ids": prompt,
+                                                            "seed": 3}, timeout=30)
+    assert opened.status_code == 200, opened.text
+
+    def block(body):
+        answer = requests.post(_url(cfg, "/v1/sessions/coupled-http/block"), json=body, timeout=30)
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+
+    kept = block({"round": 1, "draft_token_ids": t[:3], "payload": {"format": "coupled", "position": 1}})
+    assert kept["token_ids"] == t[:4] and kept["num_accepted"] == 3 and kept["bonus"]
+    wrong = (t[4] + 1) % tiny_pair.vocab_size
+    replaced = block({"round": 2, "new_token_ids": [t[3]], "draft_token_ids": [wrong, t[5] if len(t) > 5 else 0],
+                      "payload": {"format": "coupled", "position": 5}})
+    assert replaced["token_ids"] == [t[4]] and replaced["num_accepted"] == 0 and replaced["recovered"]
+    assert requests.delete(_url(cfg, "/v1/sessions/coupled-http"), timeout=30).json() == {"closed": True}

@@ -132,3 +132,79 @@ def test_the_coupled_llm_alone_samples_the_llms_joint_law(pair64, monkeypatch):
     monkeypatch.setattr(decode_module, "race_exponentials",
                         lambda *, key, position, vocab_size: real(key=key, position=1, vocab_size=vocab_size))
     assert _pooled_chisquare(_coupled_triples(pair64, 3000), law) < 1e-6
+
+
+def _outcomes(pair, method: str, *overrides: str, keys: int):
+    cfg = load_config(overrides=[f"decode.max_new_tokens={TOKENS}", "decode.sampling=coupled", "block.payload=ids",
+                                 *overrides])
+    policy = make_policy(method=method, cfg=cfg)
+    jobs = [device_job(prompt_ids=PROMPTS[i % len(PROMPTS)], prompt_index=i, method=method, cfg=cfg, policy=policy)
+            for i in range(keys)]
+    return decode_batch(pair=pair, jobs=jobs, cfg=cfg)
+
+
+def _committed(outcome) -> list[tuple[int, int, bool]]:
+    """(token, the LLM's winner there or -1, verified) per response position of a coupled run's records."""
+    out = []
+    for r in outcome.records:
+        if hasattr(r, "drafts"):
+            committed = r.num_accepted if r.sent else len(r.drafts)
+            out += [(r.drafts[i], r.llm_tokens[i], r.sent and r.verified[i]) for i in range(committed)]
+            if r.sent:
+                out.append((r.tokens[r.num_accepted], r.tokens[r.num_accepted], True))  # the LLM's own token
+        else:
+            out.append((r.token, r.llm_token, r.sent))
+    return out[:TOKENS]
+
+
+@pytest.mark.parametrize(("method", "overrides"), [
+    ("u_hlm", ["policy.u_th=0.3", "decode.evaluation_methods=[u_hlm]"]),
+    ("block_hlm", ["block.skip_u_th=0.3", "block.stop=fixed", "block.fixed_drafts=3", "block.max_drafts=3",
+                   "decode.evaluation_methods=[block_hlm]"]),
+])
+def test_a_lossy_method_leaves_the_llm_where_an_unverified_draft_is_not_its_winner(pair64, llm_tokens, method,
+                                                                                    overrides):
+    """Evaluation mode records the LLM's race winner at every unverified position. Verified tokens are the LLM's
+    winners by construction, so the first position whose committed token is not the recorded winner is exactly
+    where the response leaves the LLM alone's, and the LLM alone emitted that winner there."""
+    from uhlm_ray.measures.agreement import first_divergence, unverified_checks
+
+    keys = 200
+    outcomes = _outcomes(pair64, method, *overrides, keys=keys)
+    skipped = disagreed = 0
+    checks = []
+    for key, outcome in enumerate(outcomes):
+        committed = _committed(outcome)
+        assert all(winner >= 0 for _, winner, verified in committed if not verified), "an unverified draft unscored"
+        skipped += sum(not verified for *_, verified in committed)
+        wrong = [p for p, (token, winner, _) in enumerate(committed, start=1) if token != winner]
+        disagreed += bool(wrong)
+        diverged = first_divergence(tokens=outcome.tokens, reference=llm_tokens[key])
+        assert diverged == (wrong[0] if wrong else None)
+        if wrong:
+            assert llm_tokens[key][wrong[0] - 1] == committed[wrong[0] - 1][1]
+        checks += unverified_checks(outcome.records)
+        assert sum(unverified_checks(outcome.records)) >= bool(wrong)
+    # the test saw responses that stay with the LLM and responses that leave it, and both kinds of unverified draft
+    assert 0 < disagreed < keys and 0 < sum(checks) < len(checks), (disagreed, sum(checks), len(checks))
+
+
+def test_the_summary_reports_where_methods_leave_the_llm_alone(tiny_pair):
+    """Coupled: HLM's responses are the LLM alone's; U-HLM (evaluation mode) reports the share of its unverified
+    drafts that are not the LLM's winners and where its responses diverge."""
+    from uhlm_ray.experiments.datasets import Example
+    from uhlm_ray.experiments.evaluate import run_method, summarize_methods
+
+    examples = [Example(id=f"e{i}", prompt=p, reference="r")
+                for i, p in enumerate(["the cat", "a dog", "red and blue", "the mat is small"])]
+    cfg = load_config(overrides=["decode.max_new_tokens=10", "methods=[llm,hlm,u_hlm]", "clock.tau_slm_ms=1",
+                                 "clock.tau_llm_ms=2", "clock.tau_measure_ms=1", "decode.sampling=coupled",
+                                 "policy.u_th=0.3", "block.payload=ids"])
+    results = {m: run_method(pair=tiny_pair, examples=examples, method=m, cfg=cfg, encoder=None, store=None)
+               for m in cfg.methods}
+    s = summarize_methods(results=results, cfg=cfg)
+    assert s["hlm"]["identical_to_llm"] == 1.0 and s["hlm"]["unverified_checked"] == 0
+    u = s["u_hlm"]
+    assert u["unverified_checked"] == sum(not r.sent for res in results["u_hlm"] for r in res.records) > 0
+    assert 0.0 < u["unverified_disagreement"] <= 1.0 and u["identical_to_llm"] < 1.0
+    assert 1 <= u["first_divergence_median"] <= 10

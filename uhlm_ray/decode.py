@@ -39,7 +39,7 @@ from uhlm_ray.device.uncertainty import draw_dropout_probs
 from uhlm_ray.models.loading import LoadedModel, ModelPair
 from uhlm_ray.models.prefix_cache import PrefixCache
 from uhlm_ray.models.session import CausalSession, forward_sessions, mc_dropout_logits
-from uhlm_ray.protocol import BlockRequest, BlockResult, Reopen, VerifyRequest, VerifyResult
+from uhlm_ray.protocol import BlockRequest, BlockResult, Reopen, Scored, VerifyRequest, VerifyResult
 from uhlm_ray.records import NAN, RoundRecord
 from uhlm_ray.sampling.coupling import coupled_sample, race_exponentials
 from uhlm_ray.sampling.rng import Purpose, SessionKey
@@ -58,11 +58,11 @@ class VerifierClient(Protocol):
 
     def verify_blocks(self, requests: list[BlockRequest], *, reopen: Reopen | None = None) -> list[BlockResult]: ...
 
-    def score(self, *, session_id: str, new_tokens: list[int], reopen: Reopen | None = None
-              ) -> tuple[list[float], float]: ...
+    def score(self, *, session_id: str, new_tokens: list[int], reopen: Reopen | None = None,
+              position: int | None = None) -> Scored: ...
 
-    def score_batch(self, *, items: list[tuple[str, list[int]]], reopen: Reopen | None = None
-                    ) -> list[tuple[list[float], float]]: ...
+    def score_batch(self, *, items: list[tuple[str, list[int]]], reopen: Reopen | None = None,
+                    positions: list[int] | None = None) -> list[Scored]: ...
 
     def close(self, *, session_id: str) -> bool: ...
 
@@ -288,10 +288,12 @@ def _finish_done(*, verifier: VerifierClient, jobs: list[DeviceJob], decoders: l
     done = [i for i in active if decoders[i].done]
     unscored = [i for i in done if decoders[i].evaluate and decoders[i].unscored_tokens()]
     if unscored:  # one batched pass for every device that ended this round
+        coupled = decoders[unscored[0]].coupled  # one method, one sampling mode per lockstep
         scored = verifier.score_batch(items=[(jobs[i].session_id, decoders[i].unscored_tokens()) for i in unscored],
-                                      reopen=reopen)
-        for i, (probs, _) in zip(unscored, scored, strict=True):
-            decoders[i].finish_scoring(probs)
+                                      reopen=reopen,
+                                      positions=[decoders[i].llm_seen + 1 for i in unscored] if coupled else None)
+        for i, (probs, _, winners) in zip(unscored, scored, strict=True):
+            decoders[i].finish_scoring(probs=probs, winners=winners)
     for i in done:
         verifier.close(session_id=jobs[i].session_id)
         if on_done is not None:

@@ -34,6 +34,8 @@ class UnknownSession(SessionError):
 
 
 Reopen = Callable[[str], None]  # the caller's way to rebuild a lost session by its id (prompt + response so far)
+# a scoring call's answer: y of each new token, the pass's seconds, and (coupled) the LLM's race winner at each
+Scored = tuple[list[float], float, list[int]]
 
 
 @dataclass
@@ -58,6 +60,8 @@ class VerifyResult:
     catch_up_tokens: int
     batch_size: int
     new_token_probs: list[float] = field(default_factory=list)  # y of each new token, with score=True
+    # with score and coupled: the LLM's race winner at each new token's position given the same prefix (-1: unknown)
+    new_token_winners: list[int] = field(default_factory=list)
     scoring_s: float = 0.0  # evaluation-only seconds inside this call
     replayed_s: float = 0.0  # of tau_llm_s, seconds replayed from a PrefixCache rather than spent here
     replica: str = ""  # the Serve replica that verified it ("" in process)
@@ -90,6 +94,8 @@ class BlockResult:
     pass_tokens: int  # tokens in that pass for this session
     batch_size: int
     new_token_probs: list[float] = field(default_factory=list)  # y of each catch-up token, with score=True
+    new_token_winners: list[int] = field(default_factory=list)  # with score and coupled, as in VerifyResult
+    winners: list[int] = field(default_factory=list)  # coupled: the LLM's race winner t_i at each draft's position
     scoring_s: float = 0.0
     replayed_s: float = 0.0
     replica: str = ""  # the Serve replica that verified it ("" in process)

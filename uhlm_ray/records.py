@@ -51,6 +51,10 @@ class RoundRecord:
     compression: float = NAN  # 1 - distribution bits / full payload bits, of a sent round
     upload_attempts: int = 0  # transmissions the upload took (ARQ), or fading blocks waited through plus one
     deadline_fallback: bool = False  # the upload missed channel.deadline_ms; the draft was kept unverified (lossy)
+    # decode.sampling=coupled: the LLM's race winner at this position after this response's prefix (the verifier's
+    # token when sent; from the evaluation score when skipped); -1 where unknown. A skipped draft != it is a token
+    # the LLM alone would not have emitted here.
+    llm_token: int = -1
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -97,6 +101,8 @@ class BlockRecord:
     verify_batch_size: int = 0
     verify_wall_s: float = 0.0
     verify_replica: str = ""
+    # decode.sampling=coupled: the LLM's race winner at each committed draft's position (-1: unknown or not committed)
+    llm_tokens: list[int] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -25,6 +25,7 @@ from uhlm_ray.protocol import (
     BlockRequest,
     BlockResult,
     Reopen,
+    Scored,
     SessionError,
     UnknownSession,
     VerifyRequest,
@@ -47,6 +48,14 @@ def block_uniforms(*, key: SessionKey, round_index: int, drafts: int) -> tuple[l
     recovered or bonus token; keyed by round, so a retried round verifies to the same tokens."""
     accept = [key.uniform(round_index=round_index, purpose=Purpose.ACCEPT, offset=i) for i in range(drafts)]
     return accept, key.uniform(round_index=round_index, purpose=Purpose.RESAMPLE, offset=drafts)
+
+
+def coupled_winners(*, rows: list[torch.Tensor | None], key: SessionKey, first_position: int) -> list[int]:
+    """The LLM's race winner at each scored position, from the logits [V] that predicted it (-1 where none did):
+    the token a coupled LLM would have emitted there after the same prefix (evaluation only)."""
+    return [int(coupled_sample(probs=torch.softmax(z, dim=-1), exponentials=race_exponentials(
+        key=key, position=first_position + i, vocab_size=z.shape[-1]))) if z is not None else -1
+        for i, z in enumerate(rows)]
 
 
 def _check_unique(ids: list[str]) -> None:
@@ -120,11 +129,15 @@ class Verifier:
                     token, accepted, beta = int(verdict.token[0]), bool(verdict.accepted[0]), float(verdict.beta[0])
                     resampled = bool(verdict.recovered[0])
                 caught_up = bool(request.new_tokens)
+                winners = coupled_winners(rows=session.pending_rows, key=key,
+                                          first_position=request.round_index - len(request.new_tokens)
+                                          ) if request.coupled and request.score and caught_up else []
                 results.append(VerifyResult(
                     token=token, accepted=accepted, resampled=resampled, y_d=float(y[request.draft]), beta=beta,
                     tau_llm_s=session.timing.forward_s if caught_up else 0.0,
                     catch_up_tokens=len(request.new_tokens), batch_size=len(requests),
                     new_token_probs=session.pending_probs if request.score and caught_up else [],
+                    new_token_winners=winners,
                     scoring_s=session.timing.scoring_s if caught_up else 0.0,
                     replayed_s=session.timing.replayed_s if caught_up else 0.0,
                 ))
@@ -179,7 +192,7 @@ class Verifier:
                         target=target[b:b + 1, :n + 1], drafts=drafts[b:b + 1, :n], num_drafts=num_drafts[b:b + 1],
                         exponentials=noise, verify=verify[b:b + 1, :n]), 0)
             results = []
-            for b, ((session, _), r) in enumerate(zip(entries, requests, strict=True)):
+            for b, ((session, key), r) in enumerate(zip(entries, requests, strict=True)):
                 verdict, row = picked[b]
                 n, a = len(r.drafts), int(verdict.num_accepted[row])
                 rows = session.row_logits  # [n + 1, V]
@@ -189,29 +202,42 @@ class Verifier:
                     tokens=verdict.tokens[row, :a + 1].tolist(), num_accepted=a,
                     recovered=bool(verdict.recovered[row]), bonus=bool(verdict.bonus[row]),
                     y_d=verdict.y_d[row, :n].tolist(), accept_prob=verdict.accept_prob[row, :n].tolist(),
+                    winners=verdict.winners[row, :n].tolist() if verdict.winners is not None else [],
                     tau_llm_s=session.timing.forward_s, pass_tokens=catch_up + n, batch_size=batch,
                     new_token_probs=session.pending_probs[:catch_up] if r.score else [],
+                    new_token_winners=coupled_winners(rows=session.pending_rows[:catch_up], key=key,
+                                                      first_position=r.position - catch_up
+                                                      ) if r.coupled and r.score else [],
                     scoring_s=session.timing.scoring_s, replayed_s=session.timing.replayed_s,
                 ))
             return results
 
-    def score(self, *, session_id: str, new_tokens: list[int], reopen: Reopen | None = None
-              ) -> tuple[list[float], float]:
+    def score(self, *, session_id: str, new_tokens: list[int], reopen: Reopen | None = None,
+              position: int | None = None) -> Scored:
         """y of each token the LLM has not seen (evaluation only, e.g. the skipped tail of a response)."""
-        (result,) = self.score_batch(items=[(session_id, new_tokens)], reopen=reopen)
+        (result,) = self.score_batch(items=[(session_id, new_tokens)], reopen=reopen,
+                                     positions=None if position is None else [position])
         return result
 
-    def score_batch(self, *, items: list[tuple[str, list[int]]], reopen: Reopen | None = None
-                    ) -> list[tuple[list[float], float]]:
+    def score_batch(self, *, items: list[tuple[str, list[int]]], reopen: Reopen | None = None,
+                    positions: list[int] | None = None) -> list[Scored]:
         """`score` for several sessions in one batched pass: (session_id, new tokens) each; returns each one's
-        probabilities of its new tokens and the seconds of the pass (evaluation only: off both clocks)."""
+        probabilities of its new tokens and the seconds of the pass (evaluation only: off both clocks). With
+        `positions` (coupled sampling: each item's first response position), also the LLM's race winners there."""
         with self._lock:
             ids = [session_id for session_id, _ in items]
             _check_unique(ids)
-            sessions = [self._get(session_id)[0] for session_id in ids]
-            for session, (_, new_tokens) in zip(sessions, items, strict=True):
+            entries = [self._get(session_id) for session_id in ids]
+            for (session, _), (_, new_tokens) in zip(entries, items, strict=True):
                 for token in new_tokens:
                     session.append(token)
-            forward_sessions([s for s, (_, new) in zip(sessions, items, strict=True) if new], score=True)
-            return [(session.pending_probs, session.timing.forward_s + session.timing.scoring_s) if new else ([], 0.0)
-                    for session, (_, new) in zip(sessions, items, strict=True)]
+            forward_sessions([s for (s, _), (_, new) in zip(entries, items, strict=True) if new], score=True)
+            out = []
+            for b, ((session, key), (_, new)) in enumerate(zip(entries, items, strict=True)):
+                if not new:
+                    out.append(([], 0.0, []))
+                    continue
+                winners = [] if positions is None else coupled_winners(rows=session.pending_rows, key=key,
+                                                                       first_position=positions[b])
+                out.append((session.pending_probs, session.timing.forward_s + session.timing.scoring_s, winners))
+            return out

@@ -205,11 +205,16 @@ class BlockDecoder:
             verify_replica=result.replica if sent else "",
         )
         if sent:
-            self._fill_scores(result.new_token_probs)
+            self._fill_scores(probs=result.new_token_probs, winners=result.new_token_winners)
+            if result.winners:  # the LLM's winners at the committed drafts' positions: the kept ones and the next
+                a = result.num_accepted
+                record.llm_tokens = [w if i <= a else -1 for i, w in enumerate(result.winners)]
             self.llm_seen = len(self.tokens) + result.num_accepted  # all but the LLM's own last token
             self.uploaded = True
             self.rule.observe(block=[d.step for d in self.block], num_accepted=result.num_accepted,
                               pass_tokens=result.pass_tokens, pass_s=result.tau_llm_s)
+        elif self.coupled:
+            record.llm_tokens = [-1] * n  # filled when the LLM scores them (evaluation mode)
         emitted = record.tokens
         for i, token in enumerate(emitted):
             if len(self.tokens) >= self.cfg.decode.max_new_tokens:
@@ -240,12 +245,17 @@ class BlockDecoder:
     def unscored_tokens(self) -> list[int]:
         return self.tokens[self.llm_seen:] if self.evaluate else []
 
-    def finish_scoring(self, probs: list[float]) -> None:
-        self._fill_scores(probs)
+    def finish_scoring(self, *, probs: list[float], winners: list[int]) -> None:
+        self._fill_scores(probs=probs, winners=winners)
         self.llm_seen = len(self.tokens)
 
-    def _fill_scores(self, probs: list[float]) -> None:
-        """y of the catch-up tokens: a draft committed unverified gets its y_d (TSR and rejection risk)."""
+    def _fill_scores(self, *, probs: list[float], winners: list[int]) -> None:
+        """y of the catch-up tokens: a draft committed unverified gets its y_d (TSR and rejection risk), and with
+        coupled sampling the LLM's race winner at its position."""
+        for entry, winner in zip(self._unscored, winners, strict=False):
+            if entry is not None:
+                record, i = entry
+                record.llm_tokens[i] = winner
         for entry, y in zip(self._unscored, probs, strict=False):
             if entry is not None and not math.isnan(y):
                 record, i = entry

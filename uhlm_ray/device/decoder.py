@@ -232,12 +232,13 @@ class DeviceDecoder:
             record.sync_bits, record.kept_tokens = draft.sync_bits, draft.kept_tokens
             record.compression = 1.0 - draft.distribution_bits / self.full_bits
         if result is not None:
-            self._fill_scores(result.new_token_probs)
+            self._fill_scores(probs=result.new_token_probs, winners=result.new_token_winners)
             self.llm_seen = len(self.tokens)
             record.token, record.accepted, record.resampled = result.token, result.accepted, result.resampled
             record.y_d, record.beta = result.y_d, result.beta
             if self.coupled:  # the verifier saw no x: the rejection probability of eq. 5 is the device's to compute
                 record.beta = float(rejection_probability(x_d=torch.tensor([x_d]), y_d=torch.tensor([result.y_d]))[0])
+                record.llm_token = result.token  # the LLM's race winner, which it emitted
             record.tau_llm_s, record.catch_up_tokens = result.tau_llm_s, result.catch_up_tokens
             record.verify_batch_size, record.verify_replica = result.batch_size, result.replica
         self.records.append(record)
@@ -252,12 +253,17 @@ class DeviceDecoder:
         """Response tokens the LLM has not processed: evaluation mode scores them once the prompt is done."""
         return self.tokens[self.llm_seen:]
 
-    def finish_scoring(self, probs: list[float]) -> None:
-        self._fill_scores(probs)
+    def finish_scoring(self, *, probs: list[float], winners: list[int]) -> None:
+        self._fill_scores(probs=probs, winners=winners)
         self.llm_seen = len(self.tokens)
 
-    def _fill_scores(self, probs: list[float]) -> None:
-        """y of the tokens from index llm_seen on; a skipped round's token is its draft, so that is its y_d."""
+    def _fill_scores(self, *, probs: list[float], winners: list[int]) -> None:
+        """y of the tokens from index llm_seen on; a skipped round's token is its draft, so that is its y_d.
+        `winners` (coupled sampling): the LLM's race winner at each of those positions."""
+        for offset, winner in enumerate(winners):
+            record = self.records[self.llm_seen + offset]
+            if not record.sent:
+                record.llm_token = winner
         for offset, y in enumerate(probs):
             record = self.records[self.llm_seen + offset]
             if not record.sent and not math.isnan(y):

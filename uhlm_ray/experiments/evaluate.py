@@ -23,6 +23,7 @@ from uhlm_ray.device.decoder import method_measure
 from uhlm_ray.device.paraphrase import paraphrase_prompt_ids
 from uhlm_ray.experiments.calibration import Calibration
 from uhlm_ray.experiments.datasets import Example
+from uhlm_ray.measures.agreement import agreement_summary
 from uhlm_ray.measures.clock import ModelledClock, measured_clock
 from uhlm_ray.measures.intervals import method_intervals, paired_intervals
 from uhlm_ray.measures.metrics import summarize
@@ -239,6 +240,9 @@ def summarize_methods(*, results: dict[str, list[PromptResult]], cfg: EvaluateCo
         s["clock_calibrated"] = float(calibration is not None)  # the clock's times: 1 calibrated solo passes
         s["all_verified"] = s["exact"]  # what this run did: no token committed unverified
         s["exact"] = float(is_exact(method=method, cfg=cfg))  # what the configuration guarantees
+        s["coupled"] = float(cfg.decode.sampling == "coupled")
+        if cfg.decode.sampling == "coupled" and method != "llm":  # where it leaves the LLM alone's response
+            s.update(agreement_summary(results=results[method], reference=results.get("llm")))
     for method, s in summaries.items():  # 95% bootstrap intervals over prompts
         s.update(method_intervals(results=results[method], clock=clock, seed=cfg.decode.seed))
     for base in ("llm", "hlm"):

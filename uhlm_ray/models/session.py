@@ -59,6 +59,8 @@ class CausalSession:
         self.processed = 0  # tokens in the KV cache
         self._last_token = prompt_ids[-1]  # the most recently processed token
         self.pending_probs: list[float] = []  # with score=True: the model's probability of each caught-up token
+        # with score=True: the logits [V] that predicted each caught-up token (None: not kept), for coupled winners
+        self.pending_rows: list[torch.Tensor | None] = []
         # the chain of chunks this session fed its model; None once it left the shareable (solo) path
         self._prefixes = prefixes
         self._chunk: str | None = f"{model.source}|{next(model.model.parameters()).dtype}|{self._device}"
@@ -139,7 +141,7 @@ class CausalSession:
             forward_s += time.perf_counter() - start
             self._rows = 1
         self.timing = StepTiming(forward_s=forward_s, tokens=len(self._pending), batch_size=batch_size)
-        self.pending_probs = []
+        self.pending_probs, self.pending_rows = [], []
         if score:  # off the clocks: the output projection of the other positions
             start = time.perf_counter()
             head = self._model.get_output_embeddings()
@@ -150,6 +152,7 @@ class CausalSession:
                 float(torch.softmax(z, dim=-1)[tok]) if z is not None else float("nan")
                 for z, tok in zip(predictors, self._pending, strict=True)
             ]
+            self.pending_rows = predictors
             self.timing.scoring_s = time.perf_counter() - start
         self.processed += len(self._pending)
         self._last_token = self._pending[-1]

@@ -37,6 +37,7 @@ class BlockVerdict:
     bonus: torch.Tensor  # [B] bool: a = n, the token after them came from y_{n+1}
     accept_prob: torch.Tensor  # [B, N] float32: min(1, y_d / q_d) per draft (y_d for a point mass)
     y_d: torch.Tensor  # [B, N] float32: the LLM's probability of each draft in the block's context
+    winners: torch.Tensor | None = None  # [B, N + 1] int64: coupled rule only, the LLM's race winners t_1 .. t_{N+1}
 
 
 def verify_block(

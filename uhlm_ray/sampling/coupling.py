@@ -70,4 +70,4 @@ def verify_coupled_block(
     tokens[rows, num_accepted] = winners[rows, num_accepted]
     recovered = num_accepted < num_drafts  # [B]
     return BlockVerdict(tokens=tokens, num_accepted=num_accepted, recovered=recovered, bonus=~recovered,
-                        accept_prob=matched.float(), y_d=y_d)
+                        accept_prob=matched.float(), y_d=y_d, winners=winners)

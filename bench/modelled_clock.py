@@ -41,6 +41,7 @@ CHANNELS = {
     "arq": ["channel.model=arq", "channel.upload_overhead_ms=10"],
     "inversion": ["channel.model=inversion", "channel.upload_overhead_ms=10"],
 }
+COUPLED = "decode.sampling=coupled"
 PAPER_CLOCK = ["clock.tau_slm_ms=24.6", "clock.tau_llm_ms=104.6", "clock.llm_pass=flat"]
 ROWS = [  # (label, method, overrides)
     ("LLM alone", "llm", []),
@@ -54,6 +55,12 @@ ROWS = [  # (label, method, overrides)
                           ("fixed n = 5", ["block.stop=fixed", "block.fixed_drafts=5"]))],
     *[(f"Block-HLM {payload}, channel-aware stop", "block_hlm",
        [f"block.payload={payload}", "block.stop=channel_aware", *PAPER_CLOCK]) for payload in ("truncated", "ids")],
+    # shared-noise sampling (decode.sampling=coupled): ids only, a draft kept iff it is the LLM's race winner
+    ("HLM coupled", "hlm", [COUPLED]),
+    *[(f"Block-HLM coupled ids, {label}", "block_hlm", [COUPLED, "block.payload=ids", *stop])
+      for label, stop in (("uncertainty stop u <= 0.2", ["block.stop=uncertainty", "block.stop_u_th=0.2"]),
+                          ("fixed n = 3", ["block.stop=fixed", "block.fixed_drafts=3"]),
+                          ("fixed n = 5", ["block.stop=fixed", "block.fixed_drafts=5"]))],
 ]
 
 
@@ -84,8 +91,12 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prompts", type=int, default=4)
     parser.add_argument("--tokens", type=int, default=32)
+    parser.add_argument("--only", default="", help="comma-separated substrings: decode only the rows whose label "
+                        "contains one (the LLM alone and HLM are always kept: the ratios need them)")
     parser.add_argument("overrides", nargs="*")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
+    wanted = [w for w in args.only.split(",") if w]
+    rows = [row for row in ROWS if not wanted or row[0] in ("LLM alone", "HLM") or any(w in row[0] for w in wanted)]
     base = [f"data.n_prompts={args.prompts}", f"decode.max_new_tokens={args.tokens}", "decode.evaluation_methods=[]",
             "runtime.share_prefixes=false", "runtime.batch_size=1", *args.overrides]  # measured tau: solo
     pair = load_pair(load_config(overrides=base).model)
@@ -93,7 +104,7 @@ def main(argv: list[str]) -> int:
 
     # every (row, link model): its results priced on that link
     priced: dict[tuple[str, str], tuple[EvaluateConfig, list]] = {}
-    for label, method, overrides in ROWS:
+    for label, method, overrides in rows:
         for name, channel in CHANNELS.items():
             decode_with = [*overrides, *channel] if channel_aware(overrides) else overrides
             cfg, results = decoder.results(method=method, overrides=decode_with)
@@ -114,7 +125,7 @@ def main(argv: list[str]) -> int:
         print(f"\nModelled throughput, {clock_name}:")
         print("| method | exact | " + " | ".join(f"{c} tok/s | x LLM | x HLM" for c in CHANNELS) + " |")
         print("|---|---:|" + "---:|---:|---:|" * len(CHANNELS))
-        for label, _, _ in ROWS:
+        for label, _, _ in rows:
             cells, exact = [], "-"
             for name in CHANNELS:
                 cfg, results = priced[label, name]
@@ -128,11 +139,11 @@ def main(argv: list[str]) -> int:
                 exact = "yes" if s.get("exact", 0.0) == 1.0 else "no"
             print(f"| {label} | {exact} | " + " | ".join(cells) + " |")
 
-    print("\nUpload time per sent round (ms): mean / median / p95, and uploads and bits per generated token")
-    print("| method | " + " | ".join(CHANNELS) + " | uploads/token | bits/token |")
-    print("|---|" + "---:|" * (len(CHANNELS) + 2))
+    print("\nUpload time per sent round (ms): mean / median / p95, uploads and bits per generated token, acceptance")
+    print("| method | " + " | ".join(CHANNELS) + " | uploads/token | bits/token | acceptance | mean accepted |")
+    print("|---|" + "---:|" * (len(CHANNELS) + 4))
     first_clock = next(iter(clocks))
-    for label, method, _ in ROWS:
+    for label, method, _ in rows:
         if method == "llm":
             continue
         cells = []
@@ -140,7 +151,8 @@ def main(argv: list[str]) -> int:
             s = summaries[first_clock, label, name]
             cells.append(f"{s['mean_uplink_ms']:.4g} / {s['median_uplink_ms']:.4g} / {s['p95_uplink_ms']:.4g}")
         s = summaries[first_clock, label, "arq"]
-        print(f"| {label} | " + " | ".join(cells) + f" | {s['uploads_per_token']:.3f} | {s['bits_per_token']:.4g} |")
+        print(f"| {label} | " + " | ".join(cells) + f" | {s['uploads_per_token']:.3f} | {s['bits_per_token']:.4g} | "
+              f"{s['acceptance_rate']:.3f} | {s.get('mean_accepted_length', float('nan')):.3g} |")
 
     # eq. 3 under Rayleigh fading: the sample mean of the upload time grows with the number of draws
     cfg = load_config(overrides=[*base, *CHANNELS["shannon (eq. 3)"]])

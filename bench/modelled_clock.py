@@ -56,7 +56,7 @@ ROWS = [  # (label, method, overrides)
     *[(f"Block-HLM {payload}, channel-aware stop", "block_hlm",
        [f"block.payload={payload}", "block.stop=channel_aware", *PAPER_CLOCK]) for payload in ("truncated", "ids")],
     # shared-noise sampling (decode.sampling=coupled): ids only, a draft kept iff it is the LLM's race winner
-    ("HLM coupled", "hlm", [COUPLED]),
+    ("HLM coupled", "hlm", [COUPLED, "block.payload=ids"]),
     *[(f"Block-HLM coupled ids, {label}", "block_hlm", [COUPLED, "block.payload=ids", *stop])
       for label, stop in (("uncertainty stop u <= 0.2", ["block.stop=uncertainty", "block.stop_u_th=0.2"]),
                           ("fixed n = 3", ["block.stop=fixed", "block.fixed_drafts=3"]),

@@ -33,6 +33,19 @@ def tiny_pair(tiny_pair_dirs):
     return load_pair(ModelConfig(pair="custom", slm=slm, llm=llm, dtype="float32"))
 
 
+@pytest.fixture(scope="module")
+def tiny_pair64(tiny_pair_dirs):
+    """The tiny pair in float64: no rounding tie can flip a sampled token between batched and solo passes."""
+    from uhlm_ray.config import ModelConfig
+    from uhlm_ray.models import load_pair
+
+    slm, llm = tiny_pair_dirs
+    pair = load_pair(ModelConfig(pair="custom", slm=slm, llm=llm, dtype="float32"))
+    pair.slm.model.double()
+    pair.llm.model.double()
+    return pair
+
+
 @pytest.fixture(scope="session")
 def real_pair():
     """The embedded Qwen2.5-Coder pair (assembled and converted on first use)."""

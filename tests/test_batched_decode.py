@@ -11,12 +11,11 @@ import math
 
 import pytest
 
-from uhlm_ray.config import ModelConfig, load_config
+from uhlm_ray.config import load_config
 from uhlm_ray.experiments import calibration as calibration_module
 from uhlm_ray.experiments.calibration import calibrate
 from uhlm_ray.experiments.datasets import Example
 from uhlm_ray.experiments.evaluate import ResultStore, evaluate_methods, run_clock, run_method, summarize_methods
-from uhlm_ray.models import load_pair
 from uhlm_ray.validation import ConfigError
 
 EXAMPLES = [Example(id=f"e{i}", prompt=p, reference="ref") for i, p in enumerate(
@@ -26,12 +25,8 @@ TIMING_FIELDS = {"tau_slm_s", "tau_llm_s", "tau_uncertainty_s", "wall_s", "verif
 
 
 @pytest.fixture(scope="module")
-def pair64(tiny_pair_dirs):
-    slm, llm = tiny_pair_dirs
-    pair = load_pair(ModelConfig(pair="custom", slm=slm, llm=llm, dtype="float32"))
-    pair.slm.model.double()
-    pair.llm.model.double()
-    return pair
+def pair64(tiny_pair64):
+    return tiny_pair64
 
 
 def _cfg(*overrides: str):

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from uhlm_ray.config import BLOCK_STOPS, ModelConfig, load_config
+from uhlm_ray.config import BLOCK_STOPS, load_config
 from uhlm_ray.decode import decode_batch, device_job, make_policy
-from uhlm_ray.models import full_recompute_logits, load_pair
+from uhlm_ray.models import full_recompute_logits
 from uhlm_ray.validation import ConfigError
 
 KEYS = 500  # distinct session keys (prompt indices), each a different draw of the shared noise
@@ -20,13 +20,9 @@ PROMPTS = [[2, 3, 4], [5, 6], [7, 8, 9, 10], [11]]
 
 
 @pytest.fixture(scope="module")
-def pair64(tiny_pair_dirs):
-    slm, llm = tiny_pair_dirs
-    pair = load_pair(ModelConfig(pair="custom", slm=slm, llm=llm, dtype="float32"))
-    pair.slm.model.double()
-    pair.llm.model.double()
+def pair64(tiny_pair64):
     # no end-of-sequence stop: every key decodes all its tokens, so every position is compared
-    return types.SimpleNamespace(slm=pair.slm, llm=pair.llm, eos_token_ids=frozenset())
+    return types.SimpleNamespace(slm=tiny_pair64.slm, llm=tiny_pair64.llm, eos_token_ids=frozenset())
 
 
 def _decode(pair, method: str, *overrides: str) -> list[list[int]]:

@@ -180,9 +180,13 @@ class Verifier:
                 accept, u_final[b] = block_uniforms(key=key, round_index=r.round_index, drafts=n)
                 u_accept[b, :n] = torch.tensor(accept, dtype=torch.float64)
             num_drafts = torch.tensor([len(r.drafts) for r in requests])
-            verdict = verify_block(target=target, drafts=drafts, num_drafts=num_drafts,
-                                   draft_probs=probs, u_accept=u_accept, u_final=u_final, verify=verify)
-            picked = {b: (verdict, b) for b, r in enumerate(requests) if not r.coupled}
+            plain = torch.tensor([b for b, r in enumerate(requests) if not r.coupled], dtype=torch.long)  # [P]
+            picked: dict[int, tuple] = {}
+            if len(plain):  # speculative sampling over the rows that are not coupled, in one call
+                verdict = verify_block(target=target[plain], drafts=drafts[plain], num_drafts=num_drafts[plain],
+                                       draft_probs=probs[plain] if probs is not None else None,
+                                       u_accept=u_accept[plain], u_final=u_final[plain], verify=verify[plain])
+                picked = {int(b): (verdict, j) for j, b in enumerate(plain.tolist())}
             for b, ((_, key), r) in enumerate(zip(entries, requests, strict=True)):
                 if r.coupled:  # the shared race at the block's positions, one block at a time (its noise is |V| wide)
                     n = len(r.drafts)

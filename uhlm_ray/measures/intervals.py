@@ -17,6 +17,7 @@ from collections.abc import Callable
 import numpy as np
 from scipy.stats import bootstrap
 
+from uhlm_ray.measures.agreement import unverified_checks
 from uhlm_ray.measures.block_metrics import BlockStats, unverified_risks
 from uhlm_ray.measures.clock import ModelledClock, modelled_seconds
 from uhlm_ray.measures.metrics import SpecDecodeStats, acceptance_if_sent
@@ -42,6 +43,8 @@ def _hybrid_parts(res: PromptResult) -> Parts:
         "acceptance_rate": (stats.num_accepted_tokens, stats.num_drafts),
         "true_skip_rate": (sum(skipped_accept), sum(accept_if_sent)) if scored else (math.nan, math.nan),
         "rejection_risk": (sum(r.beta for r in records if not r.sent), tokens) if scored else (math.nan, math.nan),
+        # CU-HLM's vocabulary compression: a mean over sent rounds
+        "compression_rate": (sum(r.compression for r in records if r.sent), stats.num_drafts),
     }
 
 
@@ -76,6 +79,9 @@ def prompt_parts(*, res: PromptResult, clock: ModelledClock) -> Parts:
         parts |= _block_parts(res)
     elif res.method != "llm":
         parts |= _hybrid_parts(res)
+    checks = unverified_checks(res.records)  # coupled sampling: unverified drafts that are not the LLM's winner
+    if checks:
+        parts["unverified_disagreement"] = (float(sum(checks)), float(len(checks)))
     return parts
 
 

@@ -11,6 +11,7 @@ table prints the drafts judged, the acceptance observed, and from the same posit
 - (1 - TV(x, y)) / (1 + TV(x, y)): the coupled rule's lower bound (Daliri, Musco and Suresh, arXiv 2408.07978);
 - sum_v x_v y_v: a point mass's acceptance E_x[y_d].
 Coupled acceptance should sit between the bound and 1 - TV; point-mass ids at sum x y; truncated at 1 - TV(x~, y).
+Acceptance carries a 95% Wilson interval (drafts treated as independent, which they are not quite).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import sys
 import time
 
 import torch
+from scipy.stats import binomtest
 
 from uhlm_ray.config import EvaluateConfig, load_config
 from uhlm_ray.experiments.datasets import load_examples
@@ -86,8 +88,8 @@ def main(argv: list[str]) -> int:
     examples = load_examples(cfg0.data)
     print(f"{args.prompts} prompts ({cfg0.data.name}) x up to {args.tokens} tokens, blocks of n = {args.drafts}, "
           f"float32\n")
-    print("| upload | block position | drafts judged | acceptance | mean 1 - TV(q, y) | mean (1-TV)/(1+TV) "
-          "| mean sum x y |")
+    print("| upload | block position | drafts judged | acceptance [95% Wilson] | mean 1 - TV(q, y) "
+          "| mean (1-TV)/(1+TV) | mean sum x y |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for label, overrides in UPLOADS.items():
         cfg = load_config(overrides=[*base, *overrides])
@@ -99,8 +101,9 @@ def main(argv: list[str]) -> int:
         for k, name in [*((k, str(k + 1)) for k in sorted(rows)), (None, "all")]:
             picked = rows[k] if k is not None else every
             mean = [sum(r[i] for r in picked) / len(picked) for i in range(4)]
-            print(f"| {label} | {name} | {len(picked)} | {mean[0]:.3f} | {mean[1]:.3f} | {mean[2]:.3f} | "
-                  f"{mean[3]:.3f} |")
+            ci = binomtest(sum(r[0] for r in picked), len(picked)).proportion_ci(method="wilson")
+            print(f"| {label} | {name} | {len(picked)} | {mean[0]:.3f} [{ci.low:.3f}, {ci.high:.3f}] | "
+                  f"{mean[1]:.3f} | {mean[2]:.3f} | {mean[3]:.3f} |")
     return 0
 
 

@@ -91,11 +91,11 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prompts", type=int, default=4)
     parser.add_argument("--tokens", type=int, default=32)
-    parser.add_argument("--only", default="", help="comma-separated substrings: decode only the rows whose label "
-                        "contains one (the LLM alone and HLM are always kept: the ratios need them)")
+    parser.add_argument("--only", default="", help="'|'-separated substrings (labels hold commas): decode only the "
+                        "rows whose label contains one (the LLM alone and HLM are always kept: the ratios need them)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_intermixed_args(argv)
-    wanted = [w for w in args.only.split(",") if w]
+    wanted = [w for w in args.only.split("|") if w]
     rows = [row for row in ROWS if not wanted or row[0] in ("LLM alone", "HLM") or any(w in row[0] for w in wanted)]
     base = [f"data.n_prompts={args.prompts}", f"decode.max_new_tokens={args.tokens}", "decode.evaluation_methods=[]",
             "runtime.share_prefixes=false", "runtime.batch_size=1", *args.overrides]  # measured tau: solo

@@ -120,12 +120,12 @@ def _pooled_chisquare(triples: np.ndarray, law: np.ndarray) -> float:
 def test_the_coupled_llm_alone_samples_the_llms_joint_law(pair64, monkeypatch):
     """3,000 keys: the first 3 tokens' joint law is the LLM's (alpha 1e-3); noise reused across positions (the
     negative control) is rejected by the same test."""
-    import uhlm_ray.decode as decode_module
+    import uhlm_ray.sampling.coupling as coupling_module
 
     law = _joint_law(pair64.llm, PROMPTS[0], pair64.llm.vocab_size)
     assert _pooled_chisquare(_coupled_triples(pair64, 3000), law) > 1e-3
-    real = decode_module.race_exponentials
-    monkeypatch.setattr(decode_module, "race_exponentials",
+    real = coupling_module.race_exponentials
+    monkeypatch.setattr(coupling_module, "race_exponentials",
                         lambda *, key, position, vocab_size: real(key=key, position=1, vocab_size=vocab_size))
     assert _pooled_chisquare(_coupled_triples(pair64, 3000), law) < 1e-6
 

@@ -41,7 +41,7 @@ from uhlm_ray.models.prefix_cache import PrefixCache
 from uhlm_ray.models.session import CausalSession, forward_sessions, mc_dropout_logits
 from uhlm_ray.protocol import BlockRequest, BlockResult, Reopen, Scored, VerifyRequest, VerifyResult
 from uhlm_ray.records import NAN, RoundRecord
-from uhlm_ray.sampling.coupling import coupled_sample, race_exponentials
+from uhlm_ray.sampling.coupling import race_winner
 from uhlm_ray.sampling.rng import Purpose, SessionKey
 from uhlm_ray.sampling.verify import sample_inverse_cdf
 from uhlm_ray.snr import mean_snr
@@ -396,8 +396,7 @@ def decode_llm_lockstep(
             llm_session, key = sessions[i], jobs[i].key
             y = torch.softmax(llm_session.next_logits(), dim=-1)  # [V] float32
             if cfg.decode.sampling == "coupled":  # the race every coupled method's verifier runs at position t
-                token = int(coupled_sample(probs=y, exponentials=race_exponentials(key=key, position=t,
-                                                                                   vocab_size=y.shape[-1])))
+                token = race_winner(probs=y, key=key, position=t)
             else:
                 uniform = keyed_uniform(key=key, round_index=t, purpose=Purpose.LLM_SAMPLE)
                 token = int(sample_inverse_cdf(probs=y.unsqueeze(0), uniform=uniform)[0])

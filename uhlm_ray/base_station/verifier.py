@@ -32,7 +32,7 @@ from uhlm_ray.protocol import (
     VerifyResult,
 )
 from uhlm_ray.sampling.block_verify import verify_block
-from uhlm_ray.sampling.coupling import coupled_sample, race_exponentials, verify_coupled_block
+from uhlm_ray.sampling.coupling import race_exponentials, race_winner, verify_coupled_block
 from uhlm_ray.sampling.rng import Purpose, SessionKey
 from uhlm_ray.sampling.verify import verify_draft
 
@@ -53,9 +53,8 @@ def block_uniforms(*, key: SessionKey, round_index: int, drafts: int) -> tuple[l
 def coupled_winners(*, rows: list[torch.Tensor | None], key: SessionKey, first_position: int) -> list[int]:
     """The LLM's race winner at each scored position, from the logits [V] that predicted it (-1 where none did):
     the token a coupled LLM would have emitted there after the same prefix (evaluation only)."""
-    return [int(coupled_sample(probs=torch.softmax(z, dim=-1), exponentials=race_exponentials(
-        key=key, position=first_position + i, vocab_size=z.shape[-1]))) if z is not None else -1
-        for i, z in enumerate(rows)]
+    return [race_winner(probs=torch.softmax(z, dim=-1), key=key, position=first_position + i) if z is not None else -1
+            for i, z in enumerate(rows)]
 
 
 def _check_unique(ids: list[str]) -> None:
@@ -115,8 +114,7 @@ class Verifier:
             for (session, key), request in zip(entries, requests, strict=True):
                 y = torch.softmax(session.next_logits(), dim=-1)  # [V] float32
                 if request.coupled:  # the LLM's own race winner at this position; beta is the device's to compute
-                    winner = int(coupled_sample(probs=y, exponentials=race_exponentials(
-                        key=key, position=request.round_index, vocab_size=y.shape[-1])))
+                    winner = race_winner(probs=y, key=key, position=request.round_index)
                     token, accepted, beta = winner, winner == request.draft, float("nan")
                     resampled = not accepted
                 else:

@@ -30,7 +30,7 @@ from uhlm_ray.link.channel import Upload, expected_upload_seconds, upload
 from uhlm_ray.link.payload import block_payload_bits, sync_bits, truncate
 from uhlm_ray.protocol import BlockRequest, BlockResult
 from uhlm_ray.records import NAN, BlockRecord
-from uhlm_ray.sampling.coupling import coupled_sample, race_exponentials
+from uhlm_ray.sampling.coupling import race_winner
 from uhlm_ray.sampling.rng import Purpose, SessionKey
 from uhlm_ray.sampling.verify import sample_inverse_cdf
 from uhlm_ray.snr import linear_to_db
@@ -130,8 +130,7 @@ class BlockDecoder:
         if block.greedy:
             token = int(torch.argmax(x))
         elif self.coupled:  # the race on the noise the verifier shares, at this draft's response position
-            token = int(coupled_sample(probs=x, exponentials=race_exponentials(
-                key=self.key, position=len(self.tokens) + i + 1, vocab_size=x.shape[-1])))
+            token = race_winner(probs=x, key=self.key, position=len(self.tokens) + i + 1)
         else:
             uniform = keyed_uniform(key=self.key, round_index=self.round, purpose=Purpose.DRAFT, offset=i)
             token = int(sample_inverse_cdf(probs=drawn_from.unsqueeze(0), uniform=uniform)[0])

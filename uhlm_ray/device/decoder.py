@@ -42,7 +42,7 @@ from uhlm_ray.link.payload import (
 )
 from uhlm_ray.protocol import VerifyRequest, VerifyResult
 from uhlm_ray.records import NAN, RoundRecord
-from uhlm_ray.sampling.coupling import coupled_sample, race_exponentials
+from uhlm_ray.sampling.coupling import race_winner
 from uhlm_ray.sampling.rng import Purpose, SessionKey
 from uhlm_ray.sampling.verify import rejection_probability, sample_inverse_cdf
 from uhlm_ray.snr import linear_to_db
@@ -169,8 +169,7 @@ class DeviceDecoder:
                                  top_p=self.truncation.top_p)
         draft_probs = truncated.probs if truncated is not None else x  # [V]
         if self.coupled:  # the race on the noise the verifier shares: t is the response position
-            draft = int(coupled_sample(probs=draft_probs, exponentials=race_exponentials(
-                key=key, position=t, vocab_size=draft_probs.shape[-1])))
+            draft = race_winner(probs=draft_probs, key=key, position=t)
         else:
             draft = int(sample_inverse_cdf(probs=draft_probs.unsqueeze(0),
                                            uniform=keyed_uniform(key=key, round_index=t, purpose=Purpose.DRAFT))[0])

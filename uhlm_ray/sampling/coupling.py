@@ -39,6 +39,12 @@ def coupled_sample(*, probs: torch.Tensor, exponentials: torch.Tensor) -> torch.
     return score.argmax(dim=-1)
 
 
+def race_winner(*, probs: torch.Tensor, key: SessionKey, position: int) -> int:
+    """The token a model with distribution probs [V] emits at response position `position` under the session's noise."""
+    return int(coupled_sample(probs=probs, exponentials=race_exponentials(key=key, position=position,
+                                                                          vocab_size=probs.shape[-1])))
+
+
 def verify_coupled_block(
     *,
     target: torch.Tensor,

@@ -77,6 +77,14 @@ def test_decode_shares_add_up_to_the_experiment_time(pair64):
     results = run_method(pair=pair64, examples=EXAMPLES, method="hlm", cfg=_cfg("runtime.batch_size=6"),
                          encoder=None, store=None)
     assert all(r.decode_s >= 0 for r in results) and sum(r.decode_s for r in results) > 0
+    # processor sharing: a prompt that decoded for more rounds was charged at least as much as a shorter one, so the
+    # bootstrap over prompts does not see the batch's late finishers as free
+    by_length = sorted(results, key=lambda r: len(r.tokens))
+    assert len({len(r.tokens) for r in results}) > 1, "the test needs prompts that stop at different lengths"
+    assert all(a.decode_s <= b.decode_s for a, b in zip(by_length, by_length[1:], strict=False)
+               if len(a.tokens) < len(b.tokens))
+    longest = [r.decode_s for r in results if len(r.tokens) == len(by_length[-1].tokens)]
+    assert len(longest) > 1 and min(longest) > 0.5 * max(longest)  # prompts that finished together cost alike
     summary = summarize_methods(results={"hlm": results}, cfg=_cfg("runtime.batch_size=6", "clock.tau_slm_ms=20",
                                                                    "clock.tau_llm_ms=100"))["hlm"]
     tokens = sum(len(r.tokens) for r in results)

@@ -76,6 +76,20 @@ def test_entries_in_a_folder_serve_another_process(bf16_pair, tmp_path):
     assert replayed[0] == computed[0] and _outcome(replayed[1]) == _outcome(computed[1])
 
 
+def test_two_models_from_one_folder_do_not_share_entries(bf16_pair, tiny_pair_dirs):
+    slm, llm = tiny_pair_dirs
+    changed = load_pair(ModelConfig(pair="custom", slm=slm, llm=llm, dtype="bfloat16"))
+    with torch.no_grad():  # the same folder, then edited in memory (a fine-tuning step, a perturbed head)
+        changed.llm.model.get_output_embeddings().weight.mul_(-1.0)
+    prefixes = PrefixCache()
+    original = _run(bf16_pair, method="llm", u_th=None, prompt_index=0, prefixes=prefixes)
+    misses = prefixes.misses
+    edited = _run(changed, method="llm", u_th=None, prompt_index=0, prefixes=prefixes)
+    assert prefixes.misses > misses  # the edited model computed its own passes
+    assert edited[0] == _run(changed, method="llm", u_th=None, prompt_index=0, prefixes=None)[0]
+    assert edited[0] != original[0]
+
+
 def test_memory_is_bounded_and_batches_are_not_shared(bf16_pair):
     tiny = PrefixCache(max_memory_mb=0.05)
     _run(bf16_pair, method="hlm", u_th=None, prompt_index=0, prefixes=tiny)

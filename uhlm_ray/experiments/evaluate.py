@@ -137,19 +137,25 @@ def run_method(
                                                  prompt_index=i) if method != "llm" else None,  # LLM: no u
         ) for i in chunk]
         last_finish = time.perf_counter()
+        # processor sharing: the time between two finishes is split equally among the prompts still decoding, so a
+        # prompt's share is its own cost (not whatever happened since the previous finish) and the shares still add
+        # up to the batch's wall time; a bootstrap over prompts then resamples costs, not the batch's finish order
+        share, active = 0.0, len(chunk)
 
         def finished(j: int, outcome: DeviceOutcome, *, chunk: list[int] = chunk, jobs: list = jobs) -> None:
-            nonlocal last_finish
+            nonlocal last_finish, share, active
             index, example = chunk[j], examples[chunk[j]]
             response = pair.tokenizer.decode(outcome.tokens, skip_special_tokens=True)
             similarity = float(response_similarity(encoder=encoder, responses=[response],
                                                    references=[example.reference])[0]) if encoder else math.nan
             now = time.perf_counter()
+            share += (now - last_finish) / active
+            active -= 1
             result = PromptResult(
                 method=method, prompt_index=index, example_id=example.id, reference=example.reference,
                 response=response, tokens=outcome.tokens, stop_reason=outcome.stop_reason,
                 prompt_tokens=len(jobs[j].prompt_ids), prefill_s=outcome.prefill_s, records=outcome.records,
-                similarity=similarity, batch_size=len(chunk), decode_s=now - last_finish,
+                similarity=similarity, batch_size=len(chunk), decode_s=share,
             )
             last_finish = now
             if store is not None:

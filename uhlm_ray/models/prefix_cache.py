@@ -54,6 +54,19 @@ class ChunkEntry:
         return sum(t.numel() * t.element_size() for t in tensors)
 
 
+@torch.no_grad()
+def model_fingerprint(*, model: torch.nn.Module, source: str, device: str) -> str:
+    """The root of a model's chunk chain: its source, dtype and device, and a sample of its weights (each tensor's
+    shape and its first and last values). The source alone would let two models loaded from one folder, or a folder
+    whose weights changed since an on-disk cache was written, answer for each other."""
+    digest = hashlib.sha256(f"{source}|{device}".encode())
+    for name, tensor in model.state_dict().items():
+        flat = tensor.reshape(-1)
+        ends = torch.cat([flat[:8], flat[-8:]]).to(torch.float64).cpu()
+        digest.update(f"|{name}:{tuple(tensor.shape)}:{tensor.dtype}:".encode() + ends.numpy().tobytes())
+    return digest.hexdigest()
+
+
 def chunk_key(*, parent: str, tokens: list[int]) -> str:
     """The key of a chunk: its parent's key (the model's fingerprint for a prompt) and its tokens."""
     digest = hashlib.sha256(parent.encode())

@@ -28,7 +28,7 @@ import torch
 from transformers import DynamicCache
 
 from uhlm_ray.models.loading import LoadedModel
-from uhlm_ray.models.prefix_cache import ChunkEntry, PrefixCache, chunk_key
+from uhlm_ray.models.prefix_cache import ChunkEntry, PrefixCache, chunk_key, model_fingerprint
 from uhlm_ray.validation import ConfigError
 
 
@@ -63,7 +63,8 @@ class CausalSession:
         self.pending_rows: list[torch.Tensor | None] = []
         # the chain of chunks this session fed its model; None once it left the shareable (solo) path
         self._prefixes = prefixes
-        self._chunk: str | None = f"{model.source}|{next(model.model.parameters()).dtype}|{self._device}"
+        self._chunk: str | None = (model_fingerprint(model=model.model, source=model.source, device=str(self._device))
+                                    if prefixes is not None else None)
         self._rows = 1  # next-token logits wanted from the next pass: its last `_rows` positions (a block's y)
         self.row_logits: torch.Tensor | None = None  # [rows, V] float32 after a pass that asked for several
         self.next_logits()

@@ -34,6 +34,6 @@ def connect(runtime: RuntimeConfig, *, job: str) -> None:
     """`runtime.address`, else $RAY_ADDRESS (set by `ray job submit`), else "local": never a stale cluster file."""
     address = runtime.address or os.environ.get("RAY_ADDRESS") or "local"
     check_reachable(address, field="runtime.address" if runtime.address else "RAY_ADDRESS")
-    ray.init(address=address, log_to_driver=False)
+    ray.init(address=address, log_to_driver=True)  # trial and actor output reaches the console and `ray job logs`
     where = "a new local Ray" if address == "local" else f"the Ray cluster at {address}"
     print(f"[{job}] connected to {where}: {ray.cluster_resources()}")

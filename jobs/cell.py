@@ -31,6 +31,7 @@ from uhlm_ray.cell import device_channel, device_distances, summarize_cell  # no
 from uhlm_ray.cli import job_inputs, refusals  # noqa: E402
 from uhlm_ray.config import EvaluateConfig  # noqa: E402
 from uhlm_ray.experiments.evaluate import DECODE_SECTIONS, ResultStore, format_value, run_clock, run_key  # noqa: E402
+from uhlm_ray.experiments.locations import job_folder  # noqa: E402
 from uhlm_ray.experiments.tracking import (  # noqa: E402
     RUN_KEY_TAG,
     experiment_name,
@@ -88,7 +89,7 @@ def main(argv: list[str]) -> int:
     cell = cfg.cell
     distances = device_distances(cell)
     key = run_key(cfg, sections=(*DECODE_SECTIONS, "cell"))
-    folder = Path(cfg.output_dir) / f"cell-{key}"
+    folder = job_folder(output_dir=cfg.output_dir, job="cell") / key
     print(f"[cell] {cell.n_devices} devices x {cell.prompts_per_device} prompts, method={cell.method}, "
           f"{cell.devices_per_actor} devices per actor; distances {min(distances):.0f}-{max(distances):.0f} m "
           f"(average SNR {mean_snr_db(device_channel(channel=cfg.channel, distance_m=min(distances))):.1f} to "

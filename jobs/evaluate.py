@@ -32,6 +32,7 @@ from uhlm_ray.experiments.evaluate import (
     run_key,
     summarize_methods,
 )
+from uhlm_ray.experiments.locations import job_folder
 from uhlm_ray.experiments.tracking import (
     RUN_KEY_TAG,
     experiment_name,
@@ -80,7 +81,7 @@ def main(argv: list[str]) -> int:
     print(f"[evaluate] models and encoder loaded in {time.perf_counter() - start:.1f} s "
           f"(|V|={pair.vocab_size}, dtype={next(pair.slm.model.parameters()).dtype})")
 
-    folder = Path(cfg.output_dir) / run_key(cfg)
+    folder = job_folder(output_dir=cfg.output_dir, job="evaluate") / run_key(cfg)
     store = ResultStore(folder)
     total = len(examples) * len(cfg.methods)
     with tqdm(total=total, desc="prompts", unit="prompt", file=sys.stdout) as bar:

@@ -21,7 +21,6 @@ import json
 import math
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -42,6 +41,7 @@ from uhlm_ray.experiments.figures import (
     headline_numbers,
     table_one,
 )
+from uhlm_ray.experiments.locations import job_folder
 from uhlm_ray.experiments.sweep import evaluate_trial, local_store
 from uhlm_ray.experiments.tracking import experiment_name, finite_metrics, flat_params, setup_experiment
 from uhlm_ray.measures.intervals import theorem_intervals
@@ -92,8 +92,8 @@ def main(argv: list[str]) -> int:
     with refusals():  # every data set the reproduction reads, before the models load
         for name in rep.datasets:
             load_examples(dataclasses.replace(cfg.data, name=name, n_prompts=rep.n_prompts))
-    folder = (Path(cfg.output_dir).parent / "reproduce"
-              / run_key(cfg, sections=(*DECODE_SECTIONS, "reproduce"))).resolve()
+    folder = job_folder(output_dir=cfg.output_dir, job="reproduce") / run_key(cfg, sections=(*DECODE_SECTIONS,
+                                                                                          "reproduce"))
     (folder / "figures").mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     pair = load_pair(cfg.model)

@@ -36,9 +36,10 @@ from actors.connect import connect  # noqa: E402
 from actors.sweep_mlflow import SweepProgress, TrialRunLogger, TrialRuns, trial_label  # noqa: E402
 from actors.sweep_store import start_sweep_store  # noqa: E402
 from actors.sweep_trial import node_scratch, run_trial  # noqa: E402
-from uhlm_ray.cli import refusals  # noqa: E402
+from uhlm_ray.cli import check_writable_folder, refusals  # noqa: E402
 from uhlm_ray.config import EvaluateConfig, RuntimeConfig  # noqa: E402
 from uhlm_ray.experiments.datasets import load_examples  # noqa: E402
+from uhlm_ray.experiments.locations import job_folder, output_root  # noqa: E402
 from uhlm_ray.experiments.sweep import SearchSpace, load_space_and_configs  # noqa: E402
 from uhlm_ray.experiments.sweep_report import frontier_report, trial_table  # noqa: E402
 from uhlm_ray.experiments.tracking import experiment_name, resolve_tracking_uri, setup_experiment  # noqa: E402
@@ -116,6 +117,7 @@ def preflight(name: str, overrides: list[str]) -> tuple[SearchSpace, EvaluateCon
     for model in {json.dumps(dataclasses.asdict(c.model), sort_keys=True): c.model for c in configs}.values():
         check_model_sources(model)  # assembles the embedded pair here, with progress, before any trial needs it
     cfg = configs[0]
+    check_writable_folder(str(output_root(cfg.output_dir)), field="output_dir")
     connect(cfg.runtime, job="sweep")
     per_trial = max(1, trial_node_cpus(cfg.runtime) // max(1, space.max_concurrent_trials))
     return space, cfg, per_trial
@@ -148,7 +150,7 @@ def main(argv: list[str]) -> int:
         space, base_cfg, per_trial = preflight(name, overrides)
     described = json.dumps([dataclasses.asdict(space), overrides], sort_keys=True, default=str)
     digest = hashlib.sha256(described.encode()).hexdigest()[:10]
-    sweep_dir = (Path(base_cfg.output_dir).parent / "sweeps" / f"{space.name}-{digest}").resolve()
+    sweep_dir = job_folder(output_dir=base_cfg.output_dir, job="sweep") / f"{space.name}-{digest}"
     sweep_dir.mkdir(parents=True, exist_ok=True)
     total = expected_trials(space)
 

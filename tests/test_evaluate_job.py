@@ -70,7 +70,7 @@ def test_job_prints_the_table_and_logs_one_run_per_method(tiny_pair_dirs, tmp_pa
     assert (tmp_path / "mlruns" / "artifacts").is_dir()  # artifacts beside the database, not in a stray folder
 
     # a second run with the same settings resumes: nothing is decoded again
-    folder = next((tmp_path / "out").iterdir())
+    folder = next((tmp_path / "out" / "evaluate").iterdir())
     before = {p.name: p.read_text() for p in folder.glob("*.jsonl")}
     again = subprocess.run(cmd + ["tracking.enabled=false"], capture_output=True, text=True, env=env, cwd=tmp_path,
                            timeout=600)

@@ -21,7 +21,7 @@ def test_reproduction_reports_intervals_and_resumes(tiny_pair_dirs, tmp_path):
         "model.pair=custom", f"model.slm={slm}", f"model.llm={llm}", "model.dtype=float32",
         f"data.path={SHARED_DATA}", "reproduce.datasets=[alpaca,qed]", "reproduce.n_prompts=4",
         "reproduce.thresholds=[0.3,0.6]", "reproduce.measures=[temperature,mc_dropout]", "decode.max_new_tokens=6",
-        "uncertainty.k=4", f"output_dir={tmp_path / 'out' / 'evaluate'}",
+        "uncertainty.k=4", f"output_dir={tmp_path / 'out'}",
         f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}", "tracking.experiment=test-reproduce",
     ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

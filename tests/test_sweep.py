@@ -66,7 +66,7 @@ def _sweep_command(space: Path, tiny_pair_dirs, tmp_path: Path) -> tuple[list[st
     env.pop("RAY_ADDRESS", None)
     cmd = [sys.executable, str(ROOT / "jobs" / "sweep.py"), str(space), "model.pair=custom", f"model.slm={slm}",
            f"model.llm={llm}", "model.dtype=float32", f"tracking.tracking_uri=sqlite:///{tmp_path}/mlruns/mlflow.db",
-           f"output_dir={tmp_path}/out/evaluate"]
+           f"output_dir={tmp_path}/out"]
     return cmd, env
 
 

@@ -94,7 +94,7 @@ def _sweep(space: Path, tiny_pair_dirs, tmp_path: Path, address: str, env: dict)
     cmd = [sys.executable, str(ROOT / "jobs" / "sweep.py"), str(space), "model.pair=custom", f"model.slm={slm}",
            f"model.llm={llm}", "model.dtype=float32", f"runtime.address={address}",
            "runtime.trial_resources={trial_node: 1}", f"runtime.scratch_dir={tmp_path / 'scratch'}",
-           f"tracking.tracking_uri=sqlite:///{tmp_path}/mlruns/mlflow.db", f"output_dir={tmp_path}/out/evaluate"]
+           f"tracking.tracking_uri=sqlite:///{tmp_path}/mlruns/mlflow.db", f"output_dir={tmp_path}/out"]
     return subprocess.run(cmd, capture_output=True, text=True, env={**env, "PYTHONPATH": str(ROOT)}, cwd=tmp_path,
                           timeout=900)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from uhlm_ray.config import EvaluateConfig, config_from_argv
 from uhlm_ray.experiments.datasets import Example, load_examples
+from uhlm_ray.experiments.locations import output_root
 from uhlm_ray.validation import ConfigError
 
 
@@ -31,7 +32,7 @@ def job_inputs(argv: list[str], *, description: str, defaults: list[str] = ()) -
 
     with refusals():
         cfg = config_from_argv(argv, description=description, defaults=list(defaults))
-        check_writable_folder(cfg.output_dir, field="output_dir")
+        check_writable_folder(str(output_root(cfg.output_dir)), field="output_dir")
         if cfg.runtime.scratch_dir is not None:
             check_writable_folder(cfg.runtime.scratch_dir, field="runtime.scratch_dir")
         examples = load_examples(cfg.data)

@@ -277,7 +277,9 @@ class ReproduceConfig:
 @dataclass
 class EvaluateConfig:
     methods: list[str] = field(default_factory=lambda: list(METHODS))
-    output_dir: str = "outputs/evaluate"  # per-prompt results are appended here as they finish (resumable)
+    # the root of every job's files (layout: uhlm_ray/experiments/locations.py); relative: anchored at $UHLM_RAY_HOME,
+    # ~/uhlm_ray-results under `ray job submit`, else the working folder
+    output_dir: str = "outputs"
     resume: bool = True
     model: ModelConfig = field(default_factory=ModelConfig)
     uncertainty: UncertaintyConfig = field(default_factory=UncertaintyConfig)

@@ -15,6 +15,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from uhlm_ray.config import TrackingConfig
+from uhlm_ray.experiments.locations import anchor
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
@@ -26,7 +27,7 @@ RUN_KEY_TAG = "uhlm.run_key"
 
 
 def default_store_dir() -> Path:
-    return Path.cwd() / "mlruns"
+    return anchor() / "mlruns"  # beside the outputs: $UHLM_RAY_HOME, ~/uhlm_ray-results under a Ray job, or here
 
 
 def resolve_tracking_uri(cfg: TrackingConfig) -> str:

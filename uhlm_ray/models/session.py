@@ -242,14 +242,14 @@ def _forward_batch(todo: list[CausalSession], *, score: bool) -> None:
         keys = [s._cache.layers[layer].keys for s in todo]  # each [1, H_kv, L_i, D]
         values = [s._cache.layers[layer].values for s in todo]
         cache.update(_left_pad(keys, past_len), _left_pad(values, past_len), layer)  # [B, H_kv, P, D]
-    out = model.get_decoder()(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+    out = model.get_decoder()(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache,
                               use_cache=True)
     # every sequence's last token sits in the last column: one output projection for the batch
     logits = model.get_output_embeddings()(out.last_hidden_state[:, -1]).float().cpu()  # [B, V]
     forward_s = time.perf_counter() - start
     for i, s in enumerate(todo):
         n = len(s._pending)
-        for layer, batched in enumerate(out.past_key_values.layers):
+        for layer, batched in enumerate(out.cache.layers):
             # this session's new keys/values [1, H_kv, n, D] appended to its own unpadded cache
             s._cache.update(batched.keys[i:i + 1, :, -n:], batched.values[i:i + 1, :, -n:], layer)
         s._finish(hidden=out.last_hidden_state[i, -n:], logits=logits[i], score=score, batch_size=batch,
@@ -269,8 +269,8 @@ def _forward_solo(s: CausalSession, *, score: bool) -> None:
         forward_s = entry.forward_s
     else:
         ids = torch.tensor([s._pending], dtype=torch.long, device=device)  # [1, n]
-        out = model.get_decoder()(input_ids=ids, past_key_values=s._cache, use_cache=True)
-        s._cache = out.past_key_values
+        out = model.get_decoder()(input_ids=ids, cache=s._cache, use_cache=True)
+        s._cache = out.cache
         hidden = out.last_hidden_state[0]  # [n, H]
         head_logits = model.get_output_embeddings()(hidden[-1:])[0]  # [V] model dtype
         forward_s = time.perf_counter() - start
@@ -326,7 +326,7 @@ def mc_dropout_logits(session: CausalSession, *, dropout_probs: list[float], see
     try:
         ids = torch.full((k, 1), last, dtype=torch.long, device=device)  # [K, 1]
         positions = torch.full((k, 1), session.processed - 1, dtype=torch.long, device=device)  # [K, 1]
-        out = model.get_decoder()(input_ids=ids, position_ids=positions, past_key_values=cache, use_cache=True)
+        out = model.get_decoder()(input_ids=ids, position_ids=positions, cache=cache, use_cache=True)
     finally:
         for hook in hooks:
             hook.remove()

@@ -1,18 +1,24 @@
 """The LLM verifier as a Ray Serve deployment: batched verification, one KV cache per device session, an HTTP route.
 
 Devices call it through a DeploymentHandle (`ServeVerifierClient`); other programs can use the JSON route described
-in actors/http_schema.py. Requests that arrive together are verified in one batched forward pass
-(`@serve.batch`); `max_ongoing_requests` is kept at least the batch size so that batches can actually fill.
+in actors/http_schema.py. `app` is the Serve application builder (`serve run actors.verifier_deployment:app k=v ...`,
+serve_config.yaml); jobs deploy it with `start_verifier`. Requests that arrive together are verified in one batched
+forward pass (`@serve.batch`); `max_ongoing_requests` is kept at least the batch size so that batches can fill.
 """
 
 
 import asyncio
+import json
 import time
+from collections.abc import Mapping
+from pathlib import Path
 
 import ray
 import torch
+import yaml
 from fastapi import FastAPI, Header, HTTPException
 from ray import serve
+from ray.serve import Application
 from ray.serve.config import RequestRouterConfig
 
 from actors import http_limits
@@ -29,7 +35,14 @@ from actors.http_schema import (
     to_request,
 )
 from uhlm_ray.base_station.verifier import Verifier
-from uhlm_ray.config import EvaluateConfig, RuntimeConfig, config_from_dict, config_to_dict, validate_config
+from uhlm_ray.config import (
+    EvaluateConfig,
+    RuntimeConfig,
+    config_from_dict,
+    config_to_dict,
+    load_config,
+    validate_config,
+)
 from uhlm_ray.models.loading import load_model, resolve_dtype
 from uhlm_ray.models.presets import resolve_pair
 from uhlm_ray.protocol import (
@@ -51,8 +64,9 @@ DEPLOYMENT_NAME = "VerifierDeployment"
 # session_id option, the x-session-id header on HTTP), strictly (no fallback: a moved session would be rebuilt)
 SESSION_ROUTER = "ray.serve.experimental.consistent_hash_router.ConsistentHashRouter"
 
-app = FastAPI(title="uhlm_ray verifier", description="Speculative verification of SLM drafts by the LLM.")
-http_limits.install(app, max_body_bytes=MAX_BODY_BYTES)
+# the HTTP route's FastAPI object; `app` below is the Serve application builder that `serve run` and serve configs name
+http_app = FastAPI(title="uhlm_ray verifier", description="Speculative verification of SLM drafts by the LLM.")
+http_limits.install(http_app, max_body_bytes=MAX_BODY_BYTES)
 
 
 def _field_error(err: FieldError) -> HTTPException:
@@ -75,7 +89,7 @@ def _raise_any(results: list) -> list:
 
 
 @serve.deployment(name=DEPLOYMENT_NAME)
-@serve.ingress(app)
+@serve.ingress(http_app)
 class VerifierDeployment:
     def __init__(self, config: dict) -> None:
         cfg = config_from_dict(config)
@@ -153,11 +167,11 @@ class VerifierDeployment:
 
     # --- the HTTP route (JSON only) ---
 
-    @app.get("/v1/health")
+    @http_app.get("/v1/health")
     def http_health(self) -> dict:
         return self.info()
 
-    @app.post("/v1/sessions")
+    @http_app.post("/v1/sessions")
     async def http_open(self, body: OpenSession) -> dict:
         bad = [t for t in body.prompt_token_ids if t >= self.core.vocab_size]
         if bad:
@@ -169,7 +183,7 @@ class VerifierDeployment:
             raise HTTPException(status_code=429, detail=str(err)) from err
         return {"session_id": body.session_id, "prefill_s": prefill_s}
 
-    @app.post("/v1/sessions/{session_id}/verify")
+    @http_app.post("/v1/sessions/{session_id}/verify")
     async def http_verify(self, session_id: str, body: Verify,
                           x_session_id: str | None = Header(default=None)) -> VerifyAnswer:
         try:
@@ -184,7 +198,7 @@ class VerifierDeployment:
                             tau_llm_s=r.tau_llm_s, catch_up_tokens=r.catch_up_tokens, batch_size=r.batch_size,
                             new_token_probs=r.new_token_probs, replica=r.replica)
 
-    @app.post("/v1/sessions/{session_id}/block")
+    @http_app.post("/v1/sessions/{session_id}/block")
     async def http_block(self, session_id: str, body: Block,
                          x_session_id: str | None = Header(default=None)) -> BlockAnswer:
         try:
@@ -199,12 +213,12 @@ class VerifierDeployment:
                            y_d=r.y_d, accept_prob=r.accept_prob, tau_llm_s=r.tau_llm_s, pass_tokens=r.pass_tokens,
                            batch_size=r.batch_size, new_token_probs=r.new_token_probs, replica=r.replica)
 
-    @app.delete("/v1/sessions/{session_id}")
+    @http_app.delete("/v1/sessions/{session_id}")
     async def http_close(self, session_id: str) -> dict:
         return {"closed": await self.close(session_id)}
 
 
-def verifier_app(cfg: EvaluateConfig):
+def verifier_app(cfg: EvaluateConfig) -> Application:
     """The deployment bound to a config: its replicas (fixed, or autoscaled), session-affine routing, placement,
     batching, and the queue bound beyond which callers get a clear refusal (HTTP 503) instead of waiting."""
     runtime = cfg.runtime
@@ -237,7 +251,10 @@ def check_verifier_placement(runtime: RuntimeConfig) -> None:
 
 
 def verifier_url() -> str:
-    """The verifier's real HTTP address: Serve keeps the host and port it was first started with."""
+    """The verifier's real HTTP address: Serve keeps the host and port it was first started with.
+
+    Private API on purpose: Ray 2.60 has no public call that returns the running proxies' HTTP options in process
+    (`serve.status()` lists proxies and applications only; `serve config` / the REST details need the dashboard)."""
     from ray.serve.context import _get_global_client
 
     http = _get_global_client().http_config
@@ -250,6 +267,42 @@ def start_verifier(cfg: EvaluateConfig) -> serve.handle.DeploymentHandle:
     check_verifier_placement(cfg.runtime)
     serve.start(http_options={"host": cfg.runtime.http_host, "port": cfg.runtime.http_port})
     return serve.run(verifier_app(cfg), name=APP_NAME, route_prefix="/verifier")
+
+
+def _override_value(value: object) -> str:
+    """An `args:` value as omegaconf override text: `serve run k=v` passes strings, a serve config's YAML may pass
+    numbers, booleans, null, lists or mappings, written here in the flow syntax omegaconf's overrides parse."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict | list):
+        return yaml.safe_dump(value, default_flow_style=True, width=2**16).strip()
+    return json.dumps(value)  # true / false / null / numbers, as YAML spells them
+
+
+def config_from_args(*, args: Mapping[str, object]) -> EvaluateConfig:
+    """The verifier's config from Serve application args: `config` names a YAML file (as a job's `--config`; on a
+    cluster a path that exists where the app is built), every other key is a dotted override (`model.pair=...`).
+    The project's own loader does the work, so a bad arg fails here as a ConfigError naming the field."""
+    overrides = dict(args)
+    yaml_path = overrides.pop("config", None)
+    if yaml_path is not None and not Path(str(yaml_path)).is_file():  # the loader would blame `--config`
+        raise ConfigError(f"config={yaml_path}: no such file where the application is built (cwd {Path.cwd()})")
+    cfg = load_config(overrides=[f"{key}={_override_value(value)}" for key, value in overrides.items()],
+                      yaml_path=None if yaml_path is None else str(yaml_path))
+    resolve_pair(cfg.model)  # validate_config does not check the pair; a replica would fail on it, far from here
+    return cfg
+
+
+def app(args: dict[str, object]) -> Application:
+    """The Serve application builder: `serve run actors.verifier_deployment:app model.pair=...`, and the
+    `import_path` / `args` of serve_config.yaml (`serve run` / `serve deploy`). Ray calls it with one positional
+    dict (its builder contract), so this signature cannot be keyword-only."""
+    cfg = config_from_args(args=args)
+    # on a cluster (serve deploy, a config file) refuse what cannot be placed; `serve run module:app` builds before
+    # it connects, and connecting here would start a Ray of its own
+    if ray.is_initialized():
+        check_verifier_placement(cfg.runtime)
+    return verifier_app(cfg)
 
 
 # what a lost replica or a moved session looks like to a caller: the round is retried after a reopen
@@ -353,4 +406,5 @@ class ServeVerifierClient:
             return False  # its replica is gone, and the session with it
 
 
-__all__ = ["APP_NAME", "ServeVerifierClient", "VerifierDeployment", "start_verifier", "verifier_app"]
+__all__ = ["APP_NAME", "ServeVerifierClient", "VerifierDeployment", "app", "config_from_args", "http_app",
+           "start_verifier", "verifier_app"]

@@ -9,6 +9,7 @@ forward pass (`@serve.batch`); `max_ongoing_requests` is kept at least the batch
 
 import asyncio
 import json
+import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -96,6 +97,10 @@ class VerifierDeployment:
         device = cfg.runtime.verifier_device
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
+        elif device == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("runtime.verifier_device='cuda': this replica sees no GPU (CUDA_VISIBLE_DEVICES="
+                              f"{os.environ.get('CUDA_VISIBLE_DEVICES')!r}, torch {torch.__version__}); give the "
+                              "verifier a GPU node or set runtime.verifier_device=auto")
         if cfg.model.num_threads is not None:
             torch.set_num_threads(cfg.model.num_threads)
         _, llm_source = resolve_pair(cfg.model)

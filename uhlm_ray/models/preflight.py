@@ -68,3 +68,9 @@ def check_model_sources(cfg: ModelConfig) -> tuple[str, str]:
         raise ConfigError(f"model.slm={slm!r} has {rows['slm']} output rows but model.llm={llm!r} has "
                           f"{rows['llm']} (config.json vocab_size): the pair must share its vocabulary")
     return slm, llm
+
+
+if __name__ == "__main__":  # `python -m uhlm_ray.models.preflight`: a node builds the default pair's cache once
+    from uhlm_ray.config import ModelConfig
+
+    print("model pair ready:", *check_model_sources(ModelConfig()))

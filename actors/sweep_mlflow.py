@@ -4,7 +4,7 @@ Trials report their metrics to Tune and leave their records in the sweep store o
 (actors/sweep_store.py), so whatever node a trial ran on, its run lands in the driver's tracking store. The driver
 also keeps every reported result in the sweep folder (`trials.jsonl`): Tune's own per-trial files are written on
 the trial's node, which the driver may not see, so the sweep's report never reads them. Each trial has one child
-run, found again by its `trial_key` tag after an interruption, named by its parameters, spanning the trial's own
+run, found again by its `uhlm.trial_key` tag after an interruption, named by its parameters, spanning the trial's own
 start and end. `SweepProgress` is the console's view of the same events.
 """
 
@@ -14,12 +14,12 @@ import json
 import time
 from pathlib import Path
 
-from mlflow.entities import Metric, Param
+from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 from ray import tune
 
 from uhlm_ray.experiments.sweep import SearchSpace, trial_config
-from uhlm_ray.experiments.tracking import finite_metrics, flat_params
+from uhlm_ray.experiments.tracking import finite_metrics, flat_params, log_params, tag
 
 BOOKKEEPING = ("trial_key", "trial_started", "trial_ended", "trial_node")
 
@@ -49,13 +49,13 @@ class TrialRuns:
 
     def log_report(self, folder: Path) -> None:
         if self.client is not None:
-            for path in sorted(folder.iterdir()):
-                self.client.log_artifact(self.parent_id, str(path), "frontier")
+            self.client.log_artifacts(self.parent_id, str(folder), "frontier")
 
     def log_sweep_metrics(self, metrics: dict[str, float]) -> None:
         if self.client is not None:
-            for key, value in finite_metrics(metrics).items():
-                self.client.log_metric(self.parent_id, key, value)
+            now = int(time.time() * 1000)
+            self.client.log_batch(self.parent_id, metrics=[Metric(key, value, now, 0)
+                                                           for key, value in finite_metrics(metrics).items()])
 
     def record(self, *, params: dict, result: dict) -> None:
         """Keep a reported result in the driver's sweep folder, then log its run."""
@@ -78,9 +78,14 @@ class TrialRuns:
         return list(by_key.values())
 
     def find(self, key: str):
-        runs = self.client.search_runs(
-            [self.experiment_id], filter_string=f"tags.sweep_run_id = '{self.parent_id}' and tags.trial_key = '{key}'")
-        return runs[0] if runs else None
+        for sweep_tag, key_tag in ((tag("sweep_run_id"), tag("trial_key")),
+                                   ("sweep_run_id", "trial_key")):  # runs logged before the tags had a prefix
+            runs = self.client.search_runs(
+                [self.experiment_id], filter_string=f"tags.`{sweep_tag}` = '{self.parent_id}' and "
+                                                    f"tags.`{key_tag}` = '{key}'")
+            if runs:
+                return runs[0]
+        return None
 
     def log(self, *, params: dict, result: dict) -> str | None:
         """The trial's child run, complete: parameters, metrics, records; returns its id."""
@@ -94,24 +99,19 @@ class TrialRuns:
         if existing is None:
             run_id = self.client.create_run(
                 self.experiment_id, run_name=trial_label(space=self.space, params=params), start_time=started,
-                tags={"mlflow.parentRunId": self.parent_id, "sweep_run_id": self.parent_id, "trial_key": key,
-                      "sweep": self.space.name, "trial_node": str(result.get("trial_node", ""))}).info.run_id
+                tags={"mlflow.parentRunId": self.parent_id, tag("sweep_run_id"): self.parent_id, tag("trial_key"): key,
+                      tag("sweep"): self.space.name, tag("trial_node"): str(result.get("trial_node", ""))}).info.run_id
         else:
             run_id = existing.info.run_id  # interrupted while logging: complete it, add nothing
         cfg = trial_config(base_overrides=self.overrides, space=self.space, params=params)
-        items = [Param(k, str(v)) for k, v in {**flat_params(cfg),
-                                               **{f"trial.{k}": str(v) for k, v in params.items()}}.items()]
-        for i in range(0, len(items), 100):  # MLflow's limit per batch
-            self.client.log_batch(run_id, params=items[i:i + 100])
+        log_params(self.client, run_id, {**flat_params(cfg), **{f"trial.{k}": str(v) for k, v in params.items()}})
         ended = int(result.get("trial_ended", time.time()) * 1000)
-        metrics = [Metric(k, float(v), ended, 0) for k, v in result.items()
-                   if k not in BOOKKEEPING and isinstance(v, int | float) and not isinstance(v, bool)]
-        for i in range(0, len(metrics), 1000):
-            self.client.log_batch(run_id, metrics=metrics[i:i + 1000])
+        self.client.log_batch(run_id, metrics=[
+            Metric(k, float(v), ended, 0) for k, v in result.items()
+            if k not in BOOKKEEPING and isinstance(v, int | float) and not isinstance(v, bool)])
         folder = self.artifacts / key
         if folder.is_dir():
-            for path in sorted(folder.glob("*.parquet")):
-                self.client.log_artifact(run_id, str(path), "records")
+            self.client.log_artifacts(run_id, str(folder), "records")
         self.client.set_terminated(run_id, end_time=ended)
         return run_id
 

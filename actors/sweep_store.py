@@ -38,7 +38,8 @@ class SweepStore:
         """Keep a trial's file for the driver to log; written atomically, so a resumed sweep never sees half."""
         folder = self.folder / "artifacts" / trial_key
         folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+        # the partial file beside the folder, not in it: the driver logs the whole folder as the run's records
+        fd, tmp = tempfile.mkstemp(dir=folder.parent, prefix=f".{trial_key}-", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, folder / filename)

@@ -7,7 +7,8 @@
     ray job submit ... -- python jobs/cell.py --config jobs/configs/cluster.yaml   # on `ray up cluster.yaml`
 
 Every setting is an omegaconf override (sections `cell` and `runtime` for this job). Per-prompt results are written
-as waves finish (an interrupted run resumes); the run is logged to MLflow with per-device metrics by step.
+as waves finish (an interrupted run resumes); the run is logged to MLflow with a per-device table
+(`cell_devices.json`, one row per device).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from uhlm_ray.experiments.tracking import (  # noqa: E402
     find_logged_run,
     finite_metrics,
     flat_params,
+    log_params,
     log_prompt_results,
     setup_experiment,
 )
@@ -64,6 +66,17 @@ def format_cell_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def device_table(summary: dict) -> dict[str, list]:
+    """The per-device columns of the cell table, a row per device (None where a metric does not apply)."""
+    devices = sorted(summary["devices"].items(), key=lambda item: int(item[0]))
+    return {"device": [int(d) for d, _ in devices],
+            **{key: [_finite(s.get(key)) for _, s in devices] for key, _, _ in DEVICE_COLUMNS}}
+
+
+def _finite(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) and math.isfinite(float(value)) else None
+
+
 def log_to_mlflow(*, cfg: EvaluateConfig, summary: dict, table: str, folder: Path, results: list[PromptResult],
                   key: str) -> str:
     import mlflow
@@ -71,13 +84,10 @@ def log_to_mlflow(*, cfg: EvaluateConfig, summary: dict, table: str, folder: Pat
     experiment_id = setup_experiment(cfg.tracking, job="cell")
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"cell-{cfg.cell.method}-{key}",
                           tags={RUN_KEY_TAG: key}) as run:
-        mlflow.log_params(flat_params(cfg))
+        log_params(mlflow.MlflowClient(), run.info.run_id, flat_params(cfg))
         mlflow.log_metrics(finite_metrics(summary["cell"]))
-        # per-device metrics by step = device index: the UI plots them against the device
-        for device, s in sorted(summary["devices"].items()):
-            for name in ("throughput_modelled", "transmission_rate", "true_skip_rate", "accuracy", "distance_m"):
-                if s.get(name) is not None and math.isfinite(float(s[name])):
-                    mlflow.log_metric(f"device_{name}", float(s[name]), step=int(device))
+        # devices are not steps: one row per device, compared in the UI's artifact and evaluation views
+        mlflow.log_table(device_table(summary), "cell_devices.json")
         mlflow.log_text(table, "cell_summary.md")
         mlflow.log_dict(summary, "cell_summary.json")
         log_prompt_results(results=results, folder=folder, name=cfg.cell.method)

@@ -39,6 +39,7 @@ from uhlm_ray.experiments.tracking import (
     find_logged_run,
     finite_metrics,
     flat_params,
+    log_params,
     log_prompt_results,
     setup_experiment,
 )
@@ -56,12 +57,12 @@ def log_to_mlflow(
     experiment_id = setup_experiment(cfg.tracking, job="evaluate")
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"evaluate-{run_key(cfg)}",
                           tags={RUN_KEY_TAG: run_key(cfg)}) as parent:
-        mlflow.log_params(flat_params(cfg))
+        log_params(mlflow.MlflowClient(), parent.info.run_id, flat_params(cfg))
         mlflow.log_text(table, "summary.md")
         mlflow.log_dict(summaries, "summary.json")
         for method, method_results in results.items():
-            with mlflow.start_run(experiment_id=experiment_id, run_name=METHOD_LABELS[method], nested=True):
-                mlflow.log_params({**flat_params(cfg), "method": method})
+            with mlflow.start_run(experiment_id=experiment_id, run_name=METHOD_LABELS[method], nested=True) as child:
+                log_params(mlflow.MlflowClient(), child.info.run_id, {**flat_params(cfg), "method": method})
                 mlflow.log_metrics(finite_metrics(summaries[method]))
                 log_prompt_results(results=method_results, folder=folder, name=method)
         return parent.info.run_id

@@ -43,7 +43,7 @@ from uhlm_ray.experiments.figures import (
 )
 from uhlm_ray.experiments.locations import job_folder
 from uhlm_ray.experiments.sweep import evaluate_trial, local_store
-from uhlm_ray.experiments.tracking import experiment_name, finite_metrics, flat_params, setup_experiment
+from uhlm_ray.experiments.tracking import experiment_name, finite_metrics, flat_params, log_params, setup_experiment
 from uhlm_ray.measures.intervals import theorem_intervals
 from uhlm_ray.measures.similarity import load_encoder
 from uhlm_ray.measures.theory import PAPER, theorem_report_from_records
@@ -211,7 +211,7 @@ def main(argv: list[str]) -> int:
 
         experiment_id = setup_experiment(cfg.tracking, job="reproduce")
         with mlflow.start_run(experiment_id=experiment_id, run_name=f"reproduce-{folder.name}") as run_:
-            mlflow.log_params(flat_params(cfg))
+            log_params(mlflow.MlflowClient(), run_.info.run_id, flat_params(cfg))
             mlflow.log_metrics(finite_metrics({**{f"theorem.{k}": v for k, v in ours.items()},
                                                **{f"theorem.{k}": v for k, v in spread.items()},
                                                **{k: v[0] for k, v in headline.items()},

@@ -8,9 +8,10 @@
 
 The first argument names a space (a file, or a name under tune_spaces/); the rest are omegaconf overrides applied
 to every trial. MLflow (experiment `uhlm-sweep`): one parent run per sweep with the Pareto frontiers (accuracy vs
-modelled and vs experiment throughput) as plots and tables and the empirical-versus-bound risk plot; one child run per
-trial. Rerunning the same command resumes an interrupted sweep (Tune's restore; finished trials are kept, the
-decoded prompts are in the shared store, MLflow runs are found again rather than duplicated).
+modelled and vs experiment throughput) as plots and tables and the empirical-versus-bound risk plot, and the space as
+`space/space.json`; one child run per trial. Rerunning the same command resumes an interrupted sweep (Tune's restore;
+finished trials are kept, the decoded prompts are in the shared store, MLflow runs are found again rather than
+duplicated).
 """
 
 from __future__ import annotations
@@ -42,7 +43,13 @@ from uhlm_ray.experiments.datasets import load_examples  # noqa: E402
 from uhlm_ray.experiments.locations import job_folder, output_root  # noqa: E402
 from uhlm_ray.experiments.sweep import SearchSpace, load_space_and_configs  # noqa: E402
 from uhlm_ray.experiments.sweep_report import frontier_report, trial_table  # noqa: E402
-from uhlm_ray.experiments.tracking import experiment_name, resolve_tracking_uri, setup_experiment  # noqa: E402
+from uhlm_ray.experiments.tracking import (  # noqa: E402
+    experiment_name,
+    log_params,
+    resolve_tracking_uri,
+    setup_experiment,
+    tag,
+)
 from uhlm_ray.models.preflight import check_model_sources  # noqa: E402
 from uhlm_ray.validation import ConfigError  # noqa: E402
 
@@ -167,13 +174,14 @@ def main(argv: list[str]) -> int:
             client.update_run(parent_id, status="RUNNING")
         else:
             parent = client.create_run(experiment_id, run_name=f"sweep {space.name} ({total} trials)",
-                                       tags={"sweep": space.name, "sweep_dir": str(sweep_dir),
+                                       tags={tag("sweep"): space.name, tag("sweep_dir"): str(sweep_dir),
                                              "mlflow.note.content": parent_note(space)})
             parent_id = parent.info.run_id
             parent_file.write_text(parent_id)
-            client.log_param(parent_id, "space", json.dumps(dataclasses.asdict(space))[:6000])
-            client.log_param(parent_id, "overrides", " ".join(overrides)[:6000] or "-")
+            # the space whole, as checked (space/space.json) and as written (its file); no param could hold it
+            client.log_dict(parent_id, dataclasses.asdict(space), "space/space.json")
             client.log_artifact(parent_id, str(resolve_space(name)), "space")
+            log_params(client, parent_id, {"overrides": " ".join(overrides) or "-"})
     runs = TrialRuns(client=client, experiment_id=experiment_id, parent_id=parent_id, space=space,
                      overrides=list(overrides), folder=sweep_dir)
     done_before = len(runs.recorded())

@@ -1,5 +1,6 @@
 """`jobs/cell.py` as a user runs it, twice (tiny pair, a real local Ray and Serve, a real MLflow store): the rerun
-finds every prompt stored, reports no wall-clock throughput for work it did not do, and logs no second run."""
+finds every prompt stored, reports no wall-clock throughput for work it did not do, and logs no second run; the run's
+per-device table is read back from the store."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_a_rerun_reuses_everything_and_logs_nothing_twice(tiny_pair_dirs, tmp_path):
+    import mlflow
     from mlflow.tracking import MlflowClient
 
     slm, llm = tiny_pair_dirs
@@ -36,3 +38,11 @@ def test_a_rerun_reuses_everything_and_logs_nothing_twice(tiny_pair_dirs, tmp_pa
     experiment = client.get_experiment_by_name("uhlm-cell")
     (run,) = client.search_runs([experiment.experiment_id])
     assert "aggregate_throughput_wall" in run.data.metrics and "aggregate_throughput_modelled" in run.data.metrics
+    assert {k for k in run.data.tags if not k.startswith("mlflow.")} == {"uhlm.run_key"}
+    # per-device figures as a table, a row per device, not as metric steps numbered by device
+    assert not any(k.startswith("device_") for k in run.data.metrics)
+    mlflow.set_tracking_uri(client.tracking_uri)  # load_table finds the runs through MLflow's global store
+    devices = client.load_table(experiment.experiment_id, "cell_devices.json", run_ids=[run.info.run_id])
+    assert sorted(devices["device"]) == [0, 1]
+    assert {"distance_m", "accuracy", "transmission_rate", "true_skip_rate", "throughput_modelled"} <= set(devices)
+    assert devices["throughput_modelled"].notna().all() and (devices["distance_m"] > 0).all()

@@ -49,6 +49,9 @@ def test_job_prints_the_table_and_logs_one_run_per_method(tiny_pair_dirs, tmp_pa
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert len(parents) == 1 and len(children) == len(METHODS)
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+    # our tags under one prefix, MLflow's own as they were
+    ours = {k for k in parents[0].data.tags if not k.startswith("mlflow.")}
+    assert ours == {"uhlm.run_key"} and parents[0].data.tags["mlflow.runName"].startswith("evaluate-")
     assert {r.data.params["method"] for r in children} == set(METHODS)
     cu = next(r for r in children if r.data.params["method"] == "cu_hlm")
     assert 0.0 < cu.data.metrics["compression_rate"] < 1.0  # top-p uploads are truncated

@@ -4,6 +4,7 @@ through a real MLflow server on loopback; then the same command again resumes wi
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -94,6 +95,20 @@ def test_sweep_logs_parent_and_trials_and_resumes(tiny_pair_dirs, tmp_path):
     parent = parents[0]
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
     assert sorted(c.data.params["trial.policy.u_th"] for c in children) == ["0.2", "0.6"]
+    # our tags under one prefix, MLflow's own (parent, name, note) as they were
+    assert {k for k in parent.data.tags if not k.startswith("mlflow.")} == {"uhlm.sweep", "uhlm.sweep_dir"}
+    assert parent.data.tags["uhlm.sweep"] == "tiny" and "mlflow.note.content" in parent.data.tags
+    for child in children:
+        assert {k for k in child.data.tags if not k.startswith("mlflow.")} == {
+            "uhlm.sweep", "uhlm.sweep_run_id", "uhlm.trial_key", "uhlm.trial_node"}
+        assert child.data.tags["uhlm.sweep_run_id"] == parent.info.run_id
+    # the space whole as an artifact (no `space` param to cut), beside the file it was read from
+    assert "space" not in parent.data.params and parent.data.params["overrides"].startswith("model.pair=custom")
+    assert {a.path for a in client.list_artifacts(parent.info.run_id, "space")} == {"space/space.json",
+                                                                                   "space/tiny.yaml"}
+    local = client.download_artifacts(parent.info.run_id, "space/space.json", str(tmp_path))
+    logged = json.loads(Path(local).read_text())
+    assert logged == json.loads(json.dumps(dataclasses.asdict(load_space(space))))
     for child in children:
         assert {"u_hlm.accuracy", "hlm.throughput_modelled", "u_hlm.transmission_rate"} <= set(child.data.metrics)
         assert {a.path for a in client.list_artifacts(child.info.run_id, "records")} >= {
@@ -207,7 +222,7 @@ def test_sweep_interrupted_mid_run_resumes_without_losing_or_duplicating_runs(ti
         time.sleep(0.2)
     first.send_signal(signal.SIGINT)  # what Ctrl-C does to the driver
     assert first.wait(timeout=300) == 130, (tmp_path / "first.log").read_text()[-3000:]
-    before = {r.data.tags["trial_key"]: r.info.run_id for r in finished_children()}
+    before = {r.data.tags["uhlm.trial_key"]: r.info.run_id for r in finished_children()}
     assert 1 <= len(before) < 4, "the interruption came after the sweep finished: nothing was tested"
     assert "run the same command again to resume" in (tmp_path / "first.log").read_text()
 
@@ -219,9 +234,9 @@ def test_sweep_interrupted_mid_run_resumes_without_losing_or_duplicating_runs(ti
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    assert len(children) == 4 and len({c.data.tags["trial_key"] for c in children}) == 4
+    assert len(children) == 4 and len({c.data.tags["uhlm.trial_key"] for c in children}) == 4
     assert all(c.info.status == "FINISHED" and "u_hlm.accuracy" in c.data.metrics for c in children)
-    assert all(before[c.data.tags["trial_key"]] == c.info.run_id for c in children if c.data.tags["trial_key"]
+    assert all(before[c.data.tags["uhlm.trial_key"]] == c.info.run_id for c in children if c.data.tags["uhlm.trial_key"]
                in before)
     assert sorted(c.data.params["trial.policy.u_th"] for c in children) == ["0.1", "0.3", "0.5", "0.7"]
     # the shared store holds each (method, prompt) once, across the interruption

@@ -116,7 +116,7 @@ def test_trials_on_the_worker_node_land_in_the_driver_store_and_resume_duplicate
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert len(children) == 2 and all(c.info.status == "FINISHED" for c in children)
-    assert {c.data.tags["trial_node"] for c in children} == {worker_node}, "both trials ran on the worker node"
+    assert {c.data.tags["uhlm.trial_node"] for c in children} == {worker_node}, "both trials ran on the worker node"
     for child in children:
         assert {"u_hlm.accuracy", "block_hlm.throughput_modelled", "hlm.transmission_rate"} <= set(child.data.metrics)
         records = {a.path for a in client.list_artifacts(child.info.run_id, "records")}

@@ -1,4 +1,4 @@
-"""MLflow helpers: the default local store, experiments with artifacts beside it, flat params from a config.
+"""MLflow helpers: the default local store, experiments with artifacts beside it, flat params from a config, tags.
 
 MLflow 3 no longer accepts a plain folder as the tracking store, so the default is a sqlite file,
 `./mlruns/mlflow.db`, with run artifacts in `./mlruns/artifacts/` next to it. An explicit `tracking.tracking_uri`
@@ -22,8 +22,18 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 # MLflow 3 opens an experiment without this tag in its GenAI (traces) view; ours are classic runs with metrics
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 CLASSIC_RUNS_VIEW = "custom_model_development"
+# our own run tags share one prefix, apart from MLflow's `mlflow.*` ones
+TAG_PREFIX = "uhlm."
 # the hash of the settings a run's results depend on: a rerun that reuses them all is not logged again
-RUN_KEY_TAG = "uhlm.run_key"
+RUN_KEY_TAG = f"{TAG_PREFIX}run_key"
+# MLflow's limit on a param value (mlflow.utils.validation.MAX_PARAM_VAL_LENGTH); MLflow cuts longer ones itself
+MAX_PARAM_LENGTH = 6000
+LONG_PARAMS_ARTIFACT = "params/long_params.json"
+
+
+def tag(name: str) -> str:
+    """One of our run tags by its short name (`sweep` -> `uhlm.sweep`)."""
+    return TAG_PREFIX + name
 
 
 def default_store_dir() -> Path:
@@ -83,7 +93,7 @@ def find_logged_run(cfg: TrackingConfig, *, job: str, key: str) -> str | None:
 
 
 def flat_params(cfg: object) -> dict[str, str]:
-    """A structured config as dotted MLflow params (`policy.u_th` -> "0.431")."""
+    """A structured config as dotted MLflow params (`policy.u_th` -> "0.431"), uncut: log them with `log_params`."""
     container = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
 
     def walk(prefix: str, node: object, out: dict[str, str]) -> dict[str, str]:
@@ -91,10 +101,23 @@ def flat_params(cfg: object) -> dict[str, str]:
             for key, value in node.items():
                 walk(f"{prefix}.{key}" if prefix else str(key), value, out)
         else:
-            out[prefix] = str(node)[:6000]  # MLflow's param value limit
+            out[prefix] = str(node)
         return out
 
     return walk("", container, {})
+
+
+def log_params(client, run_id: str, params: dict[str, str]) -> None:
+    """Params in one batch (the client splits it into MLflow's chunks). A value over MLflow's limit is not cut: it
+    goes whole into `params/long_params.json`, and its param says so."""
+    from mlflow.entities import Param
+
+    long = {key: str(value) for key, value in params.items() if len(str(value)) > MAX_PARAM_LENGTH}
+    client.log_batch(run_id, params=[
+        Param(key, f"({len(long[key])} characters, in {LONG_PARAMS_ARTIFACT})" if key in long else str(value))
+        for key, value in params.items()])
+    if long:
+        client.log_dict(run_id, long, LONG_PARAMS_ARTIFACT)
 
 
 def finite_metrics(values: dict) -> dict[str, float]:

@@ -2,8 +2,7 @@
 
     python jobs/cell.py                                   # local Ray, embedded pair, 8 devices, U-HLM
     python jobs/cell.py cell.n_devices=16 cell.method=hlm runtime.max_batch_size=16
-    ray job submit --address http://127.0.0.1:8265 --working-dir . -- python jobs/cell.py \\
-        tracking.tracking_uri=sqlite:///$PWD/mlruns/mlflow.db output_dir=$PWD/outputs/evaluate
+    ray job submit --address http://127.0.0.1:8265 --runtime-env runtime_env.yaml -- python jobs/cell.py
     ray job submit ... -- python jobs/cell.py --config jobs/configs/cluster.yaml   # on `ray up cluster.yaml`
 
 Every setting is an omegaconf override (sections `cell` and `runtime` for this job). Per-prompt results are written

@@ -3,8 +3,7 @@
     python jobs/sweep.py                                        # tune_spaces/default.yaml on the embedded pair
     python jobs/sweep.py paper_grid data.name=alpaca data.path=../shared/data
     python jobs/sweep.py tune_spaces/snr_sweep.yaml decode.max_new_tokens=32
-    ray job submit --address http://127.0.0.1:8265 --working-dir . -- python jobs/sweep.py tradeoff_search \\
-        tracking.tracking_uri=sqlite:///$PWD/mlruns/mlflow.db output_dir=$PWD/outputs/evaluate
+    ray job submit --address http://127.0.0.1:8265 --runtime-env runtime_env.yaml -- uhlm-sweep tradeoff_search
 
 The first argument names a space (a file, or a name under tune_spaces/); the rest are omegaconf overrides applied
 to every trial. MLflow (experiment `uhlm-sweep`): one parent run per sweep with the Pareto frontiers (accuracy vs

@@ -1,13 +1,13 @@
 """`ray up cluster-onprem.yaml` for real: two SSH "machines" on this one, the file's own setup commands, jobs
 submitted the way the README says, results in the head's store, and `ray down` leaving no Ray process behind.
 
-Each node is an sshd in private mount and PID namespaces: the head on 127.0.0.1:22, the worker on 127.0.0.2:22.
+Each node is an sshd in private mount and PID namespaces: the head on 127.0.0.3:22, the worker on 127.0.0.2:22.
 Each has a home folder of its own mounted over /root (so `~/uhlm_ray`, `~/uhlm-venv` and the results are the
 node's own) and a private /tmp (so the two Rays keep separate session folders), and `ray stop` on one node sees
 only that node's processes. The test copy of the cluster file changes only the addresses, the user and the key;
 its setup commands install the project from the checkout that `ray up` syncs, into a fresh venv on each node,
-with this machine's package index (pip's download cache is shared, as a proxy would be). The tiny random-weight
-pair lies in a folder both nodes see, as a shared dataset mount would.
+with this machine's package index. The tiny random-weight pair lies in a folder both nodes see, as a shared
+dataset mount would.
 
 Slow (two installs of the project: about 5 minutes each on 2 cores): marked `ray_up`, and run in CI.
 """
@@ -30,8 +30,10 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-HEAD, WORKER = "127.0.0.1", "127.0.0.2"
-DASHBOARD = f"http://{HEAD}:8265"
+# Ray replaces a node address of 127.0.0.1 by the machine's own, which the local provider would then not match to
+# `head_ip`: the head takes another loopback address. The dashboard listens on 127.0.0.1 (the file's own setting).
+HEAD, WORKER = "127.0.0.3", "127.0.0.2"
+DASHBOARD = "http://127.0.0.1:8265"
 SPACE = """
 name: rayup
 objectives:
@@ -76,16 +78,12 @@ def _sshd(*, base: Path, ip: str, name: str) -> subprocess.Popen:
     (home / ".ssh").mkdir(parents=True)
     shutil.copy(base / "key.pub", home / ".ssh" / "authorized_keys")
     config = base / f"sshd-{name}.conf"
-    pip_cache = base / "pip-cache"
     config.write_text("\n".join([
         f"ListenAddress {ip}:22", f"HostKey {base / 'host_key'}", "PidFile none", "UsePAM no",
         "PermitRootLogin prohibit-password", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
         "StrictModes no", "AuthorizedKeysFile .ssh/authorized_keys", "Subsystem sftp internal-sftp",
-        # what a node's login environment would say: its address, and pip's shared download cache
-        f"SetEnv UHLM_NODE_IP={ip} PIP_CACHE_DIR={pip_cache} RAY_USAGE_STATS_ENABLED=0", ""]))
-    real_cache = Path.home() / ".cache" / "pip"
-    share_cache = f"mount --bind {real_cache} {pip_cache}; " if real_cache.is_dir() else ""
-    script = (f"{share_cache}mount --bind {home} /root && mount -t tmpfs tmpfs /tmp && "
+        f"SetEnv UHLM_NODE_IP={ip}", ""]))  # what a node's login environment says: the address Ray should use
+    script = (f"mount --bind {home} /root && mount -t tmpfs tmpfs /tmp && "
               f"exec /usr/sbin/sshd -D -e -f {config}")
     Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation folder
     return subprocess.Popen(["unshare", "--mount", "--pid", "--fork", "--mount-proc", "--propagation", "private",
@@ -114,13 +112,13 @@ def cluster(tmp_path):
     from uhlm_ray.models.tiny import WORDS, save_tiny_model
 
     base = Path(tempfile.mkdtemp(prefix="uhlm-rayup-", dir="/var/tmp"))  # outside /tmp: both nodes see it
-    (base / "pip-cache").mkdir()
     for key in ("key", "host_key"):
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(base / key)], check=True)
     save_tiny_model(base / "models" / "slm", words=WORDS, layers=2, hidden=32, seed=1)
     save_tiny_model(base / "models" / "llm", words=WORDS, layers=3, hidden=48, seed=2)
     config = yaml.safe_load((ROOT / "cluster-onprem.yaml").read_text())
     config["provider"].update(head_ip=HEAD, worker_ips=[WORKER])
+    config["cluster_name"] = base.name.replace("_", "-").lower()  # the launcher's state files are per name
     config["auth"] = {"ssh_user": "root", "ssh_private_key": str(base / "key")}
     copy = base / "cluster-test.yaml"
     copy.write_text(yaml.safe_dump(config))
@@ -141,6 +139,8 @@ def cluster(tmp_path):
         (tmp_path / "transcript.txt").write_text("\n".join(log))
         print("\n".join(log))
         shutil.rmtree(base, ignore_errors=True)
+        for state in Path(tempfile.gettempdir(), "ray").glob(f"cluster-{config['cluster_name']}.*"):
+            state.unlink()
         assert not left, f"`ray down` left Ray processes behind: {sorted(left)}"
 
 
@@ -186,7 +186,7 @@ def test_ray_up_brings_up_a_head_and_a_worker_that_run_the_jobs(cluster):
     runs = client.search_runs([client.get_experiment_by_name("uhlm-sweep").experiment_id])
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert len(children) == 2 and all(c.info.status == "FINISHED" for c in children)
-    assert {c.data.tags["trial_node"] for c in children} == {worker["node_id"]}, "trials ran on the worker"
+    assert {c.data.tags["uhlm.trial_node"] for c in children} == {worker["node_id"]}, "trials ran on the worker"
     assert client.search_runs([client.get_experiment_by_name("uhlm-cell").experiment_id])
     assert list((results / "outputs" / "sweeps").glob("rayup-*/report/frontier.md"))
     assert list((results / "outputs" / "cell").glob("*/*.jsonl"))

@@ -156,3 +156,19 @@ def test_a_long_catch_up_gets_its_own_pass_with_the_same_results(tiny_pair):
         torch.testing.assert_close(session.next_logits(),
                                    full_recompute_logits(model=tiny_pair.llm, token_ids=prompt + tokens),
                                    atol=1e-4, rtol=1e-4)
+
+
+def test_hub_ids_pin_a_commit_and_the_paper_pair_is_pinned(tmp_path):
+    import re
+
+    from uhlm_ray.models.loading import hub_reference
+    from uhlm_ray.models.presets import PAIRS
+
+    assert hub_reference("org/name@0123abc") == ("org/name", "0123abc")
+    assert hub_reference("org/name") == ("org/name", None)
+    folder = tmp_path / "weights@v2"  # a local folder whose name has an @ is a folder, not a pinned id
+    folder.mkdir()
+    assert hub_reference(str(folder)) == (str(folder), None)
+    for source in PAIRS["paper"]:
+        name, revision = hub_reference(source)
+        assert re.fullmatch(r"[0-9a-f]{40}", revision or ""), f"{name} is not pinned to a commit"

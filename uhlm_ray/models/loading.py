@@ -83,16 +83,26 @@ def resolve_source(source: str) -> str:
     return str(path) if path.is_dir() else source
 
 
+def hub_reference(where: str) -> tuple[str, str | None]:
+    """A hub id pinned as `org/name@<commit>` -> (id, revision); anything else (a folder, an unpinned id) -> (where,
+    None). Pinned ids download (or find in the hub cache) exactly that commit; a gated repository takes the token
+    from $HF_TOKEN, which huggingface_hub reads itself."""
+    name, at, revision = where.rpartition("@")
+    if at and name.count("/") == 1 and revision and not Path(where).expanduser().exists():
+        return name, revision
+    return where, None
+
+
 def load_model(source: str, *, dtype: torch.dtype, device: str = "cpu") -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # a per-tensor bar on every load would drown the job's own progress
 
-    where = resolve_source(source)
+    where, revision = hub_reference(resolve_source(source))
     try:
-        tokenizer = AutoTokenizer.from_pretrained(where)
-        model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(where, revision=revision)
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, revision=revision)
     except OSError as err:
         raise ConfigError(
             f"model source {source!r} is neither an embedded model, a local folder, a .gguf file, nor a Hugging Face "

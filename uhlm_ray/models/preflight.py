@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from uhlm_ray.config import ModelConfig
-from uhlm_ray.models.loading import resolve_source, vocabulary_difference
+from uhlm_ray.models.loading import hub_reference, resolve_source, vocabulary_difference
 from uhlm_ray.models.presets import resolve_pair
 from uhlm_ray.validation import ConfigError
 
@@ -35,7 +35,8 @@ def _tokenizer_vocab(where: str, *, field: str, source: str) -> dict[str, int]:
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(where).get_vocab()
+        name, revision = hub_reference(where)
+        return AutoTokenizer.from_pretrained(name, revision=revision).get_vocab()
     except (OSError, ValueError) as err:
         raise ConfigError(f"{field}={source!r}: no tokenizer could be read from it "
                           f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from err

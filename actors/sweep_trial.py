@@ -81,6 +81,9 @@ def run_trial(config: dict, sweep: dict) -> None:
         for method, results in outcome.results.items():
             path = write_records_parquet(results=results, path=Path(tmp) / f"{method}_records.parquet")
             ray.get(store.put_artifact.remote(key, path.name, path.read_bytes()))
+    # one line per trial in the driver's console and `ray job logs` (Ray prefixes it with the worker's pid and node)
+    print(f"[trial {key}] {' '.join(f'{k}={v}' for k, v in sorted(params.items()))}: {outcome.decoded_prompts} "
+          f"prompts decoded, {outcome.reused_prompts} reused, in {time.time() - started:.1f} s", flush=True)
     tune.report({**metrics, "trial_key": key, "trial_started": started, "trial_ended": time.time(),
                  "trial_node": ray.get_runtime_context().get_node_id()})
 

@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -53,6 +54,12 @@ def _missing() -> str | None:
     for tool in ("sshd", "ssh", "ssh-keygen", "rsync", "unshare"):
         if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
             return f"needs {tool} (apt-get install openssh-server rsync)"
+    for ip in (HEAD, WORKER):  # an sshd of this machine on 0.0.0.0:22 would take the port from ours
+        with socket.socket() as s:
+            try:
+                s.bind((ip, 22))
+            except OSError as err:
+                return f"needs port 22 free on {ip} ({err.strerror}): stop this machine's sshd to run it"
     probe = subprocess.run(["unshare", "--mount", "--pid", "--fork", "--mount-proc", "true"], capture_output=True)
     if probe.returncode != 0:
         return f"needs private mount and PID namespaces (unshare: {probe.stderr.decode().strip()})"

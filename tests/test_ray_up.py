@@ -66,7 +66,8 @@ def _missing() -> str | None:
     return None
 
 
-pytestmark = [pytest.mark.ray_up, pytest.mark.skipif(_missing() is not None, reason=str(_missing()))]
+MISSING = _missing()  # once: it binds ports and starts a namespace
+pytestmark = [pytest.mark.ray_up, pytest.mark.skipif(MISSING is not None, reason=str(MISSING))]
 
 
 def _run(cmd: list[str], *, log: list[str], timeout: float, cwd: Path = ROOT, check: bool = True,

@@ -7,6 +7,8 @@ Endpoints (all JSON; nothing is unpickled):
   POST   /v1/sessions/{session_id}/block   Block     -> BlockAnswer    (n drafts in one pass: the block method)
   DELETE /v1/sessions/{session_id}                   -> {"closed": bool}
 
+A distribution names the precision it travels in (`dtype`: float32, float16 or bfloat16, payload.prob_dtype); a
+half-precision one reaches the verifier in that dtype, as the device sent it.
 A malformed body gets 422 with each error's `loc` naming the field (pydantic's format); values that depend on the
 model (token ids < vocab size, a full distribution of exactly |V| entries) are checked against it and answered the
 same way. Bodies over MAX_BODY_BYTES get 413; an unknown session gets 404.
@@ -20,6 +22,7 @@ from typing import Annotated, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from uhlm_ray.link.payload import TORCH_DTYPES
 from uhlm_ray.protocol import BlockRequest, VerifyRequest
 from uhlm_ray.sampling.rng import SessionKey
 
@@ -31,6 +34,13 @@ MAX_BODY_BYTES = 8 * 1024 * 1024  # a full fp32 distribution as JSON text is ~2-
 
 TokenId = Annotated[int, Field(ge=0)]
 Probability = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+# The precision a distribution travels in (payload.prob_dtype). Each number is rounded to the nearest value of that
+# dtype on arrival, so a client may send the exact value or any decimal that rounds to it (numpy's float16 repr);
+# a half-precision distribution is verified as its values renormalised in float64, as the device drew from them.
+ProbDtype = Annotated[Literal["float32", "float16", "bfloat16"], Field(
+    description="the precision of probs: float32, or float16 / bfloat16 (rounded on arrival, renormalised in "
+                "float64 before verification, as uhlm_ray.link.payload.payload_distribution)")]
+SUM_TOLERANCE = {"float32": 1e-3, "float16": 1e-2, "bfloat16": 1e-2}  # |sum - 1| allowed; half: rounding, underflow
 
 
 class _Strict(BaseModel):
@@ -48,6 +58,7 @@ class OpenSession(_Strict):
 class FullDistribution(_Strict):
     format: Literal["full"]
     probs: list[Probability] = Field(min_length=1, max_length=MAX_DISTRIBUTION_ENTRIES)
+    dtype: ProbDtype = "float32"
 
 
 class TruncatedDistribution(_Strict):
@@ -56,6 +67,7 @@ class TruncatedDistribution(_Strict):
     format: Literal["truncated"]
     token_ids: list[TokenId] = Field(min_length=1, max_length=MAX_DISTRIBUTION_ENTRIES)
     probs: list[Probability] = Field(min_length=1, max_length=MAX_DISTRIBUTION_ENTRIES)
+    dtype: ProbDtype = "float32"
 
     @model_validator(mode="after")
     def _same_length(self) -> TruncatedDistribution:
@@ -114,6 +126,7 @@ class FullBlockPayload(_Strict):
 
     format: Literal["full"]
     probs: list[list[Probability]] = Field(min_length=1, max_length=MAX_BLOCK_DRAFTS)
+    dtype: ProbDtype = "float32"
 
 
 class TruncatedBlockPayload(_Strict):
@@ -122,6 +135,7 @@ class TruncatedBlockPayload(_Strict):
     format: Literal["truncated"]
     token_ids: list[list[TokenId]] = Field(min_length=1, max_length=MAX_BLOCK_DRAFTS)
     probs: list[list[Probability]] = Field(min_length=1, max_length=MAX_BLOCK_DRAFTS)
+    dtype: ProbDtype = "float32"
 
 
 class Block(_Strict):
@@ -185,21 +199,28 @@ def to_request(*, session_id: str, body: Verify, vocab_size: int) -> VerifyReque
             raise FieldError(("body", "distribution", "full", "probs"),
                              f"has {len(dist.probs)} entries; a full distribution has exactly vocab_size="
                              f"{vocab_size}")
-        x = torch.tensor(dist.probs, dtype=torch.float32)  # [V]
+        x = _values(dist.probs, dtype=dist.dtype)  # [V]
     else:
         bad = [t for t in dist.token_ids if t >= vocab_size]
         if bad:
             raise FieldError(("body", "distribution", "truncated", "token_ids"),
                              f"token id {bad[0]} is outside [0, {vocab_size - 1}] (vocab_size)")
-        x = torch.zeros(vocab_size, dtype=torch.float32)  # [V]
-        x[torch.tensor(dist.token_ids)] = torch.tensor(dist.probs, dtype=torch.float32)
-    total = float(x.sum())
-    if not math.isclose(total, 1.0, abs_tol=1e-3):
+        x = torch.zeros(vocab_size, dtype=TORCH_DTYPES[dist.dtype])  # [V]
+        x[torch.tensor(dist.token_ids)] = _values(dist.probs, dtype=dist.dtype)
+    total = float(x.double().sum())
+    if not math.isclose(total, 1.0, abs_tol=SUM_TOLERANCE[dist.dtype]):
         raise FieldError(("body", "distribution", dist.format, "probs"), f"sums to {total:.6g}; it must sum to 1")
     if float(x[body.draft_token_id]) <= 0.0:
         raise FieldError(("body", "draft_token_id"), "has probability 0 in the distribution it was drawn from")
+    # float32 is renormalised here; half precision travels on as sent, and the verifier renormalises it in float64
     return VerifyRequest(session_id=session_id, round_index=body.round, draft=body.draft_token_id,
-                         new_tokens=list(body.new_token_ids), draft_probs=x / total, score=body.score)
+                         new_tokens=list(body.new_token_ids), draft_probs=x / total if dist.dtype == "float32" else x,
+                         score=body.score)
+
+
+def _values(probs: list[float], *, dtype: str) -> torch.Tensor:
+    """JSON numbers -> a tensor in `dtype`, each rounded once to its nearest value there (from float64)."""
+    return torch.tensor(probs, dtype=torch.float64).to(TORCH_DTYPES[dtype])
 
 
 def _check_ids(name: tuple, ids: list[int], vocab_size: int) -> None:
@@ -215,29 +236,30 @@ def to_block_request(*, session_id: str, body: Block, vocab_size: int) -> BlockR
     payload, n = body.payload, len(body.draft_token_ids)
     probs = None
     if isinstance(payload, FullBlockPayload):
-        probs = torch.zeros(n, vocab_size)  # [n, V]
+        probs = torch.zeros(n, vocab_size, dtype=TORCH_DTYPES[payload.dtype])  # [n, V]
         for i, row in enumerate(payload.probs):
             if len(row) != vocab_size:
                 raise FieldError(("body", "payload", "full", "probs", i),
                                  f"has {len(row)} entries; a full distribution has exactly vocab_size={vocab_size}")
-            probs[i] = torch.tensor(row)
+            probs[i] = _values(row, dtype=payload.dtype)
     elif isinstance(payload, TruncatedBlockPayload):
-        probs = torch.zeros(n, vocab_size)  # [n, V]
+        probs = torch.zeros(n, vocab_size, dtype=TORCH_DTYPES[payload.dtype])  # [n, V]
         for i, (ids, row) in enumerate(zip(payload.token_ids, payload.probs, strict=True)):
             where = ("body", "payload", "truncated")
             if len(ids) != len(row) or len(set(ids)) != len(ids):
                 raise FieldError((*where, "token_ids", i), "must pair up with probs, without repeats")
             _check_ids((*where, "token_ids", i), ids, vocab_size)
-            probs[i, torch.tensor(ids, dtype=torch.long)] = torch.tensor(row)
+            probs[i, torch.tensor(ids, dtype=torch.long)] = _values(row, dtype=payload.dtype)
     if probs is not None:
-        for i, total in enumerate(probs.sum(dim=-1).tolist()):
-            if not math.isclose(total, 1.0, abs_tol=1e-3):
+        for i, total in enumerate(probs.double().sum(dim=-1).tolist()):
+            if not math.isclose(total, 1.0, abs_tol=SUM_TOLERANCE[payload.dtype]):
                 raise FieldError(("body", "payload", payload.format, "probs", i), f"sums to {total:.6g}; it must sum "
                                  "to 1")
             if float(probs[i, body.draft_token_ids[i]]) <= 0.0:
                 raise FieldError(("body", "draft_token_ids", i), "has probability 0 in the distribution it was "
                                  "drawn from")
-        probs = probs / probs.sum(dim=-1, keepdim=True)
+        if payload.dtype == "float32":  # half precision travels on as sent (the verifier renormalises it)
+            probs = probs / probs.sum(dim=-1, keepdim=True)
     coupled = isinstance(payload, CoupledBlockPayload)
     return BlockRequest(session_id=session_id, round_index=body.round, new_tokens=list(body.new_token_ids),
                         drafts=list(body.draft_token_ids), draft_probs=probs, verify=body.verify, score=body.score,

@@ -2,16 +2,21 @@
 
     python jobs/cell.py                                   # local Ray, embedded pair, 8 devices, U-HLM
     python jobs/cell.py cell.n_devices=16 cell.method=hlm runtime.max_batch_size=16
+    python jobs/cell.py cell.scheduler=multi_spin cell.verify_deadline_ms=20   # reuses the decoded prompts
     ray job submit --address http://127.0.0.1:8265 --runtime-env runtime_env.yaml -- python jobs/cell.py
     ray job submit ... -- python jobs/cell.py --config jobs/configs/cluster.yaml   # on `ray up cluster.yaml`
 
 Every setting is an omegaconf override (sections `cell` and `runtime` for this job). Per-prompt results are written
 as waves finish (an interrupted run resumes); the run is logged to MLflow with a per-device table
-(`cell_devices.json`, one row per device).
+(`cell_devices.json`, one row per device) and the cell's goodput, per-device throughput and Jain's index as metrics.
+The scheduler and the verifier's deadline batching only price the stored rounds (uhlm_ray/cell.py): a rerun with
+another `cell.scheduler`, `cell.pf_window`, `cell.verify_deadline_ms` or `cell.verify_max_batch` decodes nothing
+again and is logged as a run of its own.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -27,9 +32,9 @@ from tqdm import tqdm  # noqa: E402
 from actors.cell_runner import run_cell  # noqa: E402
 from actors.connect import connect  # noqa: E402
 from actors.verifier_deployment import APP_NAME, ServeVerifierClient, start_verifier, verifier_url  # noqa: E402
-from uhlm_ray.cell import device_channel, device_distances, summarize_cell  # noqa: E402
+from uhlm_ray.cell import device_channel, device_distances, scheduler_name, summarize_cell  # noqa: E402
 from uhlm_ray.cli import job_inputs, refusals  # noqa: E402
-from uhlm_ray.config import EvaluateConfig  # noqa: E402
+from uhlm_ray.config import CellConfig, EvaluateConfig  # noqa: E402
 from uhlm_ray.experiments.evaluate import DECODE_SECTIONS, ResultStore, format_value, run_clock, run_key  # noqa: E402
 from uhlm_ray.experiments.locations import job_folder  # noqa: E402
 from uhlm_ray.experiments.tracking import (  # noqa: E402
@@ -50,9 +55,24 @@ DEVICE_COLUMNS = [
     ("distance_m", "distance m", "{:.0f}"), ("mean_snr_db", "SNR dB", "{:.1f}"), ("accuracy", "cos sim", "{:.4f}"),
     ("transmission_rate", "TR", "{:.2%}"), ("true_skip_rate", "TSR", "{:.2%}"),
     ("acceptance_rate", "accept", "{:.2%}"), ("throughput_modelled", "device tok/s model", "{:.3f}"),
-    ("mean_uplink_ms", "uplink ms", "{:.0f}"), ("median_uplink_ms", "median", "{:.0f}"),
+    ("mean_band_share", "band share", "{:.2f}"), ("mean_uplink_ms", "uplink ms", "{:.0f}"),
+    ("median_uplink_ms", "median", "{:.0f}"),
     ("num_tokens", "tokens", "{:.0f}"),
 ]
+
+
+# cell settings that only price the decoded rounds (uhlm_ray/cell.py): not part of the results folder's key
+PRICING_FIELDS = ("scheduler", "bandwidth_sharing", "pf_window", "verify_deadline_ms", "verify_max_batch")
+
+
+def cell_keys(cfg: EvaluateConfig) -> tuple[str, str]:
+    """(the decoded prompts' key: the results folder; the run's key: its MLflow run). They differ only in the
+    scheduler's settings, so another scheduler reuses the decoded prompts and is logged as another run."""
+    defaults = CellConfig()
+    decoding = dataclasses.replace(cfg, cell=dataclasses.replace(
+        cfg.cell, **{name: getattr(defaults, name) for name in PRICING_FIELDS}))
+    sections = (*DECODE_SECTIONS, "cell")
+    return run_key(decoding, sections=sections), run_key(cfg, sections=sections)
 
 
 def format_cell_table(summary: dict) -> str:
@@ -97,13 +117,15 @@ def main(argv: list[str]) -> int:
     cfg, examples = job_inputs(argv, description=__doc__)
     cell = cfg.cell
     distances = device_distances(cell)
-    key = run_key(cfg, sections=(*DECODE_SECTIONS, "cell"))
-    folder = job_folder(output_dir=cfg.output_dir, job="cell") / key
+    decode_key, key = cell_keys(cfg)
+    folder = job_folder(output_dir=cfg.output_dir, job="cell") / decode_key
     print(f"[cell] {cell.n_devices} devices x {cell.prompts_per_device} prompts, method={cell.method}, "
           f"{cell.devices_per_actor} devices per actor; distances {min(distances):.0f}-{max(distances):.0f} m "
           f"(average SNR {mean_snr_db(device_channel(channel=cfg.channel, distance_m=min(distances))):.1f} to "
           f"{mean_snr_db(device_channel(channel=cfg.channel, distance_m=max(distances))):.1f} dB); "
-          f"bandwidth sharing: {cell.bandwidth_sharing}")
+          f"scheduler: {scheduler_name(cell)}; verification "
+          + ("priced alone" if cell.verify_deadline_ms is None else
+             f"batched per slot, deadline {cell.verify_deadline_ms:g} ms, at most {cell.verify_max_batch}"))
     start = time.perf_counter()
     with refusals():
         connect(cfg.runtime, job="cell")
@@ -128,7 +150,7 @@ def main(argv: list[str]) -> int:
 
     clock = run_clock(results={cell.method: results}, cfg=cfg)
     summary = summarize_cell(results=results, distances_m=distances, channel=cfg.channel, clock=clock,
-                             seed=cfg.decode.seed)
+                             seed=cfg.decode.seed, cell=cell)
     # a wall-clock figure only when this run decoded every prompt: resumed ones took no time now
     resumed = sum((res.device_index, res.prompt_index) in stored for res in results)
     summary["cell"]["decode_wall_s"] = decode_s
@@ -138,11 +160,12 @@ def main(argv: list[str]) -> int:
     batch_sizes = [r.verify_batch_size for res in results for r in res.records if r.sent]
     summary["cell"]["mean_verify_batch_size"] = sum(batch_sizes) / len(batch_sizes) if batch_sizes else math.nan
     table = format_cell_table(summary)
-    (folder / "cell_summary.md").write_text(table + "\n")
-    (folder / "cell_summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    name = "cell_summary" if key == decode_key else f"cell_summary-{key}"  # another scheduler's, same prompts
+    (folder / f"{name}.md").write_text(table + "\n")
+    (folder / f"{name}.json").write_text(json.dumps(summary, indent=2, default=str))
     c = summary["cell"]
     print(f"\n[cell] modelled clock tau_SLM={c['tau_slm_ms']:.1f} ms tau_LLM={c['tau_llm_ms']:.1f} ms (per device "
-          f"batch); uplink shared equally by up to {c['max_transmitters_per_slot']} devices per slot")
+          f"batch); uplink shared by up to {c['max_transmitters_per_slot']} devices per slot ({c['scheduler']})")
     print(table)
     wall = (f"{c['aggregate_throughput_wall']:.2f} tok/s on the wall clock ({c['num_tokens']} tokens in "
             f"{decode_s:.1f} s)" if math.isfinite(c["aggregate_throughput_wall"]) else
@@ -151,6 +174,9 @@ def main(argv: list[str]) -> int:
     print(f"\n[cell] aggregate cell throughput (all devices together): {c['aggregate_throughput_modelled']:.3f} "
           f"tok/s on the modelled clock, {wall}; an average device alone makes {c['throughput_modelled']:.3f} "
           f"tok/s modelled; mean verifier batch {c['mean_verify_batch_size']:.2f}")
+    print(f"[cell] goodput {c['goodput']:.3f} verified tok/s of the cell ({c['goodput_tokens']} verified tokens in "
+          f"{c['cell_modelled_s']:.2f} s of slots), mean device throughput {c['mean_device_throughput_modelled']:.3f} "
+          f"tok/s, Jain's fairness index {c['jain_index']:.3f}")
     print(f"[cell] results in {folder}")
     if cfg.tracking.enabled:
         experiment = experiment_name(cfg.tracking, job="cell")

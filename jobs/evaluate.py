@@ -32,6 +32,7 @@ from uhlm_ray.experiments.evaluate import (
     run_key,
     summarize_methods,
 )
+from uhlm_ray.experiments.figures import energy_table
 from uhlm_ray.experiments.locations import job_folder
 from uhlm_ray.experiments.tracking import (
     RUN_KEY_TAG,
@@ -95,7 +96,7 @@ def main(argv: list[str]) -> int:
                                    on_prompt=progress)
 
     calibration = run_calibration(pair=pair, prompt=examples[0].prompt, cfg=cfg)
-    summaries = summarize_methods(results=results, cfg=cfg, calibration=calibration)
+    summaries = summarize_methods(results=results, cfg=cfg, calibration=calibration, vocab_size=pair.vocab_size)
     table = format_table(summaries)
     (folder / "summary.md").write_text(table + "\n")
     (folder / "summary.json").write_text(json.dumps(summaries, indent=2))
@@ -120,6 +121,10 @@ def main(argv: list[str]) -> int:
     print("| method | " + " | ".join(k.removeprefix("throughput_modelled_snr_") for k in snr_keys) + " |")
     for method, s in summaries.items():
         print(f"| {METHOD_LABELS[method]} | " + " | ".join(f"{s[k]:.3f}" for k in snr_keys) + " |")
+    downlink = "off" if not cfg.downlink.enabled else f"on, {cfg.downlink.tx_power_dbm:g} dBm at the base station"
+    print(f"\nenergy (uhlm_ray/link/energy.py; downlink {downlink}): device J per token and its parts, J per round, "
+          "base-station J per verified token, 95% intervals over prompts:")
+    print(energy_table(summaries))
     print(f"\n[evaluate] results in {folder}; finished in {time.perf_counter() - start:.1f} s")
     if cfg.tracking.enabled:
         experiment = experiment_name(cfg.tracking, job="evaluate")

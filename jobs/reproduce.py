@@ -4,8 +4,9 @@ with the paper's numbers beside ours, plus Theorem 1's quantities; all logged to
     python jobs/reproduce.py data.path=../shared/data                       # embedded pair, 3 prompts per set
     python jobs/reproduce.py data.path=../shared/data reproduce.n_prompts=100 decode.max_new_tokens=128
 
-The uplink is the paper's eq. 3 (channel.model=shannon, no per-upload overhead) unless overridden; its mean upload time
-is infinite under Rayleigh fading, so medians and p95s are reported beside the means.
+The uplink is the paper's eq. 3 (channel.model=shannon, channel.process=per_round: one fading draw per round held for
+the whole upload, no per-upload overhead) unless overridden; its mean upload time is infinite under Rayleigh fading,
+so medians and p95s are reported beside the means.
 
 Runs (sharing decoded prompts through the sweep store, so no (method, prompt) is decoded twice):
 Table I and Fig. 6: every method on each of `reproduce.datasets`; Fig. 5 and Theorem 1: the LLM-scored rounds of
@@ -63,8 +64,9 @@ def variant(cfg: EvaluateConfig, **changes) -> EvaluateConfig:
     return out
 
 
-# The paper's uplink: eq. 3 at the round's SNR, no per-upload overhead (command-line overrides still win)
-PAPER_CHANNEL = ["channel.model=shannon", "channel.upload_overhead_ms=0"]
+# The paper's uplink: eq. 3 at the round's SNR with one fading draw per round held for the upload, no per-upload
+# overhead (command-line overrides still win)
+PAPER_CHANNEL = ["channel.model=shannon", "channel.process=per_round", "channel.upload_overhead_ms=0"]
 
 
 def reproduction_report(*, argv: list[str], cfg: EvaluateConfig, pair: ModelPair, summary: str,

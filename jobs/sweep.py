@@ -132,8 +132,9 @@ def preflight(name: str, overrides: list[str]) -> tuple[SearchSpace, EvaluateCon
 def parent_note(space: SearchSpace) -> str:
     """The parent run's description in the MLflow UI: where to look first, then what the sweep is."""
     objectives = ", ".join(f"{o.metric} ({o.mode})" for o in space.objectives)
-    return ("**Look at** this run's artifacts: `frontier/frontier_modelled.png` and `frontier/frontier_experiment.png` "
-            "(accuracy against modelled and experiment throughput, every method of every trial, the Pareto frontier "
+    return ("**Look at** this run's artifacts: `frontier/frontier_modelled.png`, `frontier/frontier_experiment.png` "
+            "and `frontier/frontier_energy.png` (accuracy against modelled and experiment throughput and against the "
+            "device's energy per token, every method of every trial, the Pareto frontier "
             "dashed and its points labelled with their parameters), `frontier/frontier.md` (the frontiers as tables "
             "and where exact hybrid inference stands against the LLM alone), `frontier/risk.png` (U-HLM's measured "
             "rejection risk against Theorem 1). One child run per trial, named by its parameters: compare them in "

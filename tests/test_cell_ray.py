@@ -6,13 +6,14 @@ cell against solo runs, a device actor killed mid-run, and the HTTP route.
 
 from __future__ import annotations
 
+import copy
 import json
 import socket
 
 import pytest
 import requests
 
-from uhlm_ray.cell import summarize_cell
+from uhlm_ray.cell import device_channel, device_distances, summarize_cell
 from uhlm_ray.config import EvaluateConfig, ModelConfig
 from uhlm_ray.decode import decode_prompt, make_policy
 from uhlm_ray.experiments.datasets import Example
@@ -76,7 +77,11 @@ def encoder():
 
 
 def _core_tokens(tiny_pair, cfg, *, device, prompt_index, example):
+    """The core loop's decode of one device's prompt, at that device's distance in the cell: on a fading process
+    in time an upload's length (so the time, and the gain, of every later round) depends on its average SNR."""
     ids = chat_prompt_ids(tokenizer=tiny_pair.tokenizer, prompt=example.prompt)
+    cfg = copy.deepcopy(cfg)
+    cfg.channel = device_channel(channel=cfg.channel, distance_m=device_distances(cfg.cell)[device])
     policy = make_policy(method=cfg.cell.method, cfg=cfg)
     return decode_prompt(pair=tiny_pair, prompt_ids=ids, prompt_index=prompt_index, method=cfg.cell.method, cfg=cfg,
                          policy=policy, device_index=device)

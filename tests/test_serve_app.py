@@ -1,5 +1,6 @@
 """The verifier as a Serve application: serve_config.yaml against Serve's own schema, the builder's refusals, and a
-real `serve run` of that config (tiny random-weight pair: mechanics) verifying one block over HTTP.
+real `serve run` of that config, and a real `serve deploy` of it onto a running head through its dashboard (tiny
+random-weight pair: mechanics), each verifying one block over HTTP.
 
 The `serve run` test starts its own Ray head (`ray start` in a temp dir, every fixed port replaced by a free one) so
 that it never joins another Ray on this machine, and stops exactly the processes it started: the `serve run` process
@@ -136,13 +137,8 @@ def _stop(process: subprocess.Popen | None, *, temp_dir: str) -> None:
         psutil.wait_procs(procs, timeout=wait_s)
 
 
-def test_serve_run_of_the_config_verifies_a_block_over_http(tiny_pair, tiny_pair_dirs, tmp_path):
-    import torch
-
-    from uhlm_ray.base_station.verifier import Verifier
-    from uhlm_ray.protocol import BlockRequest
-    from uhlm_ray.sampling.rng import SessionKey
-
+def _config_for_tiny_pair(*, tiny_pair_dirs, tmp_path: Path) -> tuple[Path, int, dict]:
+    """serve_config.yaml switched to the tiny pair on a free HTTP port: (its path, the port, the verifier's args)."""
     slm, llm = tiny_pair_dirs
     http_port = _free_port()
     config = _repo_config()
@@ -152,59 +148,87 @@ def test_serve_run_of_the_config_verifies_a_block_over_http(tiny_pair, tiny_pair
                              "model.num_threads": 1})
     config_path = tmp_path / "serve_config.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return config_path, http_port, verifier["args"]
 
-    # short: Ray's socket paths under it must fit in 107 bytes
-    temp_dir = tempfile.mkdtemp(prefix="uhlm-serve-", dir="/tmp")
+
+def _start_head(*, temp_dir: str, env: dict, dashboard_port: int | None = None) -> int:
+    """`ray start --head` in `temp_dir`, every fixed port replaced by a free one; the dashboard (which `serve deploy`
+    talks to) only when a port is given. Returns the GCS port."""
+    gcs_port = _free_port()
+    dashboard = ["--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}"] \
+        if dashboard_port is not None else ["--include-dashboard=false"]
+    started = subprocess.run(
+        [str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs_port}", "--num-cpus=2",
+         *dashboard, f"--temp-dir={temp_dir}", "--object-store-memory=100000000", "--disable-usage-stats",
+         f"--ray-client-server-port={_free_port()}", f"--dashboard-agent-listen-port={_free_port()}",
+         f"--dashboard-agent-grpc-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}",
+         f"--metrics-export-port={_free_port()}"],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=180, start_new_session=True)
+    assert started.returncode == 0, started.stdout[-3000:] + started.stderr[-3000:]
+    return gcs_port
+
+
+def _verifies_one_block(*, url: str, tiny_pair, max_batch_size: int) -> None:
+    """The health route, then a 3-draft truncated block over HTTP, whose verdict equals the in-process core's."""
+    import torch
+
+    from uhlm_ray.base_station.verifier import Verifier
+    from uhlm_ray.protocol import BlockRequest
+    from uhlm_ray.sampling.rng import SessionKey
+
+    vocab = tiny_pair.vocab_size
+    health = requests.get(f"{url}/v1/health", timeout=30).json()
+    assert health["vocab_size"] == vocab and health["max_batch_size"] == max_batch_size
+    prompt, drafts = [2, 3, 4, 5], [9, 4, 7]
+    opened = requests.post(f"{url}/v1/sessions", json={"session_id": "serve-run", "prompt_token_ids": prompt,
+                                                       "seed": 3, "device_index": 1, "prompt_index": 2},
+                           timeout=60)
+    assert opened.status_code == 200, opened.text
+    payload = {"format": "truncated", "token_ids": [[9, 3], [4, 5], [7]], "probs": [[0.75, 0.25], [0.5, 0.5],
+                                                                                 [1.0]]}
+    answer = requests.post(f"{url}/v1/sessions/serve-run/block", timeout=60, headers={"x-session-id": "serve-run"},
+                           json={"round": 1, "draft_token_ids": drafts, "payload": payload})
+    assert answer.status_code == 200, answer.text
+    got = answer.json()
+    n = got["num_accepted"]
+    assert 0 <= n <= len(drafts) and got["token_ids"][:n] == drafts[:n] and len(got["token_ids"]) == n + 1
+    assert got["bonus"] == (n == len(drafts)) and got["recovered"] == (n < len(drafts))
+    assert all(0 <= t < vocab for t in got["token_ids"]) and got["pass_tokens"] == len(drafts)
+    # the same verdict as the in-process core with the same key and distributions
+    probs = torch.zeros(len(drafts), vocab)
+    for row, (ids, ps) in enumerate(zip(payload["token_ids"], payload["probs"], strict=True)):
+        probs[row, ids] = torch.tensor(ps)
+    local = Verifier(model=tiny_pair.llm)
+    local.open(session_id="s", prompt_ids=prompt, key=SessionKey(seed=3, device=1, prompt=2))
+    (expected,) = local.verify_blocks([BlockRequest(session_id="s", round_index=1, new_tokens=[], drafts=drafts,
+                                                    draft_probs=probs)])
+    assert (got["token_ids"], n) == (expected.tokens, expected.num_accepted)
+    assert got["y_d"] == pytest.approx(expected.y_d, abs=1e-6)
+    assert requests.delete(f"{url}/v1/sessions/serve-run", timeout=30).json() == {"closed": True}
+
+
+def _ray_env() -> dict:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
-    gcs_port = _free_port()
+    return env
+
+
+def test_serve_run_of_the_config_verifies_a_block_over_http(tiny_pair, tiny_pair_dirs, tmp_path):
+    config_path, http_port, args = _config_for_tiny_pair(tiny_pair_dirs=tiny_pair_dirs, tmp_path=tmp_path)
+    # short: Ray's socket paths under it must fit in 107 bytes
+    temp_dir = tempfile.mkdtemp(prefix="uhlm-serve-", dir="/tmp")
+    env = _ray_env()
     log = tmp_path / "serve_run.log"
     serve_run = None
     try:
-        started = subprocess.run(
-            [str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs_port}", "--num-cpus=2",
-             "--include-dashboard=false", f"--temp-dir={temp_dir}", "--object-store-memory=100000000",
-             "--disable-usage-stats",
-             f"--ray-client-server-port={_free_port()}", f"--dashboard-agent-listen-port={_free_port()}",
-             f"--dashboard-agent-grpc-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}",
-             f"--metrics-export-port={_free_port()}"],
-            env=env, cwd=ROOT, capture_output=True, text=True, timeout=180, start_new_session=True)
-        assert started.returncode == 0, started.stdout[-3000:] + started.stderr[-3000:]
+        gcs_port = _start_head(temp_dir=temp_dir, env=env)
         with log.open("w") as out:
             serve_run = subprocess.Popen(
                 [str(BIN / "serve"), "run", str(config_path), f"--address=127.0.0.1:{gcs_port}"],
                 env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         url = f"http://127.0.0.1:{http_port}/verifier"
-        health = _wait_for(f"{url}/v1/health", process=serve_run, log=log, timeout_s=300)
-        vocab = tiny_pair.vocab_size
-        assert health["vocab_size"] == vocab and health["max_batch_size"] == verifier["args"]["runtime.max_batch_size"]
-
-        prompt, drafts = [2, 3, 4, 5], [9, 4, 7]
-        opened = requests.post(f"{url}/v1/sessions", json={"session_id": "serve-run", "prompt_token_ids": prompt,
-                                                           "seed": 3, "device_index": 1, "prompt_index": 2},
-                               timeout=60)
-        assert opened.status_code == 200, opened.text
-        payload = {"format": "truncated", "token_ids": [[9, 3], [4, 5], [7]], "probs": [[0.75, 0.25], [0.5, 0.5],
-                                                                                     [1.0]]}
-        answer = requests.post(f"{url}/v1/sessions/serve-run/block", timeout=60, headers={"x-session-id": "serve-run"},
-                               json={"round": 1, "draft_token_ids": drafts, "payload": payload})
-        assert answer.status_code == 200, answer.text
-        got = answer.json()
-        n = got["num_accepted"]
-        assert 0 <= n <= len(drafts) and got["token_ids"][:n] == drafts[:n] and len(got["token_ids"]) == n + 1
-        assert got["bonus"] == (n == len(drafts)) and got["recovered"] == (n < len(drafts))
-        assert all(0 <= t < vocab for t in got["token_ids"]) and got["pass_tokens"] == len(drafts)
-        # the same verdict as the in-process core with the same key and distributions
-        probs = torch.zeros(len(drafts), vocab)
-        for row, (ids, ps) in enumerate(zip(payload["token_ids"], payload["probs"], strict=True)):
-            probs[row, ids] = torch.tensor(ps)
-        local = Verifier(model=tiny_pair.llm)
-        local.open(session_id="s", prompt_ids=prompt, key=SessionKey(seed=3, device=1, prompt=2))
-        (expected,) = local.verify_blocks([BlockRequest(session_id="s", round_index=1, new_tokens=[], drafts=drafts,
-                                                        draft_probs=probs)])
-        assert (got["token_ids"], n) == (expected.tokens, expected.num_accepted)
-        assert got["y_d"] == pytest.approx(expected.y_d, abs=1e-6)
-        assert requests.delete(f"{url}/v1/sessions/serve-run", timeout=30).json() == {"closed": True}
+        _wait_for(f"{url}/v1/health", process=serve_run, log=log, timeout_s=300)
+        _verifies_one_block(url=url, tiny_pair=tiny_pair, max_batch_size=args["runtime.max_batch_size"])
     finally:
         _stop(serve_run, temp_dir=temp_dir)
         left = _ours(temp_dir)
@@ -212,3 +236,44 @@ def test_serve_run_of_the_config_verifies_a_block_over_http(tiny_pair, tiny_pair
     assert not left, f"processes left behind: {[p.pid for p in left]}"
     with pytest.raises(requests.ConnectionError):
         requests.get(f"http://127.0.0.1:{http_port}/verifier/v1/health", timeout=5)
+
+
+def test_serve_deploy_of_the_config_onto_a_running_cluster_verifies_a_block(tiny_pair, tiny_pair_dirs, tmp_path):
+    """`serve deploy` through the head's dashboard (as on a `ray up` cluster), `serve status` until RUNNING, one
+    block over HTTP, then `serve shutdown` takes the application down."""
+    config_path, http_port, args = _config_for_tiny_pair(tiny_pair_dirs=tiny_pair_dirs, tmp_path=tmp_path)
+    temp_dir = tempfile.mkdtemp(prefix="uhlm-sdep-", dir="/tmp")
+    env = _ray_env()
+    dashboard = f"http://127.0.0.1:{_free_port()}"
+    serve = [str(BIN / "serve")]
+    try:
+        _start_head(temp_dir=temp_dir, env=env, dashboard_port=int(dashboard.rsplit(":", 1)[1]))
+        deadline = time.monotonic() + 120
+        while True:  # the dashboard's HTTP server comes up a little after `ray start` returns
+            deployed = subprocess.run([*serve, "deploy", str(config_path), "-a", dashboard], env=env, cwd=ROOT,
+                                      capture_output=True, text=True, timeout=120)
+            if deployed.returncode == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(2.0)
+        assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
+        url = f"http://127.0.0.1:{http_port}/verifier"
+        deadline, status = time.monotonic() + 300, {}
+        while time.monotonic() < deadline:
+            shown = subprocess.run([*serve, "status", "-a", dashboard], env=env, cwd=ROOT, capture_output=True,
+                                   text=True, timeout=60)
+            status = yaml.safe_load(shown.stdout) or {}
+            app_status = status.get("applications", {}).get("uhlm-verifier", {}).get("status")
+            assert app_status not in ("DEPLOY_FAILED", "UNHEALTHY"), shown.stdout[-4000:]
+            if app_status == "RUNNING":
+                break
+            time.sleep(2.0)
+        assert status["applications"]["uhlm-verifier"]["status"] == "RUNNING", status
+        _verifies_one_block(url=url, tiny_pair=tiny_pair, max_batch_size=args["runtime.max_batch_size"])
+        down = subprocess.run([*serve, "shutdown", "-y", "-a", dashboard], env=env, cwd=ROOT, capture_output=True,
+                              text=True, timeout=120)
+        assert down.returncode == 0, down.stdout[-3000:] + down.stderr[-3000:]
+    finally:
+        _stop(None, temp_dir=temp_dir)
+        left = _ours(temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    assert not left, f"processes left behind: {[p.pid for p in left]}"

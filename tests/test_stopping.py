@@ -109,3 +109,74 @@ def test_every_configured_rule_is_built(stop):
     rule.begin_round(catch_up=1, upload_s=lambda k: 0.0)
     assert isinstance(rule.go_on(step=DraftStep(uncertainty=0.1, x_d=0.9), block=_steps(0.1)), bool)
     assert rule.needs_uncertainty == (stop in ("uncertainty", "channel_aware"))
+
+
+def test_channel_aware_prices_each_drafts_uncertainty_measurement():
+    """The modelled clock charges every draft its measurement (MC dropout, paraphrases: K extra SLM passes), so the
+    stop does too: by hand, the 2nd draft is worth it iff a^2 C_1 > (1 + a) (tau_SLM + tau_u), with C_1 = tau_SLM +
+    tau_u + up + tau_LLM. With tau_u = 4 tau_SLM (K = 4 passes) it is not; without it, it is."""
+    a = 1 - (0.82 * 0.15 - 0.06)  # the prior of u's bin [0.1, 0.2) at its centre
+    one = [DraftStep(uncertainty=0.1, x_d=0.9)]
+    decisions = []
+    for tau_u in (0.0, 4 * 0.0246):
+        rule = _channel_aware(upload_s=lambda k: 0.02)
+        rule.tau_measure_s = tau_u
+        c1 = 0.0246 + tau_u + 0.02 + 0.1046
+        decisions.append(rule.go_on(step=one[0], block=one))
+        assert decisions[-1] == (a * a * c1 > (1 + a) * (0.0246 + tau_u))
+        assert rule.round_seconds(1) == pytest.approx(c1)
+    assert decisions == [True, False]
+    assert _block_length(_channel_aware(upload_s=lambda k: 0.02), u=0.1) >= 2
+    measured = _channel_aware(upload_s=lambda k: 0.02)  # no configured tau_u: the device's own measured ones
+    step = DraftStep(uncertainty=0.1, x_d=0.9, tau_slm_s=0.0246, tau_uncertainty_s=4 * 0.0246)
+    assert not measured.go_on(step=step, block=[step])
+    assert measured.draft_seconds() == pytest.approx(5 * 0.0246)
+
+
+def test_configured_tau_measure_reaches_the_channel_aware_stop():
+    rule = make_stop_rule(cfg=load_config(overrides=["block.stop=channel_aware", "clock.tau_measure_ms=98.4"]))
+    assert rule.tau_measure_s == pytest.approx(0.0984)
+    assert make_stop_rule(cfg=load_config(overrides=["block.stop=channel_aware"])).tau_measure_s is None
+
+
+def test_lossy_blocks_teach_the_stops_only_their_verified_drafts():
+    """block.skip_u_th: drafts committed unverified are kept without a test, which says nothing of acceptance.
+    A block of two unverified confident drafts (u = 0.05) then a verified one (u = 0.55) that is rejected: only the
+    last is a verdict. The old rule learnt the two as accepted."""
+    block = [DraftStep(0.05, 0.9, verified=False), DraftStep(0.05, 0.9, verified=False), DraftStep(0.55, 0.4)]
+    rule = _channel_aware(upload_s=lambda k: 0.02)
+    rule.observe(block=block, num_accepted=2, pass_tokens=4, pass_s=0.1)
+    assert rule.acceptance.seen.tolist() == [0, 0, 0, 0, 0, 1, 0, 0, 0, 0]
+    assert rule.acceptance.accepted.sum() == 0
+    # an unverified draft is kept for sure: it counts a_i = 1 in the expected tokens E_k
+    tokens, alive = rule.expected_tokens(block[:2])
+    assert (tokens, alive) == (3.0, 1.0)
+    confidence = ConfidenceStop(threshold=0.4)
+    confidence.observe(block=block, num_accepted=2, pass_tokens=4, pass_s=0.1)
+    assert confidence.probs == [0.4] and confidence.matches == [0]
+
+
+def test_the_block_decoder_tells_the_stop_which_drafts_are_verified_and_what_u_cost():
+    import torch
+
+    from uhlm_ray.device.block_decoder import BlockDecoder
+    from uhlm_ray.sampling.rng import SessionKey
+
+    seen: list[DraftStep] = []
+
+    class Spy(FixedLength):
+        needs_uncertainty = True
+
+        def go_on(self, *, step, block):
+            seen.append(step)
+            return super().go_on(step=step, block=block)
+
+    cfg = load_config(overrides=["block.skip_u_th=0.5", "uncertainty.measure=entropy", "block.max_drafts=4"])
+    decoder = BlockDecoder(key=SessionKey(seed=0, device=0, prompt=0), cfg=cfg, rule=Spy(drafts=4), mean_snr=1.0,
+                           vocab_size=8, eos_token_ids=frozenset(), evaluate=False, prompt_last_token=0)
+    decoder.begin_round()
+    peaked, flat = torch.tensor([9.0] + [0.0] * 7), torch.zeros(8)  # entropy u about 0.01 and 1
+    decoder.add_draft(logits=peaked, tau_slm_s=0.01)
+    decoder.add_draft(logits=flat, tau_slm_s=0.01)
+    assert [s.verified for s in seen] == [False, True]
+    assert all(s.tau_uncertainty_s > 0 for s in seen)

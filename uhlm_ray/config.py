@@ -7,6 +7,7 @@ omegaconf; ranges are checked by `validate_config`, which names the field and th
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ METHODS = ("llm", "slm", "hlm", "rand_hlm", "u_hlm", "cu_hlm", "block_hlm")
 UNCERTAINTY_MEASURES = ("temperature", "entropy", "confidence", "mc_dropout", "prompt_perturbation")
 DATASET_NAMES = ("builtin", "alpaca", "qed", "creak", "strategyqa")
 FADING_MODELS = ("rayleigh", "none")
+FADING_PROCESSES = ("gauss_markov", "clarke", "block", "per_round")  # channel.process (uhlm_ray/link/fading.py)
 CHANNEL_MODELS = ("shannon", "arq", "inversion")
 DEADLINE_MODES = ("wait", "fallback")
 TRUNCATIONS = ("none", "top_k", "top_p")
@@ -30,6 +32,7 @@ BLOCK_PAYLOADS = ("full", "truncated", "ids")
 LLM_PASS_PRICING = ("measured", "flat")
 CLOCK_TIMINGS = ("calibrated", "measured")
 SAMPLING_MODES = ("independent", "coupled")  # decode.sampling
+PROB_DTYPES = {"float32": 32, "float16": 16, "bfloat16": 16}  # payload.prob_dtype: its bits per probability
 BATCH_SIZE_DEFAULTS = {"cpu": 16, "cuda": 64}
 
 
@@ -96,7 +99,17 @@ class ChannelConfig:
     path_loss_exponent: float = 4.0  # alpha
     distance_m: float = 2500.0  # rho
     mean_snr_db: float | None = None  # set the average SNR directly instead of from p, N, alpha, rho
-    fading: str = "rayleigh"  # "rayleigh" (block fading, redrawn every round) or "none"
+    fading: str = "rayleigh"  # "rayleigh" (h ~ Exp(1), in time as `process` says) or "none" (h = 1)
+    # h(t) in time, one process per device and prompt on the modelled clock (uhlm_ray/link/fading.py):
+    # "gauss_markov" (AR(1) with rho = J0(2 pi f_D T), sampled every fading_step_ms), "clarke" (Clarke/Jakes
+    # correlation, a sum of sinusoids), "block" (i.i.d. per coherence_ms), "per_round" (the paper's: one h per
+    # round, held for the whole upload; jobs/reproduce.py uses it).
+    process: str = "gauss_markov"
+    speed_kmh: float = 3.0  # the device's speed (pedestrian); f_D = v f_c / c
+    carrier_ghz: float = 2.0  # the carrier frequency f_c
+    # T, the process's sampling step; h is held between samples. None: Clarke's coherence time 9 / (16 pi f_D)
+    # (32 ms at 3 km/h and 2 GHz), so the AR(1), whose lag-k correlation is rho^k, decorrelates on Clarke's scale
+    fading_step_ms: float | None = None
     # How an upload's time follows from its bits (uhlm_ray/link/channel.py): "shannon" is the paper's eq. 3 (capacity
     # at the round's SNR; its mean is infinite under Rayleigh fading, jobs/reproduce.py uses it); "arq" (default)
     # is fixed-rate transmission with retransmissions; "inversion" is truncated channel inversion with a cut-off.
@@ -104,7 +117,8 @@ class ChannelConfig:
     arq_rate: float | None = None  # bit/s/Hz; None: the rate that minimises the expected upload time
     arq_feedback_ms: float = 4.0  # NACK round trip before a retransmission (LTE's HARQ: 8 ms per cycle)
     inversion_cutoff: float | None = None  # h0; None: the cut-off that maximises the average rate
-    coherence_ms: float = 10.0  # inversion: a fade below the cut-off is waited out one block at a time
+    # the block length of process=block; under per_round an inversion wait in a fade below the cut-off
+    coherence_ms: float = 10.0
     # scheduling request, grant and round trip, paid once per upload (LTE: about 10 ms; 0 in the paper)
     upload_overhead_ms: float = 10.0
     deadline_ms: float | None = None  # an upload longer than this ...
@@ -113,10 +127,42 @@ class ChannelConfig:
 
 @dataclass
 class PayloadConfig:
-    prob_bits: int = 32  # b_prob: 32 (full precision) or 16 (half precision)
+    # The precision uploaded probabilities travel in (PROB_DTYPES). A half-precision upload is rounded and
+    # renormalised (uhlm_ray/link/payload.py `quantise`) and the device drafts from what it sends, so verification
+    # against it stays exact. None: from prob_bits (16 means float16), else float32.
+    prob_dtype: str | None = None
+    # b_prob, the bits each uploaded probability is charged. None: prob_dtype's width; set with prob_dtype, it must
+    # equal that width (a 16-bit charge for a float32 upload is refused).
+    prob_bits: int | None = None
     include_draft_index: bool = True
     # the ids of tokens drafted in skipped rounds ride with the next upload (the papers neglect this sync cost)
     sync_token_ids: bool = True
+
+    @property
+    def dtype(self) -> str:
+        """The upload's precision, resolved from prob_dtype and prob_bits (ConfigError where they disagree)."""
+        return payload_precision(self)[0]
+
+    @property
+    def bits(self) -> int:
+        """b_prob, resolved: 32 for float32, 16 for float16 and bfloat16."""
+        return payload_precision(self)[1]
+
+
+def payload_precision(cfg: PayloadConfig) -> tuple[str, int]:
+    """(dtype, b_prob) of the uploaded probabilities from `payload.prob_dtype` and `payload.prob_bits`."""
+    if cfg.prob_bits is not None:
+        check_choice(str(cfg.prob_bits), field="payload.prob_bits", allowed=("16", "32"))
+    if cfg.prob_dtype is None:  # older configs name the width alone; 16 bits is float16
+        dtype = "float16" if cfg.prob_bits == 16 else "float32"
+    else:
+        check_choice(cfg.prob_dtype, field="payload.prob_dtype", allowed=tuple(PROB_DTYPES))
+        dtype = cfg.prob_dtype
+        if cfg.prob_bits is not None and cfg.prob_bits != PROB_DTYPES[dtype]:
+            raise ConfigError(f"payload.prob_bits={cfg.prob_bits} does not match payload.prob_dtype={dtype!r} "
+                              f"({PROB_DTYPES[dtype]} bits); leave prob_bits unset or set it to "
+                              f"{PROB_DTYPES[dtype]}")
+    return dtype, PROB_DTYPES[dtype]
 
 
 @dataclass
@@ -137,6 +183,43 @@ class ClockConfig:
     # one tau_LLM more per further `flat_pass_tokens`, as on a GPU where such a pass is memory-bound.
     llm_pass: str = "measured"
     flat_pass_tokens: int = 16
+
+
+@dataclass
+class DownlinkConfig:
+    """The downlink (uhlm_ray/link/downlink.py): a sent round's verdict and the LLM's own token come back as ids.
+
+    Defaults and their sources: README, "Energy and the downlink". The path loss is the uplink's (same distance and
+    exponent); the base station adapts its rate to the fading it learns from the device's channel reports, so the
+    rate is the ergodic capacity at the downlink's mean SNR.
+    """
+
+    enabled: bool = True  # off: a round's modelled time and energy carry no downlink
+    # 46 dBm per 10 MHz sector (an LTE macro cell's maximum) is 36 dBm on the 1 MHz this link uses
+    tx_power_dbm: float = 36.0
+    bandwidth_hz: float | None = None  # None: channel.bandwidth_hz
+    noise_dbm: float | None = None  # None: channel.noise_dbm
+    mean_snr_db: float | None = None  # set the downlink's average SNR directly instead of from its power
+    overhead_ms: float = 1.0  # one LTE subframe: the grant (PDCCH) and the data (PDSCH) share it
+
+
+@dataclass
+class EnergyConfig:
+    """Device and base-station energy (uhlm_ray/link/energy.py); every default's source is in the README table."""
+
+    # SLM compute per forward pass (J): 2 W / 6.9 tok/s for Qwen2.5-1.5B 4-bit on an edge NPU (Tummalapalli et al.,
+    # 2026). slm_power_w, when set, prices a forward at slm_power_w x tau_SLM of the modelled clock instead.
+    slm_j_per_forward: float = 0.29
+    slm_power_w: float | None = None
+    pa_efficiency: float = 0.523  # transmit power / PA efficiency while on air (an LTE PA's PAE)
+    radio_active_w: float = 1.2  # the LTE modem while sending or receiving (Huang et al.'s beta, in AT&T's ARO)
+    rx_w_per_mbps: float = 0.05197  # downlink throughput term (Huang et al.'s alpha_d = 51.97 mW/Mbps)
+    tail_w: float = 1.06  # the radio's idle tail in RRC_CONNECTED after data (Huang et al., P_tail)
+    tail_s: float = 10.12  # the tail's length: ARO's inactivity timer 0.1 s + short DRX 0.02 s + long DRX 10 s
+    promotion_w: float = 1.21  # RRC_IDLE -> RRC_CONNECTED (Huang et al., P_pro)
+    promotion_s: float = 0.26  # (Huang et al., T_pro); its delay is not on the modelled clock
+    # the base station's LLM per token it processes (J): LLaMA-65B on V100/A100 GPUs, 3-4 J per token (Samsi et al.)
+    bs_j_per_token: float = 3.0
 
 
 @dataclass
@@ -202,7 +285,7 @@ class TrackingConfig:
     experiment: str | None = None  # None: the job's own, uhlm-<job> (uhlm-evaluate, uhlm-cell, uhlm-sweep, ...)
 
 
-BANDWIDTH_SHARING = ("equal",)
+SCHEDULERS = ("equal", "round_robin", "proportional_fair", "multi_spin")  # uhlm_ray/cell.py, one function each
 AUTOSCALING_KEYS = ("min_replicas", "max_replicas", "initial_replicas", "target_ongoing_requests",
                     "upscale_delay_s", "downscale_delay_s", "metrics_interval_s", "look_back_period_s")
 CELL_METHODS = ("slm", "hlm", "rand_hlm", "u_hlm", "cu_hlm", "block_hlm")
@@ -220,8 +303,16 @@ class CellConfig:
     radius_m: float = 2500.0
     min_distance_m: float = 100.0
     placement_seed: int = 0
-    # Devices transmitting in the same slot (their k-th round) split W equally; noise scales with the share.
-    bandwidth_sharing: str = "equal"
+    # How the devices transmitting in the same slot (their k-th round) share the band (uhlm_ray/cell.py):
+    # equal | round_robin (TDMA turns) | proportional_fair | multi_spin (min-max shares for goodput)
+    scheduler: str = "equal"
+    bandwidth_sharing: str | None = None  # the old name of `scheduler`, still read; set one of them
+    pf_window: float = 10.0  # proportional fair: t_c, the averaging window in slots of the average rate
+    # The base station batches a slot's verifications, waiting at most this long after the first upload arrives
+    # (or until verify_max_batch are in) so one LLM pass serves the batch; None: every verification is priced
+    # alone and at once (the single-device clock). Modelled clock only; runtime.batch_wait_timeout_s is Serve's.
+    verify_deadline_ms: float | None = None
+    verify_max_batch: int = 16
     devices_per_actor: int = 8  # simulated devices sharing one SLM copy, decoded in lockstep with batched forwards
 
 
@@ -289,6 +380,8 @@ class EvaluateConfig:
     channel: ChannelConfig = field(default_factory=ChannelConfig)
     payload: PayloadConfig = field(default_factory=PayloadConfig)
     clock: ClockConfig = field(default_factory=ClockConfig)
+    downlink: DownlinkConfig = field(default_factory=DownlinkConfig)
+    energy: EnergyConfig = field(default_factory=EnergyConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     data: DataConfig = field(default_factory=DataConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
@@ -399,7 +492,7 @@ def validate_config(cfg: EvaluateConfig) -> None:
     check_range(cfg.policy.u_th, field="policy.u_th", low=0.0, high=1.0)
     if cfg.policy.send_prob is not None:
         check_range(cfg.policy.send_prob, field="policy.send_prob", low=0.0, high=1.0)
-    check_choice(str(cfg.payload.prob_bits), field="payload.prob_bits", allowed=("16", "32"))
+    payload_precision(cfg.payload)
     check_range(cfg.policy.fit_a, field="policy.fit_a", low=0.0, low_open=True)
     check_choice(cfg.cu_hlm.measure, field="cu_hlm.measure", allowed=("entropy", "confidence"))
     check_range(cfg.cu_hlm.u_th, field="cu_hlm.u_th", low=0.0, high=1.0)
@@ -425,18 +518,26 @@ def validate_config(cfg: EvaluateConfig) -> None:
     validate_channel(cfg.channel, snr_sweep_db=cfg.clock.snr_sweep_db)
     check_choice(cfg.channel.fading, field="channel.fading", allowed=FADING_MODELS)
     check_choice(cfg.channel.model, field="channel.model", allowed=CHANNEL_MODELS)
+    check_choice(cfg.channel.process, field="channel.process", allowed=FADING_PROCESSES)
+    check_range(cfg.channel.speed_kmh, field="channel.speed_kmh", low=0.0, high=500.0)
+    check_range(cfg.channel.carrier_ghz, field="channel.carrier_ghz", low=0.0, high=100.0, low_open=True)
+    if cfg.channel.fading_step_ms is not None:
+        check_range(cfg.channel.fading_step_ms, field="channel.fading_step_ms", low=0.01, high=1000.0)
     if cfg.channel.arq_rate is not None:
         check_range(cfg.channel.arq_rate, field="channel.arq_rate", low=0.0, high=30.0, low_open=True)
     if cfg.channel.inversion_cutoff is not None:
         check_range(cfg.channel.inversion_cutoff, field="channel.inversion_cutoff", low=0.0, high=10.0, low_open=True)
-    for name in ("arq_feedback_ms", "coherence_ms", "upload_overhead_ms"):
+    for name in ("arq_feedback_ms", "upload_overhead_ms"):
         check_range(getattr(cfg.channel, name), field=f"channel.{name}", low=0.0)
+    check_range(cfg.channel.coherence_ms, field="channel.coherence_ms", low=0.0, low_open=True)
     if cfg.channel.deadline_ms is not None:
         check_range(cfg.channel.deadline_ms, field="channel.deadline_ms", low=0.0, low_open=True)
     check_choice(cfg.channel.deadline_mode, field="channel.deadline_mode", allowed=DEADLINE_MODES)
     check_choice(cfg.clock.llm_pass, field="clock.llm_pass", allowed=LLM_PASS_PRICING)
     check_range(cfg.clock.flat_pass_tokens, field="clock.flat_pass_tokens", low=1)
     validate_block(cfg)
+    validate_downlink(cfg)
+    validate_energy(cfg.energy)
     check_choice(cfg.data.name, field="data.name", allowed=DATASET_NAMES)
     validate_cell(cfg)
     for i, name in enumerate(cfg.reproduce.datasets):
@@ -446,6 +547,39 @@ def validate_config(cfg: EvaluateConfig) -> None:
     for i, value in enumerate(cfg.reproduce.thresholds):
         check_range(value, field=f"reproduce.thresholds[{i}]", low=0.0, high=1.0)
     check_range(cfg.reproduce.n_prompts, field="reproduce.n_prompts", low=1)
+
+
+def validate_downlink(cfg: EvaluateConfig) -> None:
+    """The downlink's inputs, and the average SNR they give inside SNR_DB_RANGE (it shares the uplink's path)."""
+    down, low, high = cfg.downlink, *SNR_DB_RANGE
+    check_range(down.tx_power_dbm, field="downlink.tx_power_dbm", low=-60.0, high=80.0)
+    if down.bandwidth_hz is not None:
+        check_range(down.bandwidth_hz, field="downlink.bandwidth_hz", low=1e3, high=1e10)
+    if down.noise_dbm is not None:
+        check_range(down.noise_dbm, field="downlink.noise_dbm", low=-200.0, high=30.0)
+    check_range(down.overhead_ms, field="downlink.overhead_ms", low=0.0, high=1e4)
+    if down.mean_snr_db is not None:
+        check_range(down.mean_snr_db, field="downlink.mean_snr_db", low=low, high=high)
+    elif down.enabled:  # link/downlink.py's downlink_mean_snr: the base station's power over the uplink's path
+        noise = cfg.channel.noise_dbm if down.noise_dbm is None else down.noise_dbm
+        snr = mean_snr_db(dataclasses.replace(cfg.channel, tx_power_dbm=down.tx_power_dbm, noise_dbm=noise,
+                                              mean_snr_db=None))
+        if not low <= snr <= high:
+            raise ConfigError(f"downlink.tx_power_dbm={down.tx_power_dbm} with the channel's path loss gives a "
+                              f"downlink average SNR of {snr:.1f} dB, outside the allowed range [{low}, {high}] dB; "
+                              "change it or set downlink.mean_snr_db")
+
+
+def validate_energy(energy: EnergyConfig) -> None:
+    check_range(energy.slm_j_per_forward, field="energy.slm_j_per_forward", low=0.0, high=1e3)
+    if energy.slm_power_w is not None:
+        check_range(energy.slm_power_w, field="energy.slm_power_w", low=0.0, high=1e4)
+    check_range(energy.pa_efficiency, field="energy.pa_efficiency", low=0.0, high=1.0, low_open=True)
+    for name in ("radio_active_w", "rx_w_per_mbps", "tail_w", "promotion_w"):
+        check_range(getattr(energy, name), field=f"energy.{name}", low=0.0, high=1e3)
+    for name in ("tail_s", "promotion_s"):
+        check_range(getattr(energy, name), field=f"energy.{name}", low=0.0, high=3600.0)
+    check_range(energy.bs_j_per_token, field="energy.bs_j_per_token", low=0.0, high=1e6)
 
 
 def validate_block(cfg: EvaluateConfig) -> None:
@@ -485,7 +619,16 @@ def validate_cell(cfg: EvaluateConfig) -> None:
                               f"(cell.n_devices={cell.n_devices}) or null to draw them")
         for i, d in enumerate(cell.distances_m):
             check_range(d, field=f"cell.distances_m[{i}]", low=0.0, low_open=True)
-    check_choice(cell.bandwidth_sharing, field="cell.bandwidth_sharing", allowed=BANDWIDTH_SHARING)
+    check_choice(cell.scheduler, field="cell.scheduler", allowed=SCHEDULERS)
+    if cell.bandwidth_sharing is not None:
+        check_choice(cell.bandwidth_sharing, field="cell.bandwidth_sharing", allowed=SCHEDULERS)
+        if cell.scheduler not in ("equal", cell.bandwidth_sharing):
+            raise ConfigError(f"cell.bandwidth_sharing={cell.bandwidth_sharing!r} (the old name of cell.scheduler) "
+                              f"conflicts with cell.scheduler={cell.scheduler!r}; set only cell.scheduler")
+    check_range(cell.pf_window, field="cell.pf_window", low=1.0)
+    if cell.verify_deadline_ms is not None:
+        check_range(cell.verify_deadline_ms, field="cell.verify_deadline_ms", low=0.0)
+    check_range(cell.verify_max_batch, field="cell.verify_max_batch", low=1)
     check_range(cell.devices_per_actor, field="cell.devices_per_actor", low=1)
     check_range(runtime.max_batch_size, field="runtime.max_batch_size", low=1)
     check_range(runtime.batch_wait_timeout_s, field="runtime.batch_wait_timeout_s", low=0.0)

@@ -51,6 +51,9 @@ class RoundRecord:
     compression: float = NAN  # 1 - distribution bits / full payload bits, of a sent round
     upload_attempts: int = 0  # transmissions the upload took (ARQ), or fading blocks waited through plus one
     deadline_fallback: bool = False  # the upload missed channel.deadline_ms; the draft was kept unverified (lossy)
+    tau_air_s: float = 0.0  # of tau_up_s, the seconds the radio transmitted (the radio's energy; channel.Upload.air_s)
+    # modelled time (s since the prompt's first round began) the round decided to upload and read h(t) from
+    up_start_s: float = 0.0
     # decode.sampling=coupled: the LLM's race winner at this position after this response's prefix (the verifier's
     # token when sent; from the evaluation score when skipped); -1 where unknown. A skipped draft != it is a token
     # the LLM alone would not have emitted here.
@@ -101,6 +104,8 @@ class BlockRecord:
     verify_batch_size: int = 0
     verify_wall_s: float = 0.0
     verify_replica: str = ""
+    tau_air_s: float = 0.0  # of tau_up_s, the seconds the radio transmitted (channel.Upload.air_s)
+    up_start_s: float = 0.0  # modelled time the block decided to upload (see RoundRecord.up_start_s)
     # decode.sampling=coupled: the LLM's race winner at each committed draft's position (-1: unknown or not committed)
     llm_tokens: list[int] = field(default_factory=list)
 

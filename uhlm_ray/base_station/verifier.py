@@ -9,7 +9,8 @@ a *bonus* token from y_{n+1} when all are accepted. The LLM's KV cache then drop
 object behind a handle and an HTTP route. A request carries the tokens the LLM has not seen yet (the previous
 response token and any skipped drafts), so the LLM catches up in the same forward pass that scores the draft.
 Accept/resample uniforms are keyed by (seed, device, prompt, round): the verdict does not depend on which batch the
-request landed in.
+request landed in. A distribution uploaded in half precision is verified as the distribution those values stand for
+(`link.payload.payload_distribution`), which is what the device drew its draft from.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import threading
 
 import torch
 
+from uhlm_ray.link.payload import payload_distribution
 from uhlm_ray.models.loading import LoadedModel
 from uhlm_ray.models.prefix_cache import PrefixCache
 from uhlm_ray.models.session import CausalSession, forward_sessions
@@ -120,7 +122,7 @@ class Verifier:
                 else:
                     u_accept, u_resample = uniforms(key=key, round_index=request.round_index)
                     verdict = verify_draft(
-                        x=request.draft_probs.float().unsqueeze(0), y=y.unsqueeze(0),  # [1, V] each
+                        x=payload_distribution(request.draft_probs).unsqueeze(0), y=y.unsqueeze(0),  # [1, V] each
                         draft=torch.tensor([request.draft]), u_accept=torch.tensor([u_accept], dtype=torch.float64),
                         u_resample=torch.tensor([u_resample], dtype=torch.float64), validate=False,
                     )
@@ -169,8 +171,9 @@ class Verifier:
                 n = len(r.drafts)
                 target[b, :n + 1] = torch.softmax(session.row_logits, dim=-1)  # [n + 1, V]
                 drafts[b, :n] = torch.tensor(r.drafts)
-                if r.draft_probs is not None:  # a sparse upload (truncated) is densified here
-                    probs[b, :n] = r.draft_probs.to_dense() if r.draft_probs.is_sparse else r.draft_probs
+                if r.draft_probs is not None:  # a sparse upload (truncated) is densified; half precision renormalised
+                    probs[b, :n] = payload_distribution(r.draft_probs.to_dense() if r.draft_probs.is_sparse
+                                                        else r.draft_probs)
                 elif probs is not None:  # a point mass among distributions in the same batch
                     probs[b, torch.arange(n), drafts[b, :n]] = 1.0
                 if r.verify is not None:

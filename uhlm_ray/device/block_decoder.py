@@ -3,7 +3,8 @@
 A round r of `block_hlm`:
 1. The SLM drafts d_1, d_2, ... from its own logits, one step each (the first step also processes the previous
    round's response tokens). Each draft is drawn from what will be uploaded: x (payload `full`), the top-k / top-p
-   x~ (`truncated`), or x or its argmax when only ids go up (`ids`, verified as point masses). After each draft the
+   x~ (`truncated`), each as rounded to `payload.prob_dtype` (link/payload.py `quantise`), or x or its argmax when
+   only ids go up (`ids`, verified as point masses). After each draft the
    stopping rule (uhlm_ray/device/stopping.py) decides whether to draft another; a block never exceeds
    `block.max_drafts`, the token budget, or an end-of-sequence draft.
 2. The block is priced on the channel (uhlm_ray/link/channel.py) and uploaded with the ids of any tokens the LLM has not
@@ -27,7 +28,8 @@ from uhlm_ray.config import EvaluateConfig
 from uhlm_ray.device.decoder import PerturbedLogits, keyed_uniform, measure_uncertainty
 from uhlm_ray.device.stopping import DraftStep, StopRule
 from uhlm_ray.link.channel import Upload, expected_upload_seconds, upload
-from uhlm_ray.link.payload import block_payload_bits, sync_bits, truncate
+from uhlm_ray.link.fading import DecodeClock, process_for
+from uhlm_ray.link.payload import block_payload_bits, quantise, sync_bits, truncate
 from uhlm_ray.protocol import BlockRequest, BlockResult
 from uhlm_ray.records import NAN, BlockRecord
 from uhlm_ray.sampling.coupling import race_winner
@@ -42,7 +44,7 @@ class BlockDraft:
 
     token: int
     logits: torch.Tensor  # [V] the SLM logits it was drawn from (the SLM's state if the block is cut before it)
-    probs: torch.Tensor | None  # [V] q uploaded with it (x or x~); None for ids
+    probs: torch.Tensor | None  # [V] q uploaded with it (x or x~, in payload.prob_dtype); None for ids
     kept: int  # entries of the uploaded distribution (0 for ids)
     step: DraftStep
     verified: bool
@@ -81,6 +83,11 @@ class BlockDecoder:
         self._prompt_last = prompt_last_token
         self._gain = 1.0
         self._upload: Upload | None = None
+        # the device's fading process in time (None: per_round or no fading) and its decode-time modelled clock
+        self.process = process_for(channel=cfg.channel, key=key)
+        self.decode_clock = DecodeClock.from_config(cfg.clock, measure=self.measure, k=cfg.uncertainty.k)
+        self.now_s = 0.0  # modelled time the open round started
+        self._start_s = 0.0  # modelled time the open round decided its upload
         self._payload = self._sync = 0  # the priced upload's bits, and of them the sync ids
         self._unscored: list[tuple[BlockRecord, int] | None] = []  # aligned with tokens[llm_seen:]
 
@@ -96,13 +103,26 @@ class BlockDecoder:
         self.round += 1
         self.block = []
         self._upload = None
-        self._gain = float(self._uplink_rng().exponential(1.0)) if self.cfg.channel.fading == "rayleigh" else 1.0
-        # the device knows this round's fading before it drafts
+        if self.process is not None:
+            self._gain = self.process.gain_at(self.now_s)
+        else:
+            self._gain = float(self._uplink_rng().exponential(1.0)) if self.cfg.channel.fading == "rayleigh" else 1.0
+        # the device knows the fading at the moment it decides (per_round: this round's, before it drafts)
         self.rule.begin_round(catch_up=len(self.tokens) - self.llm_seen, upload_s=lambda k: expected_upload_seconds(
-            bits=self._bits(k), channel=self.cfg.channel, mean_snr=self.mean_snr, gain=self._gain))
+            bits=self._bits(k), channel=self.cfg.channel, mean_snr=self.mean_snr, gain=self._gain_now(),
+            start_s=self._decision_s()))
 
     def _uplink_rng(self):
         return self.key.rng(round_index=self.round, purpose=Purpose.UPLINK)
+
+    def _decision_s(self) -> float:
+        """Modelled time now, after the open block's drafts and their measures (the decode-time clock)."""
+        clock = self.decode_clock
+        return self.now_s + len(self.block) * clock.tau_slm_s + clock.measure_seconds(
+            measured_s=sum(d.tau_uncertainty_s for d in self.block), measurements=len(self.block))
+
+    def _gain_now(self) -> float:
+        return self.process.gain_at(self._decision_s()) if self.process is not None else self._gain
 
     def _bits(self, drafts: int) -> int:
         """The upload of a block of `drafts` drafts (the open block's kept counts, its mean for drafts to come)."""
@@ -120,13 +140,15 @@ class BlockDecoder:
         """Draw the next draft from the SLM's logits z [V] (float32); returns whether to draft another."""
         block, i = self.cfg.block, len(self.block)
         x = torch.softmax(logits, dim=-1)  # [V] eq. 1
-        probs, kept = None, 0
-        if block.payload == "full":
-            probs, kept = x, self.vocab_size
-        elif block.payload == "truncated":
-            truncated = truncate(probs=x, truncation=block.truncation, top_k=block.top_k, top_p=block.top_p)
-            probs, kept = truncated.probs, truncated.kept
-        drawn_from = x if probs is None else probs  # [V]
+        probs, kept, drawn_from = None, 0, x  # drawn_from [V]: what the draft is drawn from
+        if block.payload in ("full", "truncated"):
+            # the upload in payload.prob_dtype, and the distribution those values stand for: the draft is drawn from
+            # that, so verification against the upload stays exact (tokens that underflowed are not sent)
+            q = x if block.payload == "full" else \
+                truncate(probs=x, truncation=block.truncation, top_k=block.top_k, top_p=block.top_p).probs
+            upload_values = quantise(probs=q, dtype=self.cfg.payload.dtype)
+            probs, drawn_from = upload_values.sent, upload_values.probs
+            kept = self.vocab_size if block.payload == "full" else int(torch.count_nonzero(probs))
         if block.greedy:
             token = int(torch.argmax(x))
         elif self.coupled:  # the race on the noise the verifier shares, at this draft's response position
@@ -140,8 +162,9 @@ class BlockDecoder:
             u = measure_uncertainty(logits=logits, probs=x, draft=token, cfg=self.cfg, perturbed=perturbed,
                                     rng=self.key.rng(round_index=self.round, purpose=Purpose.TEMPERATURES, offset=i))
             spent = time.perf_counter() - start
-        step = DraftStep(uncertainty=u, x_d=float(drawn_from[token]), tau_slm_s=tau_slm_s)
         verified = block.skip_u_th is None or not u <= block.skip_u_th
+        step = DraftStep(uncertainty=u, x_d=float(drawn_from[token]), tau_slm_s=tau_slm_s,
+                         tau_uncertainty_s=spent, verified=verified)
         self.block.append(BlockDraft(token=token, logits=logits, probs=probs, kept=kept, step=step,
                                      verified=verified, tau_slm_s=tau_slm_s, tau_uncertainty_s=spent))
         budget = self.cfg.decode.max_new_tokens - len(self.tokens)
@@ -152,6 +175,8 @@ class BlockDecoder:
     def close_block(self) -> bool:
         """After the last draft: price the upload; returns whether the block goes up (it holds a draft to verify
         and the upload met its deadline, if any)."""
+        self._start_s = self._decision_s()
+        self._gain = self._gain_now()
         if not any(d.verified for d in self.block):
             return False
         self._sync = self._sync_bits()
@@ -159,7 +184,7 @@ class BlockDecoder:
                                            verified=[d.verified for d in self.block], vocab_size=self.vocab_size,
                                            cfg=self.cfg.payload) + self._sync
         self._upload = upload(bits=self._payload, channel=self.cfg.channel, mean_snr=self.mean_snr,
-                              rng=self._uplink_rng())
+                              rng=self._uplink_rng(), process=self.process, start_s=self._start_s)
         return self._upload.delivered
 
     def request(self, *, session_id: str) -> BlockRequest:
@@ -196,7 +221,8 @@ class BlockDecoder:
             fading_gain=self._gain, snr_db=linear_to_db(self.mean_snr * self._gain),
             upload_attempts=up.attempts if up is not None else 0,
             deadline_fallback=up is not None and not up.delivered,
-            tau_up_s=up.seconds if up is not None else 0.0,
+            tau_up_s=up.seconds if up is not None else 0.0, tau_air_s=up.air_s if up is not None else 0.0,
+            up_start_s=self._start_s,
             tau_slm_s=sum(d.tau_slm_s for d in self.block),
             tau_uncertainty_s=sum(d.tau_uncertainty_s for d in self.block),
             tau_llm_s=result.tau_llm_s if sent else 0.0, llm_pass_tokens=result.pass_tokens if sent else 0,
@@ -228,6 +254,8 @@ class BlockDecoder:
         if self.stop_reason is None and len(self.tokens) >= self.cfg.decode.max_new_tokens:
             self.stop_reason = "max_new_tokens"
         self.records.append(record)
+        # the next round starts when this one ends on the decode-time clock (as measures/clock.py prices a block)
+        self.now_s += self.decode_clock.round_seconds(record)
         return record
 
     def slm_rewind(self) -> tuple[int, int, torch.Tensor | None, list[int]]:

@@ -17,13 +17,13 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
 from uhlm_ray.config import EvaluateConfig
-from uhlm_ray.device.policies import SkipPolicy
+from uhlm_ray.device.policies import ChannelAwareThreshold, SkipPolicy
 from uhlm_ray.device.uncertainty import (
     confidence_uncertainty,
     draw_temperatures,
@@ -32,10 +32,12 @@ from uhlm_ray.device.uncertainty import (
     temperature_perturbation,
 )
 from uhlm_ray.link.channel import expected_upload_seconds, upload
+from uhlm_ray.link.fading import DecodeClock, process_for
 from uhlm_ray.link.payload import (
     Truncated,
     full_payload_bits,
     index_bits,
+    quantise,
     sync_bits,
     truncate,
     truncated_payload_bits,
@@ -104,7 +106,7 @@ class Draft:
 
     round_index: int
     draft: int
-    probs: torch.Tensor  # [V] float32: what d was drawn from and is uploaded, x (or x~ when truncating)
+    probs: torch.Tensor  # [V] float32: what d was drawn from, x (or x~ when truncating) as its upload stands for it
     uncertainty: float
     sent: bool
     fading_gain: float
@@ -118,6 +120,9 @@ class Draft:
     upload_s: float  # the channel model's time for distribution_bits + sync_bits (eq. 3 in the paper's mode)
     upload_attempts: int
     deadline_fallback: bool  # the policy sent, the upload missed its deadline: the draft is kept unverified
+    upload_air_s: float = 0.0  # of upload_s, the seconds the radio transmits
+    sent_probs: torch.Tensor | None = None  # [V] the uploaded values in payload.prob_dtype (None: `probs` itself)
+    upload_start_s: float = 0.0  # modelled time of the upload decision (the decode-time clock, link/fading.py)
 
 
 class DeviceDecoder:
@@ -149,6 +154,10 @@ class DeviceDecoder:
         self.llm_seen = 0  # response tokens the verifier has processed (or been sent)
         self.uploaded = False  # a round has been sent
         self.stop_reason: str | None = None
+        # the device's fading process in time (None: per_round or no fading) and its decode-time modelled clock
+        self.process = process_for(channel=cfg.channel, key=key)
+        self.decode_clock = DecodeClock.from_config(cfg.clock, measure=self.measure, k=cfg.uncertainty.k)
+        self.now_s = 0.0  # modelled time the next round starts
 
     @property
     def done(self) -> bool:
@@ -167,7 +176,14 @@ class DeviceDecoder:
         if self.truncation is not None:
             truncated = truncate(probs=x, truncation=self.truncation.truncation, top_k=self.truncation.top_k,
                                  top_p=self.truncation.top_p)
-        draft_probs = truncated.probs if truncated is not None else x  # [V]
+        # what goes up, rounded to payload.prob_dtype, and the distribution those values stand for: the draft is drawn
+        # from that, so verification against the upload stays exact (a coupled round uploads the id alone)
+        upload_values = quantise(probs=truncated.probs if truncated is not None else x,
+                                 dtype="float32" if self.coupled else self.cfg.payload.dtype)
+        if truncated is not None and upload_values.sent is not truncated.probs:  # tokens that underflowed go unsent
+            truncated = replace(truncated, probs=upload_values.probs,
+                                kept=int(torch.count_nonzero(upload_values.sent)))
+        draft_probs = upload_values.probs  # [V] float32
         if self.coupled:  # the race on the noise the verifier shares: t is the response position
             draft = race_winner(probs=draft_probs, key=key, position=t)
         else:
@@ -189,24 +205,31 @@ class DeviceDecoder:
         skipped = len(self.tokens) - self.llm_seen - (1 if self.uploaded else 0)
         sync = sync_bits(skipped_tokens=skipped, vocab_size=self.vocab_size) if self.cfg.payload.sync_token_ids else 0
         channel = self.cfg.channel
-        # the round's keyed fading (its first draw is h(t)), whatever the policy decides
+        # the upload is decided after the SLM step and u (the decode-time clock): h is read from then on
+        start_s = self.now_s + self.decode_clock.tau_slm_s + self.decode_clock.measure_seconds(measured_s=tau_u)
+        # the round's keyed fading (per_round: its first draw is h(t)), whatever the policy decides
         up = upload(bits=dist_bits + sync, channel=channel, mean_snr=self.mean_snr,
-                    rng=key.rng(round_index=t, purpose=Purpose.FADING))
-        sent = self.policy.should_send(
-            uncertainty=u, rng=key.rng(round_index=t, purpose=Purpose.POLICY),
-            upload_s=expected_upload_seconds(bits=dist_bits + sync, channel=channel, mean_snr=self.mean_snr,
-                                             gain=up.gain),
-            mean_upload_s=expected_upload_seconds(bits=dist_bits + sync, channel=channel, mean_snr=self.mean_snr))
+                    rng=key.rng(round_index=t, purpose=Purpose.FADING), process=self.process, start_s=start_s)
+        upload_s = mean_upload_s = 0.0
+        if isinstance(self.policy, ChannelAwareThreshold):  # the only policy that prices the upload
+            upload_s = expected_upload_seconds(bits=dist_bits + sync, channel=channel, mean_snr=self.mean_snr,
+                                               gain=up.gain, start_s=start_s)
+            mean_upload_s = expected_upload_seconds(bits=dist_bits + sync, channel=channel, mean_snr=self.mean_snr)
+        sent = self.policy.should_send(uncertainty=u, rng=key.rng(round_index=t, purpose=Purpose.POLICY),
+                                       upload_s=upload_s, mean_upload_s=mean_upload_s)
         return Draft(round_index=t, draft=draft, probs=draft_probs, uncertainty=u, sent=sent and up.delivered,
                      fading_gain=up.gain, snr=self.mean_snr * up.gain, tau_slm_s=tau_slm_s, tau_uncertainty_s=tau_u,
                      eval_s=eval_s, distribution_bits=dist_bits, sync_bits=sync,
                      kept_tokens=truncated.kept if truncated is not None else self.vocab_size, upload_s=up.seconds,
-                     upload_attempts=up.attempts, deadline_fallback=sent and not up.delivered)
+                     upload_attempts=up.attempts, deadline_fallback=sent and not up.delivered,
+                     upload_air_s=up.air_s, sent_probs=upload_values.sent, upload_start_s=start_s)
 
     def request(self, *, session_id: str, draft: Draft) -> VerifyRequest:
         """Step 2's upload: the draft, x, and the response tokens the LLM has not seen yet."""
         return VerifyRequest(session_id=session_id, round_index=draft.round_index, draft=draft.draft,
-                             new_tokens=self.tokens[self.llm_seen:], draft_probs=None if self.coupled else draft.probs,
+                             new_tokens=self.tokens[self.llm_seen:],
+                             draft_probs=None if self.coupled else
+                             draft.sent_probs if draft.sent_probs is not None else draft.probs,
                              score=self.evaluate, coupled=self.coupled)
 
     def commit(self, *, draft: Draft, result: VerifyResult | None, wall_s: float) -> RoundRecord:
@@ -221,11 +244,14 @@ class DeviceDecoder:
             accepted=None, resampled=None, payload_bits=draft.distribution_bits + draft.sync_bits if draft.sent else 0,
             catch_up_tokens=0, fading_gain=draft.fading_gain, snr_db=linear_to_db(draft.snr),
             tau_up_s=draft.upload_s if draft.sent or draft.deadline_fallback else 0.0,
+            tau_air_s=draft.upload_air_s if draft.sent or draft.deadline_fallback else 0.0,
             upload_attempts=draft.upload_attempts if draft.sent or draft.deadline_fallback else 0,
-            deadline_fallback=draft.deadline_fallback,
+            deadline_fallback=draft.deadline_fallback, up_start_s=draft.upload_start_s,
             tau_slm_s=draft.tau_slm_s, tau_uncertainty_s=draft.tau_uncertainty_s, tau_llm_s=0.0,
             wall_s=wall_s - draft.eval_s - (result.scoring_s if result is not None else 0.0),
         )
+        # the next round starts when this one ends on the decode-time clock (eq. 4's round, as measures/clock.py has it)
+        self.now_s += self.decode_clock.round_seconds(record)
         if draft.sent:
             self.uploaded = True
             record.sync_bits, record.kept_tokens = draft.sync_bits, draft.kept_tokens

@@ -14,12 +14,15 @@ from the SLM's side alone.
 - `ConfidenceStop`: Hugging Face's assistant confidence stop, go on while x_d >= the threshold; re-fit online on the
   verdicts by the ROC rule of `AssistedCandidateGenerator` (false negatives cost three times false positives).
 - `ChannelAwareStop`: go on while one more draft raises the round's expected tokens per second. With estimated
-  acceptances a_i, the block of k drafts yields E_k = 1 + sum_j prod_{i<=j} a_i tokens in C_k = k tau_SLM +
-  tau_up(k) + tau_LLM(pass of k drafts) seconds; one more draft adds prod_{i<=k} a_i * a_k tokens for C_{k+1} - C_k
-  seconds, and is worth it when that marginal rate beats E_k / C_k. A costlier upload (deep fade, slow link,
-  per-upload overhead) raises C_k and so lengthens blocks; a pass whose cost grows with its length (a compute-bound
-  CPU) shortens them. Acceptances come from U-HLM's linear fit 1 - (a u + b) (Theorem 1), re-fitted online per
-  uncertainty bin; the costs are the modelled clock's, learned online where it measures them.
+  acceptances a_i, the block of k drafts yields E_k = 1 + sum_j prod_{i<=j} a_i tokens in C_k = k (tau_SLM +
+  tau_u) + tau_up(k) + tau_LLM(pass of k drafts) seconds, tau_u being the per-draft uncertainty measurement the
+  modelled clock charges (`ModelledClock.measure_seconds`: K extra SLM passes under MC dropout or prompt
+  perturbation); one more draft adds prod_{i<=k} a_i * a_k tokens for C_{k+1} - C_k seconds, and is worth it when
+  that marginal rate beats E_k / C_k. A costlier upload (deep fade, slow link, per-upload overhead) raises C_k and
+  so lengthens blocks; a pass whose cost grows with its length (a compute-bound CPU), or a costly measure, shortens
+  them. Acceptances come from U-HLM's linear fit 1 - (a u + b) (Theorem 1), re-fitted online per uncertainty bin on
+  verified drafts only (a draft committed unverified is kept without a test, which says nothing of its acceptance;
+  it counts as kept, a_i = 1, in E_k); the costs are the modelled clock's, learned online where it measures them.
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ class DraftStep:
     uncertainty: float  # u, NaN when not measured
     x_d: float  # the draft's probability under what it was drawn from
     tau_slm_s: float = 0.0  # the SLM step that produced it
+    tau_uncertainty_s: float = 0.0  # its uncertainty measurement (MC dropout, paraphrases: K extra SLM passes)
+    verified: bool = True  # False: committed without a test (lossy, block.skip_u_th): no verdict judges it
 
 
 UploadSeconds = Callable[[int], float]  # expected upload time of a block of k drafts, this round
@@ -107,9 +112,10 @@ class ConfidenceStop(_Unlearning):
     def observe(self, *, block: list[DraftStep], num_accepted: int, pass_tokens: int, pass_s: float) -> None:
         if not self.refit:
             return
-        judged = block[:num_accepted + 1]  # the accepted drafts and the first rejected one
-        self.probs += [s.x_d for s in judged]
-        self.matches += [1] * num_accepted + [0] * (len(judged) - num_accepted)
+        # the accepted drafts and the first rejected one; a draft committed unverified (lossy) was not judged
+        judged = [(s, i < num_accepted) for i, s in enumerate(block[:num_accepted + 1]) if s.verified]
+        self.probs += [s.x_d for s, _ in judged]
+        self.matches += [int(kept) for _, kept in judged]
         if len(self.probs) > 5 and 0 in self.matches and 1 in self.matches:
             from sklearn.metrics import roc_curve
 
@@ -183,6 +189,10 @@ class ChannelAwareStop:
     catch_up: int = 1  # tokens the LLM pass holds besides the drafts
     needs_uncertainty: bool = True
     slm_steps: list[float] = field(default_factory=list)
+    # one draft's uncertainty measurement, as the modelled clock charges it (`clock.tau_measure_ms`); None: the
+    # median of the device's own measured ones (the clock's charge when no tau is configured or calibrated)
+    tau_measure_s: float | None = None
+    measure_steps: list[float] = field(default_factory=list)
 
     def begin_round(self, *, catch_up: int, upload_s: UploadSeconds) -> None:
         self.catch_up, self.upload_s = catch_up, upload_s
@@ -191,18 +201,26 @@ class ChannelAwareStop:
         """(E_k, prod a_i) for the block so far."""
         tokens, alive = 1.0, 1.0
         for step in block:
-            alive *= self.acceptance.estimate(step.uncertainty)
+            alive *= self.acceptance.estimate(step.uncertainty) if step.verified else 1.0  # unverified: kept
             tokens += alive
         return tokens, alive
 
-    def round_seconds(self, drafts: int) -> float:
+    def draft_seconds(self) -> float:
+        """One draft on the modelled clock: an SLM step and its uncertainty measurement."""
         slm = self.tau_slm_s if self.tau_slm_s is not None else \
             (float(np.median(self.slm_steps)) if self.slm_steps else PAPER_TAU_SLM_MS / 1e3)
-        return drafts * slm + self.upload_s(drafts) + self.pass_cost.seconds(self.catch_up + drafts)
+        measure = self.tau_measure_s if self.tau_measure_s is not None else \
+            (float(np.median(self.measure_steps)) if self.measure_steps else 0.0)
+        return slm + measure
+
+    def round_seconds(self, drafts: int) -> float:
+        return drafts * self.draft_seconds() + self.upload_s(drafts) + self.pass_cost.seconds(self.catch_up + drafts)
 
     def go_on(self, *, step: DraftStep, block: list[DraftStep]) -> bool:
         if step.tau_slm_s > 0:
             self.slm_steps.append(step.tau_slm_s)
+        if step.tau_uncertainty_s > 0:
+            self.measure_steps.append(step.tau_uncertainty_s)
         k = len(block)
         tokens, alive = self.expected_tokens(block)
         seconds = self.round_seconds(k)
@@ -213,7 +231,8 @@ class ChannelAwareStop:
 
     def observe(self, *, block: list[DraftStep], num_accepted: int, pass_tokens: int, pass_s: float) -> None:
         for i, step in enumerate(block[:num_accepted + 1]):
-            self.acceptance.update(step.uncertainty, i < num_accepted)
+            if step.verified:  # a draft committed without a test is no evidence of acceptance
+                self.acceptance.update(step.uncertainty, i < num_accepted)
         self.pass_cost.observe(pass_tokens, pass_s)
 
 
@@ -230,6 +249,7 @@ def make_stop_rule(*, cfg: EvaluateConfig) -> StopRule:
         clock = cfg.clock
         return ChannelAwareStop(
             tau_slm_s=clock.tau_slm_ms / 1e3 if clock.tau_slm_ms is not None else None,
+            tau_measure_s=clock.tau_measure_ms / 1e3 if clock.tau_measure_ms is not None else None,
             pass_cost=PassCost(tau_llm_s=clock.tau_llm_ms / 1e3 if clock.tau_llm_ms is not None else None,
                                pricing=clock.llm_pass, flat_tokens=clock.flat_pass_tokens),
             acceptance=AcceptanceModel(fit_a=cfg.policy.fit_a, fit_b=cfg.policy.fit_b))

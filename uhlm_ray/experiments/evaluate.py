@@ -23,10 +23,12 @@ from uhlm_ray.device.decoder import method_measure
 from uhlm_ray.device.paraphrase import paraphrase_prompt_ids
 from uhlm_ray.experiments.calibration import Calibration
 from uhlm_ray.experiments.datasets import Example
+from uhlm_ray.link.downlink import downlink_link, model_vocab_size
+from uhlm_ray.link.energy import EXTRA_PASS_MEASURES, energy_model
 from uhlm_ray.measures.agreement import agreement_summary
 from uhlm_ray.measures.clock import ModelledClock, measured_clock
 from uhlm_ray.measures.intervals import method_intervals, paired_intervals
-from uhlm_ray.measures.metrics import summarize
+from uhlm_ray.measures.metrics import rewalked, summarize
 from uhlm_ray.measures.similarity import Encoder, response_similarity
 from uhlm_ray.models.chat import chat_prompt_ids
 from uhlm_ray.models.loading import ModelPair
@@ -38,7 +40,7 @@ DECODE_SECTIONS = ("model", "uncertainty", "policy", "cu_hlm", "block", "channel
                    "metrics")
 # sections that change no decoded token or stored record (the modelled clock is applied when summarising; the cell
 # and reproduction jobs add their own section to the key); a new section must join one of the two lists
-NON_DECODE_SECTIONS = ("clock", "tracking", "cell", "runtime", "reproduce")
+NON_DECODE_SECTIONS = ("clock", "tracking", "cell", "runtime", "reproduce", "downlink", "energy")
 
 
 def run_key(cfg: EvaluateConfig, *, sections: tuple[str, ...] = DECODE_SECTIONS) -> str:
@@ -196,11 +198,13 @@ def evaluate_methods(
 
 
 def run_clock(*, results: dict[str, list[PromptResult]], cfg: EvaluateConfig,
-              calibration: Calibration | None = None) -> ModelledClock:
+              calibration: Calibration | None = None, vocab_size: int | None = None) -> ModelledClock:
     """The modelled clock shared by every method of a run, the clock of one device: configured times, else the
     calibration's solo passes (the jobs pass one under clock.timing='calibrated'), else medians measured in the
     run's records, which must then come from batch-1 decoding. A block round's LLM pass is priced by its length
-    as calibrated (or as measured), scaled to the clock's tau_LLM, or flat (`clock.llm_pass`)."""
+    as calibrated (or as measured), scaled to the clock's tau_LLM, or flat (`clock.llm_pass`). The clock also carries
+    the downlink (`downlink`, ids of ceil(log2 `vocab_size`) bits; None: |V| from the pair's config.json) and the
+    energy coefficients (`energy`)."""
     records = [r for rs in results.values() for res in rs for r in res.records]
     if calibration is None:  # a caller without a calibration: the records' own medians, batch 1 only
         if any(res.batch_size > 1 for rs in results.values() for res in rs) and \
@@ -221,10 +225,17 @@ def run_clock(*, results: dict[str, list[PromptResult]], cfg: EvaluateConfig,
         tau_measure = {m: cfg.clock.tau_measure_ms / 1e3 for m in cfg.methods if m != "llm"}
     tau_slm = cfg.clock.tau_slm_ms / 1e3 if cfg.clock.tau_slm_ms is not None else tau_slm
     tau_llm = cfg.clock.tau_llm_ms / 1e3 if cfg.clock.tau_llm_ms is not None else tau_llm
+    if vocab_size is None:  # the downlink's ids: |V| from the pair's config.json (nothing to price without records)
+        vocab_size = model_vocab_size(cfg.model) if records else 2
+    # the device's energy: MC dropout and prompt perturbation run K more SLM forwards per measurement
+    extra_passes = {m: cfg.uncertainty.k for m in cfg.methods
+                    if m != "llm" and method_measure(method=m, cfg=cfg) in EXTRA_PASS_MEASURES}
     return ModelledClock(
         tau_slm=tau_slm, tau_llm=tau_llm, llm_pass=cfg.clock.llm_pass, flat_pass_tokens=cfg.clock.flat_pass_tokens,
         llm_scale=tau_llm / one_token if math.isfinite(one_token) and one_token > 0 else 1.0, llm_pass_s=table,
         tau_measure=tau_measure,
+        downlink=downlink_link(downlink=cfg.downlink, channel=cfg.channel, vocab_size=vocab_size),
+        energy=energy_model(energy=cfg.energy, channel=cfg.channel, extra_passes=extra_passes),
     )
 
 
@@ -235,11 +246,15 @@ def ratio(value: float, reference: float) -> float:
 
 
 def summarize_methods(*, results: dict[str, list[PromptResult]], cfg: EvaluateConfig,
-                      calibration: Calibration | None = None) -> dict[str, dict[str, float]]:
-    clock = run_clock(results=results, cfg=cfg, calibration=calibration)
+                      calibration: Calibration | None = None, vocab_size: int | None = None
+                      ) -> dict[str, dict[str, float]]:
+    clock = run_clock(results=results, cfg=cfg, calibration=calibration, vocab_size=vocab_size)
+    # on this clock once, so that every summary and its interval read the same priced records
+    results = {method: rewalked(results=rs, clock=clock, channel=cfg.channel, seed=cfg.decode.seed)
+               for method, rs in results.items()}
     summaries = {
         method: summarize(results=rs, clock=clock, channel=cfg.channel, seed=cfg.decode.seed,
-                          snr_sweep_db=cfg.clock.snr_sweep_db)
+                          snr_sweep_db=cfg.clock.snr_sweep_db, rewalk=False)
         for method, rs in results.items()
     }
     for method, s in summaries.items():

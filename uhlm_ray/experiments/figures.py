@@ -206,3 +206,59 @@ def table_one(*, summaries: dict[str, dict[str, dict[str, float]]]) -> tuple[lis
         rows.append(row)
         lines.append(f"| {METHOD_LABELS[method]} | " + " | ".join(cells) + " |")
     return rows, "\n".join(lines)
+
+
+ENERGY_PARTS = ("compute", "measure", "tx", "wait", "rx", "tail", "promotion")  # uhlm_ray/link/energy.py
+
+
+def energy_table(summaries: dict[str, dict[str, float]]) -> str:
+    """Per method: the device's J/token with its parts (which add up to it), J/round and the base station's J per
+    verified token, each with its 95% bootstrap interval over prompts."""
+    header = ["method", "J/token (device)", *ENERGY_PARTS, "J/round", "BS J/verified token", "accuracy"]
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    for method, s in summaries.items():
+        cells = [format_with_interval(s, key="energy_device_j_per_token", fmt="{:.3f}"),
+                 *(format_with_interval(s, key=f"energy_{p}_j_per_token", fmt="{:.3f}") for p in ENERGY_PARTS),
+                 format_with_interval(s, key="energy_device_j_per_round", fmt="{:.3f}"),
+                 format_with_interval(s, key="energy_bs_j_per_verified_token", fmt="{:.2f}"),
+                 format_with_interval(s, key="accuracy", fmt="{:.4f}")]
+        lines.append(f"| {METHOD_LABELS.get(method, method)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def accuracy_energy(*, summaries: dict[str, dict[str, float]], path: Path) -> None:
+    """Accuracy against the device's energy per token, each method with its 95% intervals, the frontier (lower
+    energy, higher accuracy) dashed (left); the device's J/token split into its parts (right)."""
+    plt = _plt()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    points = []
+    for method, s in summaries.items():
+        x, y = s.get("energy_device_j_per_token", math.nan), s.get("accuracy", math.nan)
+        if not (math.isfinite(x) and math.isfinite(y)):
+            continue
+        points.append((x, y, method))
+        xerr = [[abs(x - s.get("energy_device_j_per_token_ci_low", x))], [abs(s.get(
+            "energy_device_j_per_token_ci_high", x) - x)]]
+        yerr = [[abs(y - s.get("accuracy_ci_low", y))], [abs(s.get("accuracy_ci_high", y) - y)]]
+        xerr = np.nan_to_num(np.array(xerr))
+        yerr = np.nan_to_num(np.array(yerr))
+        left.errorbar([x], [y], xerr=xerr, yerr=yerr, fmt="o", capsize=3, label=METHOD_LABELS.get(method, method))
+    front = sorted((p for p in points if not any(q[0] <= p[0] and q[1] >= p[1] and q != p for q in points)))
+    if front:
+        left.plot([p[0] for p in front], [p[1] for p in front], "k--", lw=1, label="frontier")
+    left.set_xlabel("device energy (J/token, modelled)")
+    left.set_ylabel("accuracy (cosine similarity)")
+    left.legend(fontsize=8)
+    methods = [m for m in summaries if math.isfinite(summaries[m].get("energy_device_j_per_token", math.nan))]
+    bottom = np.zeros(len(methods))
+    for part in ENERGY_PARTS:
+        values = np.array([summaries[m].get(f"energy_{part}_j_per_token", 0.0) for m in methods])
+        right.bar(np.arange(len(methods)), values, bottom=bottom, label=part)
+        bottom += values
+    right.set_xticks(np.arange(len(methods)), [METHOD_LABELS.get(m, m) for m in methods], fontsize=8)
+    right.set_ylabel("device energy (J/token)")
+    right.legend(fontsize=7)
+    fig.suptitle("Accuracy against device energy (left) and where the energy goes (right)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

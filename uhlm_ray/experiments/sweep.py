@@ -39,6 +39,7 @@ import numpy as np
 import yaml
 from omegaconf import OmegaConf
 
+from uhlm_ray.cell import CELL_FIGURES, virtual_cell_figures
 from uhlm_ray.config import METHODS, ChannelConfig, EvaluateConfig, load_config
 from uhlm_ray.experiments.calibration import run_calibration
 from uhlm_ray.experiments.datasets import Example
@@ -208,6 +209,8 @@ def metric_names(cfg: EvaluateConfig) -> set[str]:
         summaries["u_hlm"].update(risk_at_threshold([], u_th=cfg.policy.u_th))
     if "cu_hlm" in summaries:
         summaries["cu_hlm"].update(operating_point([], budget=cfg.cu_hlm.risk_budget))
+    if cfg.cell.method in summaries:  # cell figures of the cell's method (uhlm_ray/cell.py virtual_cell_figures)
+        summaries[cfg.cell.method].update(dict.fromkeys(CELL_FIGURES, float("nan")))
     return {f"{method}.{key}" for method, summary in summaries.items() for key in summary}
 
 
@@ -304,21 +307,31 @@ def evaluate_trial(
         decoded += len(examples) - found
         results[method] = rechannel(results=method_results, channel=cfg.channel, seed=cfg.decode.seed)
     calibration = run_calibration(pair=pair, prompt=examples[0].prompt, cfg=cfg) if examples else None
-    summaries = summarize_methods(results=results, cfg=cfg, calibration=calibration)
+    summaries = summarize_methods(results=results, cfg=cfg, calibration=calibration, vocab_size=pair.vocab_size)
     if "u_hlm" in results:  # Theorem 1's risk for this trial's threshold, beside the measured rejection risk
         summaries["u_hlm"].update(risk_at_threshold([r for res in results["u_hlm"] for r in res.records],
                                                     u_th=cfg.policy.u_th))
     if "cu_hlm" in results:  # the threshold that would meet the risk budget on this trial's records
         summaries["cu_hlm"].update(operating_point([r for res in results["cu_hlm"] for r in res.records],
                                                    budget=cfg.cu_hlm.risk_budget))
+    if cfg.cell.method in results:  # its prompts made into cfg.cell's cell, priced under cfg.cell.scheduler
+        from uhlm_ray.experiments.evaluate import run_clock
+
+        summaries[cfg.cell.method].update(virtual_cell_figures(
+            results=results[cfg.cell.method], cfg=cfg,
+            clock=run_clock(results=results, cfg=cfg, calibration=calibration)))
     return TrialOutcome(summaries=summaries, results=results, decoded_prompts=decoded, reused_prompts=reused)
 
 
 # --- frontiers -----------------------------------------------------------------------------------------------
 
-def pareto_front(points: list[dict], *, x: str, y: str) -> list[dict]:
-    """Points not dominated when both x and y are maximised, sorted by x."""
+def pareto_front(points: list[dict], *, x: str, y: str, x_mode: str = "max") -> list[dict]:
+    """Points not dominated when y is maximised and x maximised (throughput) or, with x_mode="min", minimised
+    (energy per token); sorted by x."""
+    check_choice(x_mode, field="x_mode", allowed=("max", "min"))
+    sign = 1.0 if x_mode == "max" else -1.0
     valid = [p for p in points if np.isfinite(p.get(x, np.nan)) and np.isfinite(p.get(y, np.nan))]
     front = [p for p in valid
-             if not any(q[x] >= p[x] and q[y] >= p[y] and (q[x] > p[x] or q[y] > p[y]) for q in valid)]
+             if not any(sign * q[x] >= sign * p[x] and q[y] >= p[y] and (q[x] != p[x] or q[y] > p[y])
+                        for q in valid)]
     return sorted(front, key=lambda p: p[x])

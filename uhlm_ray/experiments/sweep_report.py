@@ -1,5 +1,5 @@
-"""A sweep's report: Pareto frontiers (accuracy vs modelled and vs experiment throughput) and the risk plot, as
-files."""
+"""A sweep's report: Pareto frontiers (accuracy vs modelled and vs experiment throughput, and vs the device's energy
+per token) and the risk plot, as files."""
 
 from __future__ import annotations
 
@@ -12,6 +12,9 @@ from uhlm_ray.experiments.sweep import SearchSpace, pareto_front
 
 CLOCKS = (("throughput_modelled", "modelled throughput (tok/s, eq. 3-4)"),
           ("throughput_experiment", "experiment throughput (tok/s of trial time, batched)"))
+ENERGY = ("energy_device_j_per_token", "device energy (J/token, modelled; uhlm_ray/link/energy.py)")
+# (x metric, axis label, whether x is maximised or minimised, the figure's name: frontier_<name>.png)
+FRONTIERS = (*((clock, label, "max", clock.split("_")[1]) for clock, label in CLOCKS), (*ENERGY, "min", "energy"))
 
 
 def trial_points(*, trials: list[dict], methods: list[str]) -> list[dict]:
@@ -24,10 +27,11 @@ def trial_points(*, trials: list[dict], methods: list[str]) -> list[dict]:
             points.append({
                 "trial": i, "trial_key": t.get("trial_key", ""), "method": method,
                 "accuracy": t[f"{method}.accuracy"],
-                **{clock: t.get(f"{method}.{clock}", math.nan) for clock, _ in CLOCKS},
+                **{x: t.get(f"{method}.{x}", math.nan) for x, *_ in FRONTIERS},
+                "energy_bs_j_per_verified_token": t.get(f"{method}.energy_bs_j_per_verified_token", math.nan),
                 # 95% bootstrap intervals over prompts; accuracy against the LLM alone paired on prompts
                 **{f"{m}_ci_{end}": t.get(f"{method}.{m}_ci_{end}", math.nan)
-                   for m in ("accuracy", *(c for c, _ in CLOCKS), "accuracy_vs_llm") for end in ("low", "high")},
+                   for m in ("accuracy", *(x for x, *_ in FRONTIERS), "accuracy_vs_llm") for end in ("low", "high")},
                 "accuracy_vs_llm": t.get(f"{method}.accuracy_vs_llm", math.nan),
                 "transmission_rate": t.get(f"{method}.transmission_rate", math.nan),
                 "exact": t.get(f"{method}.exact", math.nan),
@@ -124,7 +128,8 @@ def untold_from_llm(points: list[dict]) -> list[str]:
 
 
 def frontier_report(*, trials: list[dict], space: SearchSpace, folder: Path) -> str:
-    """Write trials.csv, frontier.csv / .md, frontier_<clock>.png and risk.png; return the Markdown table."""
+    """Write trials.csv, frontier.csv / .md, frontier_modelled.png, frontier_experiment.png, frontier_energy.png
+    (accuracy against the device's J/token, lower is better) and risk.png; return the Markdown table."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -135,8 +140,8 @@ def frontier_report(*, trials: list[dict], space: SearchSpace, folder: Path) -> 
     _write_csv(folder / "trials.csv", points or [{"trial": None}])
     lines = []
     front_rows = []
-    for clock, label in CLOCKS:
-        front = pareto_front(points, x=clock, y="accuracy")
+    for clock, label, mode, name in FRONTIERS:  # the two throughputs (higher is better), then energy (lower)
+        front = pareto_front(points, x=clock, y="accuracy", x_mode=mode)
         # methods that ignore the swept settings give the same point in every trial: list it once
         seen: set[tuple] = set()
         front = [p for p in front if (key := (p["method"], p["accuracy"], p[clock])) not in seen and not seen.add(key)]
@@ -155,13 +160,14 @@ def frontier_report(*, trials: list[dict], space: SearchSpace, folder: Path) -> 
             ax.set_xscale("log")
         ax.set_xlabel(label)
         ax.set_ylabel("accuracy (cosine similarity)")
-        ax.set_title(f"{space.name}: accuracy vs {clock.split('_')[1]} throughput")
+        ax.set_title(f"{space.name}: accuracy vs " + ("device energy" if name == "energy" else f"{name} throughput"))
         ax.legend(fontsize=8)
         fig.tight_layout()
-        fig.savefig(folder / f"frontier_{clock.split('_')[1]}.png", dpi=120)
+        fig.savefig(folder / f"frontier_{name}.png", dpi=120)
         plt.close(fig)
         lines += [f"\nPareto frontier, accuracy vs {label} (95% intervals over prompts):",
-                  "| method | accuracy | accuracy vs LLM (paired) | tok/s | TR | parameters |",
+                  f"| method | accuracy | accuracy vs LLM (paired) | {'J/token' if name == 'energy' else 'tok/s'} "
+                  "| TR | parameters |",
                   "|---|---:|---:|---:|---:|---|"]
         for p in front:
             params = ", ".join(f"{k.removeprefix('param.')}={v}" for k, v in p.items() if k.startswith("param."))

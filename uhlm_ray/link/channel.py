@@ -1,42 +1,64 @@
-"""The uplink: path loss, Rayleigh block fading, and how long an upload of B bits takes under three link models.
+"""The uplink: path loss, Rayleigh fading in time, and how long an upload of B bits takes under three link models.
 
-A round's received SNR is  SNR(t) = p * rho^(-alpha) * h(t) / N  with h(t) ~ Exp(1), the power gain of a Rayleigh
-fading channel, drawn once per round (block fading). The paper's defaults, W = 1 MHz, p = 23 dBm, N = -104 dBm,
-alpha = 4, rho = 2.5 km, give an average SNR of about -8.9 dB (see `uhlm_ray.snr.mean_snr_db`).
+The received SNR is  SNR(t) = p * rho^(-alpha) * h(t) / N  with h(t) ~ Exp(1), the power gain of a Rayleigh fading
+channel. The paper's defaults, W = 1 MHz, p = 23 dBm, N = -104 dBm, alpha = 4, rho = 2.5 km, give an average SNR
+s of about -8.9 dB (see `uhlm_ray.snr.mean_snr_db`). h(t) is one process in time per device and prompt on the
+modelled clock (`uhlm_ray/link/fading.py`, `channel.process`), or the paper's one draw per round (`per_round`).
 
-Link models (`channel.model`):
+Every link model reads h at the time each bit is sent. An upload decided at modelled time t0 (`start_s`) first pays
+`upload_overhead_ms` (scheduling request, grant and round trip; without it n uploads of one draft would cost what
+one upload of n drafts does), then transmits from t0 + overhead:
 
-- `shannon`, the U-HLM paper's eq. 3: the device knows h(t) and sends at exactly the capacity W log2(1 + SNR(t)).
-  Under Rayleigh fading its mean upload time is infinite: E[1 / log2(1 + s h)] diverges at h -> 0, so a run's mean
-  is set by its deepest fade and keeps growing with the number of rounds, while the median stays put.
-- `arq`: fixed-rate transmission without channel knowledge, R bit/s/Hz (given, or the rate that minimises the
-  expected upload time). An attempt succeeds when log2(1 + SNR h) >= R, otherwise the base station answers NACK
-  (`arq_feedback_ms`) and the device retransmits in a new fading block. Attempts are geometric, the mean is finite.
-- `inversion`: truncated channel inversion. The device sends only when h >= h0 (the cut-off, given or the one that
-  maximises the rate), inverting the fading so the received SNR is constant; in a fade below h0 it waits a
-  coherence time (`coherence_ms`) for the next block. With an average power constraint the constant SNR is
-  s / E1(h0) (Goldsmith, Wireless Communications, 4.2.4), so the rate is W log2(1 + s / E1(h0)).
+- `shannon`, the U-HLM paper's eq. 3 with the device tracking h(t): it sends at the instantaneous capacity
+  W log2(1 + s h(t)), so B bits take the tau solving  int_{t0+o}^{t0+o+tau} W log2(1 + s h(t)) dt = B. Under
+  `per_round` h is held for the whole upload and tau = B / (W log2(1 + s h)), whose mean is infinite under Rayleigh
+  fading (E[1 / log2(1 + s h)] diverges at h -> 0); a process in time bounds the loss of a deep fade by its length.
+- `arq`: fixed-rate transmission without channel knowledge at R bit/s/Hz (given, or the rate that minimises the
+  expected upload time with independent attempts). An attempt lasts B / (W R) and succeeds when the mutual
+  information it accumulated reaches its bits, int log2(1 + s h(t)) dt >= R * B / (W R), i.e. when the time-average
+  capacity over the attempt is at least R (the outage rule of a code spanning several fading blocks: Tse and
+  Viswanath, Fundamentals of Wireless Communication, 2005, 5.4.3). Otherwise the base station answers NACK and the
+  retransmission starts `arq_feedback_ms` after the attempt ended, reading h then: a retry within the coherence time
+  usually sees the same fade. Under `per_round` an attempt is one block and every retry draws a new one.
+- `inversion`: truncated channel inversion. The device transmits at the constant rate W log2(1 + s / E1(h0))
+  (average power constraint: Goldsmith, Wireless Communications, 2005, 4.2.4) only while h(t) >= h0 (the cut-off,
+  given or the rate-maximising one) and pauses whenever h falls below it, also in the middle of an upload; under
+  `per_round` it waits out a fade below h0 one `coherence_ms` block at a time, then sends the whole upload.
 
-Every upload also pays `upload_overhead_ms` (scheduling request, grant and round trip) once: without it n uploads of
-one draft would cost what one upload of n drafts does. A deadline (`deadline_ms`) either waits (exact) or gives
-up and lets the device keep its draft unverified (`deadline_mode=fallback`, lossy).
+A deadline (`deadline_ms`) either waits (exact) or gives up and lets the device keep its draft unverified
+(`deadline_mode=fallback`, lossy).
+
+Expected upload times (`expected_upload_seconds`, what the device prices a decision with) are closed forms under
+`per_round` and without fading; for a process in time they are sample averages over a fixed bank of reference paths
+of the same process (`_Bank`), conditioned on the gain the device knows now (exactly for `gauss_markov` and `block`,
+whose power is Markov; by Gaussian conditioning on the current sample for `clarke`). tests/test_channel.py and
+tests/test_fading.py check both against a Monte Carlo of `upload` on independent realisations.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 from scipy.optimize import minimize_scalar
-from scipy.special import exp1
+from scipy.special import exp1, j0
 
 from uhlm_ray.config import ChannelConfig
+from uhlm_ray.link.fading import (
+    FadingProcess,
+    doppler_hz,
+    gauss_markov_rho,
+    has_time_axis,
+    step_seconds,
+)
 
 
 def draw_fading_gain(*, rng: np.random.Generator, fading: str) -> float:
-    """h(t): the round's channel power gain, Exp(1) under Rayleigh block fading, 1 without fading."""
+    """h: one draw of the channel power gain, Exp(1) under Rayleigh fading, 1 without fading (per_round's h(t))."""
     return float(rng.exponential(1.0)) if fading == "rayleigh" else 1.0
 
 
@@ -50,10 +72,19 @@ def uplink_seconds(*, bits: float, bandwidth_hz: float, snr: float) -> float:
 class Upload:
     """One upload on the modelled clock."""
 
-    seconds: float  # from the scheduling request to the last bit (or to the deadline, when it gave up)
-    attempts: int  # transmissions (ARQ), or fading blocks waited through plus one (inversion)
-    gain: float  # h of the first fading block
+    seconds: float  # from the decision (scheduling request) to the last bit (or to the deadline, when it gave up)
+    # transmissions (ARQ); inversion: fading blocks waited through plus one (per_round), the bursts it was sent in
+    # between pauses in deep fades (a process in time); 1 for shannon
+    attempts: int
+    gain: float  # h when the device decided to upload (at start_s): the channel knowledge its decision used
     delivered: bool  # False: the deadline passed first and the device kept its drafts (deadline_mode=fallback)
+    air_s: float = 0.0  # seconds the radio transmits (every attempt's air time; no waits, feedback or overhead)
+    start_s: float = 0.0  # modelled time of the decision, seconds since the prompt's first round began
+
+    @property
+    def end_s(self) -> float:
+        """Modelled time of the last bit (or of the deadline)."""
+        return self.start_s + self.seconds
 
 
 def arq_success_probability(*, rate: float, mean_snr: float) -> float:
@@ -62,16 +93,16 @@ def arq_success_probability(*, rate: float, mean_snr: float) -> float:
 
 
 def arq_expected_seconds(*, bits: float, rate: float, bandwidth_hz: float, mean_snr: float, feedback_s: float) -> float:
-    """E[time] of fixed-rate ARQ without overhead: each of the geometric attempts costs B / (W R), each failure one
-    NACK round trip more: (B / (W R) + f) / p - f."""
+    """E[time] of fixed-rate ARQ with independent attempts, without overhead: each of the geometric attempts costs
+    B / (W R), each failure one NACK round trip more: (B / (W R) + f) / p - f."""
     p = arq_success_probability(rate=rate, mean_snr=mean_snr)
     return (bits / (bandwidth_hz * rate) + feedback_s) / p - feedback_s if p > 0 else math.inf
 
 
 @lru_cache(maxsize=4096)
 def latency_optimal_rate(*, bits: float, bandwidth_hz: float, mean_snr: float, feedback_s: float) -> float:
-    """The ARQ rate R (bit/s/Hz) that minimises the expected upload time of B bits (a higher rate sends faster but
-    fails more often). Without feedback delay the optimum solves R 2^R ln 2 = s."""
+    """The ARQ rate R (bit/s/Hz) that minimises the expected upload time of B bits with independent attempts (a
+    higher rate sends faster but fails more often). Without feedback delay the optimum solves R 2^R ln 2 = s."""
     result = minimize_scalar(
         lambda log_rate: arq_expected_seconds(bits=bits, rate=math.exp(log_rate), bandwidth_hz=bandwidth_hz,
                                               mean_snr=mean_snr, feedback_s=feedback_s),
@@ -92,6 +123,13 @@ def optimal_inversion_cutoff(*, mean_snr: float) -> float:
     return float(result.x)
 
 
+def ergodic_capacity(*, mean_snr: float) -> float:
+    """E[log2(1 + s h)] for h ~ Exp(1): e^(1/s) E1(1/s) / ln 2 (bit/s/Hz), the long-run rate of eq. 3 in time."""
+    x = 1.0 / mean_snr
+    scaled = float(exp1(x)) * math.exp(x) if x < 500 else (1.0 - 1.0 / x + 2.0 / x**2) / x  # e^x E1(x)
+    return scaled / math.log(2.0)
+
+
 def _arq_rate(*, bits: float, channel: ChannelConfig, mean_snr: float, bandwidth_hz: float) -> float:
     if channel.arq_rate is not None:
         return channel.arq_rate
@@ -107,23 +145,22 @@ def _inversion_cutoff(*, channel: ChannelConfig, mean_snr: float) -> float:
 
 
 MAX_ATTEMPTS = 100_000  # a link that cannot deliver (no fading and a rate above capacity) is infinitely slow
+MAX_PATH_STEPS = 2**20  # one upload reads at most this many samples (17 min at 1 ms), then the long-run rate
+BANK_ENTROPY = 0xFAD1  # the key of the reference paths behind expected_upload_seconds, apart from every run's
+BANK_PATHS = {"gauss_markov": 1024, "block": 1024, "clarke": 256}  # reference paths per process
+BANK_MAX_ELEMENTS = 2**22  # paths x samples held at once; a longer upload finishes at the long-run rate
 
 
-def upload(
-    *, bits: float, channel: ChannelConfig, mean_snr: float, rng: np.random.Generator,
-    bandwidth_hz: float | None = None,
-) -> Upload:
-    """The time one upload of `bits` takes on `channel` at average SNR `mean_snr`, fading drawn from `rng`.
+# --- per_round and no fading: the paper's block per round --------------------------------------------------------
 
-    `rng` is the round's keyed generator: its first draw is the fading gain eq. 3 uses, so `shannon` gives the
-    paper's tau(t) for the same draw. `bandwidth_hz` overrides W (a share of the band in a cell).
-    """
-    width = channel.bandwidth_hz if bandwidth_hz is None else bandwidth_hz
-    overhead = channel.upload_overhead_ms / 1e3
+def _upload_per_round(*, bits: float, channel: ChannelConfig, mean_snr: float, rng: np.random.Generator,
+                      width: float, overhead: float) -> tuple[float, int, float, float]:
+    """(seconds, attempts, gain, air) with one h per round held for the upload; retries and waits redraw."""
     gain = draw_fading_gain(rng=rng, fading=channel.fading)
     if channel.model == "shannon":
-        seconds, attempts = overhead + uplink_seconds(bits=bits, bandwidth_hz=width, snr=mean_snr * gain), 1
-    elif channel.model == "arq":
+        air = uplink_seconds(bits=bits, bandwidth_hz=width, snr=mean_snr * gain)
+        return overhead + air, 1, gain, air
+    if channel.model == "arq":
         rate = _arq_rate(bits=bits, channel=channel, mean_snr=mean_snr, bandwidth_hz=width)
         air, feedback = bits / (width * rate), channel.arq_feedback_ms / 1e3
         seconds, attempts, h = overhead + air, 1, gain
@@ -134,33 +171,319 @@ def upload(
             seconds += feedback + air
             attempts += 1
             h = draw_fading_gain(rng=rng, fading=channel.fading)
-    else:  # truncated channel inversion
-        if channel.fading == "none":
-            rate = math.log2(1.0 + mean_snr)
-            waits = 0
-        else:
-            cutoff = _inversion_cutoff(channel=channel, mean_snr=mean_snr)
-            rate = inversion_rate(cutoff=cutoff, mean_snr=mean_snr)
-            waits, h = 0, gain
-            while h < cutoff and waits < MAX_ATTEMPTS:  # below the cut-off: no transmission this block
-                waits += 1
-                h = draw_fading_gain(rng=rng, fading=channel.fading)
-        air = bits / (width * rate) if rate > 0 else math.inf
-        seconds, attempts = overhead + waits * channel.coherence_ms / 1e3 + air, waits + 1
+        return seconds, attempts, gain, attempts * air
+    if channel.fading == "none":
+        rate, waits = math.log2(1.0 + mean_snr), 0
+    else:
+        cutoff = _inversion_cutoff(channel=channel, mean_snr=mean_snr)
+        rate = inversion_rate(cutoff=cutoff, mean_snr=mean_snr)
+        waits, h = 0, gain
+        while h < cutoff and waits < MAX_ATTEMPTS:  # below the cut-off: no transmission this block
+            waits += 1
+            h = draw_fading_gain(rng=rng, fading=channel.fading)
+    air = bits / (width * rate) if rate > 0 else math.inf
+    return overhead + waits * channel.coherence_ms / 1e3 + air, waits + 1, gain, air
+
+
+def inversion_expected_wait(*, cutoff: float, coherence_s: float, gain: float | None) -> float:
+    """Expected wait before a per_round inversion upload: blocks are i.i.d. with P(h >= h0) = q = e^(-h0), so a
+    device that knows it is in a fade (gain < h0) waits the rest of this block and a geometric number more,
+    coherence / q; one that does not know h waits coherence (1 - q) / q; one above the cut-off sends at once."""
+    q = math.exp(-cutoff)
+    if gain is None:
+        return coherence_s * (1.0 - q) / q
+    return 0.0 if gain >= cutoff else coherence_s / q
+
+
+# --- a process in time: vectorised over paths (one path for an upload, a bank for an expectation) -----------------
+
+@dataclass
+class _Paths:
+    """N paths of h from the step holding the decision (time 0) on: step 0 lasts first_s [N], later steps step_s."""
+
+    gains: Callable[[int, np.ndarray], np.ndarray]  # (K, rows) -> h [rows, K] of steps 0 .. K - 1
+    first_s: np.ndarray  # [N]
+    step_s: float
+    static: bool  # no Doppler: h never changes
+    max_elements: int  # paths x samples read at once: the fewer paths still uploading, the further they are read
+
+    @property
+    def cap_steps(self) -> int:
+        return int(min(MAX_PATH_STEPS, max(self.max_elements // len(self.first_s), 64)))
+
+    def subset(self, rows: np.ndarray) -> _Paths:
+        """The paths `rows` only (an upload still unfinished at the horizon is read further, the others are not)."""
+        return _Paths(gains=lambda k, r: self.gains(k, rows[r]), first_s=self.first_s[rows], step_s=self.step_s,
+                      static=self.static, max_elements=self.max_elements)
+
+    def all_gains(self, k_steps: int) -> np.ndarray:
+        return self.gains(k_steps, np.arange(len(self.first_s)))
+
+    def step_of(self, t: np.ndarray) -> np.ndarray:
+        """Step index of times t [N, J] (time 0 is the decision)."""
+        later = np.floor((t - self.first_s[:, None]) / self.step_s + 1e-9).astype(np.int64) + 1
+        return np.where(t < self.first_s[:, None], 0, later)
+
+    def step_start(self, k: np.ndarray) -> np.ndarray:
+        return np.where(k == 0, 0.0, self.first_s[:, None] + (k - 1) * self.step_s)
+
+    def durations(self, n_steps: int) -> np.ndarray:
+        d = np.full((len(self.first_s), n_steps), self.step_s)
+        d[:, 0] = self.first_s
+        return d
+
+
+def _integral(paths: _Paths, values: np.ndarray) -> np.ndarray:
+    """Cumulative integral of a per-step value [N, K] at the step starts and the horizon: [N, K + 1]."""
+    cum = np.cumsum(values * paths.durations(values.shape[1]), axis=1)
+    return np.concatenate([np.zeros((values.shape[0], 1)), cum], axis=1)
+
+
+def _integral_at(paths: _Paths, cum: np.ndarray, values: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """The cumulative integral at times t [N, J] inside the horizon."""
+    k = np.minimum(paths.step_of(t), values.shape[1] - 1)
+    return np.take_along_axis(cum, k, axis=1) + np.take_along_axis(values, k, axis=1) * (t - paths.step_start(k))
+
+
+def _horizon_steps(paths: _Paths, seconds: float) -> int:
+    return int(min(max(math.ceil(seconds / paths.step_s) + 2, 64), paths.cap_steps))
+
+
+def _fill(paths: _Paths, *, bits: float, begin_s: float, rate: Callable[[np.ndarray], np.ndarray],
+          long_run_rate: float, guess_s: float) -> np.ndarray:
+    """Seconds from the decision until `bits` are sent from begin_s on at rate(h(t)) bit/s, per path [N]: eq. 3 in
+    time (rate W log2(1 + s h)) and inversion (W R while h >= h0, else 0). Beyond the horizon: the long-run rate."""
+    out = np.full(len(paths.first_s), np.nan)
+    rows = np.arange(len(paths.first_s))
+    k_steps = _horizon_steps(paths, begin_s + 2.0 * guess_s)
+    while rows.size:
+        sub = paths.subset(rows)
+        k_steps = min(k_steps, sub.cap_steps)
+        r = rate(sub.all_gains(k_steps))  # [n, K]
+        cum = _integral(sub, r)
+        target = _integral_at(sub, cum, r, np.full((r.shape[0], 1), begin_s))[:, 0] + bits
+        reached = cum[:, -1] >= target
+        idx = np.argmax(cum >= target[:, None], axis=1)
+        k = np.maximum(idx - 1, 0)[:, None]
+        r_k = np.take_along_axis(r, k, axis=1)[:, 0]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            end = sub.step_start(k)[:, 0] + (target - np.take_along_axis(cum, k, axis=1)[:, 0]) / r_k
+            if k_steps >= sub.cap_steps:  # the rest at the long-run rate (static: at its one rate)
+                horizon = sub.first_s + (k_steps - 1) * sub.step_s
+                tail_rate = r[:, -1] if paths.static else np.full(len(r), long_run_rate)
+                end = np.where(reached, end,
+                               np.where(tail_rate > 0, horizon + (target - cum[:, -1]) / tail_rate, np.inf))
+                reached = np.ones_like(reached)
+        out[rows[reached]] = end[reached]
+        rows = rows[~reached]
+        k_steps *= 4
+    return out
+
+
+def _arq(paths: _Paths, *, bits: float, begin_s: float, rate: float, air_s: float, feedback_s: float,
+         capacity: Callable[[np.ndarray], np.ndarray], tail_s: float) -> tuple[np.ndarray, np.ndarray]:
+    """(seconds from the decision, attempts) per path [N] of fixed-rate ARQ in time: attempt j starts at
+    begin + j (A + f) on every path and succeeds when int log2(1 + s h) dt over it >= R A. A path still failing at
+    the horizon: its attempts so far, then `tail_s`, the expected time of independent attempts (never, when static)."""
+    need = rate * air_s * (1.0 - 1e-9)
+    n = len(paths.first_s)
+    seconds, attempts = np.full(n, np.nan), np.zeros(n, dtype=np.int64)
+    rows = np.arange(n)
+    k_steps = _horizon_steps(paths, begin_s + 4.0 * (air_s + feedback_s))
+    while rows.size:
+        sub = paths.subset(rows)
+        k_steps = min(k_steps, sub.cap_steps)
+        horizon = float(sub.first_s.min()) + (k_steps - 1) * sub.step_s
+        n_attempts = int(min(math.floor((horizon - begin_s - air_s) / (air_s + feedback_s)) + 1, MAX_ATTEMPTS))
+        if paths.static:  # h never changes: every attempt gathers what the first one did
+            n_attempts = min(n_attempts, 1)
+        last = k_steps >= sub.cap_steps or n_attempts >= MAX_ATTEMPTS or (paths.static and n_attempts >= 1)
+        found = np.zeros(len(rows), dtype=bool)
+        if n_attempts >= 1:
+            c = capacity(sub.all_gains(k_steps))
+            cum = _integral(sub, c)
+            starts = np.broadcast_to(begin_s + np.arange(n_attempts) * (air_s + feedback_s), (len(rows), n_attempts))
+            ok = _integral_at(sub, cum, c, starts + air_s) - _integral_at(sub, cum, c, starts) >= need
+            found = ok.any(axis=1)
+            first = np.argmax(ok, axis=1)
+            seconds[rows[found]] = begin_s + (first[found] + 1) * air_s + first[found] * feedback_s
+            attempts[rows[found]] = first[found] + 1
+        if last:
+            give_up = math.inf if paths.static or n_attempts >= MAX_ATTEMPTS else \
+                begin_s + max(n_attempts, 0) * (air_s + feedback_s) + tail_s
+            seconds[rows[~found]] = give_up
+            attempts[rows[~found]] = max(n_attempts, 0) + 1
+            break
+        rows = rows[~found]
+        k_steps *= 4
+    return seconds, attempts
+
+
+def _bursts(paths: _Paths, *, on: np.ndarray, begin_s: float, end_s: float) -> int:
+    """Runs of on-steps an inversion upload of one path [1, K] used between begin and end."""
+    if not math.isfinite(end_s):
+        return 0
+    k0, k1 = (int(k) for k in paths.step_of(np.array([[begin_s, max(end_s - 1e-12, begin_s)]]))[0])
+    window = on[0, k0:k1 + 1]
+    return int(window[0]) + int(np.count_nonzero(window[1:] & ~window[:-1]))
+
+
+def _link_in_time(*, paths: _Paths, bits: float, channel: ChannelConfig, mean_snr: float, width: float,
+                  overhead: float, count_bursts: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(seconds, attempts, air seconds) per path [N] of one upload on `paths`, decided at time 0."""
+    n = len(paths.first_s)
+    if bits <= 0:
+        return np.full(n, overhead), np.ones(n, dtype=np.int64), np.zeros(n)
+    if channel.model == "shannon":
+        mean_rate = width * ergodic_capacity(mean_snr=mean_snr)
+        seconds = _fill(paths, bits=bits, begin_s=overhead, rate=lambda h: width * np.log2(1.0 + mean_snr * h),
+                        long_run_rate=mean_rate, guess_s=bits / mean_rate)
+        return seconds, np.ones(n, dtype=np.int64), seconds - overhead
+    if channel.model == "arq":
+        rate = _arq_rate(bits=bits, channel=channel, mean_snr=mean_snr, bandwidth_hz=width)
+        air, feedback = bits / (width * rate), channel.arq_feedback_ms / 1e3
+        tail = arq_expected_seconds(bits=bits, rate=rate, bandwidth_hz=width, mean_snr=mean_snr, feedback_s=feedback)
+        seconds, attempts = _arq(paths, bits=bits, begin_s=overhead, rate=rate, air_s=air, feedback_s=feedback,
+                                 capacity=lambda h: np.log2(1.0 + mean_snr * h), tail_s=tail)
+        return seconds, attempts, attempts * air
+    cutoff = _inversion_cutoff(channel=channel, mean_snr=mean_snr)
+    rate = width * inversion_rate(cutoff=cutoff, mean_snr=mean_snr)
+    q = math.exp(-cutoff)
+    seconds = _fill(paths, bits=bits, begin_s=overhead, rate=lambda h: rate * (h >= cutoff),
+                    long_run_rate=rate * q, guess_s=bits / (rate * q))
+    attempts = np.ones(n, dtype=np.int64)
+    if count_bursts:
+        on = paths.all_gains(_horizon_steps(paths, float(seconds[0])) if math.isfinite(seconds[0]) else 1) >= cutoff
+        attempts[0] = _bursts(paths, on=on, begin_s=overhead, end_s=float(seconds[0]))
+    return seconds, attempts, np.where(np.isfinite(seconds), bits / rate, np.inf)
+
+
+def _one_path(process: FadingProcess, *, start_s: float) -> _Paths:
+    k0 = process.step_index(start_s)
+    first = (k0 + 1) * process.step_s - start_s
+    if first <= 1e-9 * process.step_s:  # on a step boundary: the next step
+        k0, first = k0 + 1, process.step_s
+    return _Paths(gains=lambda k, rows: process.gains(k0, k)[None, :], first_s=np.array([first]), step_s=process.step_s,
+                  static=process.static, max_elements=MAX_PATH_STEPS)
+
+
+def _process_from_rng(*, channel: ChannelConfig, rng: np.random.Generator) -> FadingProcess:
+    """A fresh realisation of the channel's process from a generator (a stationary start: an upload priced alone)."""
+    entropy = int(rng.integers(2**63))
+    return FadingProcess(kind=channel.process, step_s=step_seconds(channel),
+                         doppler=doppler_hz(speed_kmh=channel.speed_kmh, carrier_ghz=channel.carrier_ghz),
+                         chunk_rng=lambda c: np.random.default_rng(np.random.SeedSequence([entropy, c])))
+
+
+def upload(
+    *, bits: float, channel: ChannelConfig, mean_snr: float, rng: np.random.Generator | None = None,
+    bandwidth_hz: float | None = None, process: FadingProcess | None = None, start_s: float = 0.0,
+) -> Upload:
+    """The time one upload of `bits` takes on `channel` at average SNR `mean_snr`, decided at modelled time
+    `start_s` (seconds since the prompt's first round began) on the device's fading `process`.
+
+    Without a time axis (`channel.process=per_round` or no fading) `rng` is the round's keyed generator: its first
+    draw is the fading gain eq. 3 uses, so `shannon` gives the paper's tau(t) for the same draw. With one, `process`
+    is the device's (`uhlm_ray.link.fading.process_for`); given only `rng`, a fresh realisation drawn from it is
+    used. `bandwidth_hz` overrides W (a share of the band in a cell).
+    """
+    width = channel.bandwidth_hz if bandwidth_hz is None else bandwidth_hz
+    overhead = channel.upload_overhead_ms / 1e3
+    if not has_time_axis(channel):
+        if rng is None:
+            raise ValueError(f"channel.process={channel.process!r} draws its fading per round: pass the round's rng")
+        seconds, attempts, gain, on_air = _upload_per_round(bits=bits, channel=channel, mean_snr=mean_snr, rng=rng,
+                                                            width=width, overhead=overhead)
+    else:
+        if process is None:
+            if rng is None:
+                raise ValueError("a fading process in time needs the device's `process` (or an rng to draw one)")
+            process = _process_from_rng(channel=channel, rng=rng)
+        if not math.isfinite(start_s):  # decided after an upload that never ended (a static fade): never ends
+            return Upload(seconds=math.inf, attempts=0, gain=math.nan, delivered=True, start_s=start_s)
+        gain = process.gain_at(start_s)
+        times, tries, air = _link_in_time(paths=_one_path(process, start_s=start_s), bits=bits, channel=channel,
+                                          mean_snr=mean_snr, width=width, overhead=overhead, count_bursts=True)
+        seconds, attempts, on_air = float(times[0]), int(tries[0]), float(air[0])
     if channel.deadline_ms is not None and seconds > channel.deadline_ms / 1e3 and channel.deadline_mode == "fallback":
-        return Upload(seconds=channel.deadline_ms / 1e3, attempts=attempts, gain=gain, delivered=False)
-    return Upload(seconds=seconds, attempts=attempts, gain=gain, delivered=True)
+        deadline = channel.deadline_ms / 1e3
+        return Upload(seconds=deadline, attempts=attempts, gain=gain, delivered=False, air_s=min(on_air, deadline),
+                      start_s=start_s)
+    return Upload(seconds=seconds, attempts=attempts, gain=gain, delivered=True, air_s=on_air, start_s=start_s)
+
+
+class _Bank:
+    """Reference paths of one process, each a keyed realisation (key BANK_ENTROPY, apart from every run's) read
+    lazily, so a path still uploading at the horizon is read further alone.
+
+    Each path's decision falls uniformly inside its first step (a stationary start). Conditioned on the gain h the
+    device knows: `block` holds h for the rest of the block; `gauss_markov` restarts the AR(1) from g_0 = sqrt(h)
+    with the same innovations, g'_k = g_k + rho^k (sqrt(h) - g_0) (exact: the future of an AR(1) given its present
+    is rho^k g_0 plus an AR(1) from zero, and the phase of g_0 does not matter to |g|^2); `clarke` uses Gaussian
+    conditioning on the current sample alone, g'(kT) = J0(2 pi f_D k T) sqrt(h) + sqrt(1 - J0^2) g(kT) (exact
+    marginals, approximate joint law).
+    """
+
+    def __init__(self, *, kind: str, step_s: float, doppler: float) -> None:
+        self.kind, self.step_s, self.doppler, self.n = kind, step_s, doppler, BANK_PATHS[kind]
+        self.offsets = np.random.default_rng(np.random.SeedSequence([BANK_ENTROPY, 0])).random(self.n)
+        self.rho = gauss_markov_rho(doppler=doppler, step_s=step_s)
+        self.paths_ = [FadingProcess(kind=kind, step_s=step_s, doppler=doppler,
+                                     chunk_rng=lambda c, i=i: np.random.default_rng(
+                                         np.random.SeedSequence([BANK_ENTROPY, 1, i, c])))
+                       for i in range(self.n)]
+
+    def paths(self, *, gain: float | None, start_s: float | None) -> _Paths:
+        if start_s is None:
+            first = self.step_s * (1.0 - self.offsets)
+        else:
+            first = np.full(self.n, (math.floor(start_s / self.step_s + 1e-9) + 1) * self.step_s - start_s)
+            first = np.where(first <= 1e-9 * self.step_s, self.step_s, first)
+        return _Paths(gains=lambda k, rows: self.gains(k, rows, gain=gain), first_s=first, step_s=self.step_s,
+                      static=self.kind != "block" and self.doppler == 0.0, max_elements=BANK_MAX_ELEMENTS)
+
+    def gains(self, k_steps: int, rows: np.ndarray, *, gain: float | None) -> np.ndarray:
+        """h [rows, K] of the paths `rows`, conditioned on h at step 0 = `gain` when given."""
+        if self.kind == "block":
+            h = np.stack([self.paths_[i].gains(0, k_steps) for i in rows])
+            if gain is not None:
+                h[:, 0] = gain
+            return h
+        g = np.stack([self.paths_[i].complex_gains(0, k_steps) for i in rows])
+        if gain is None:
+            return np.abs(g) ** 2
+        k = np.arange(k_steps)
+        if self.kind == "gauss_markov":
+            return np.abs(g + (self.rho ** k)[None, :] * (math.sqrt(gain) - g[:, :1])) ** 2
+        corr = j0(2.0 * math.pi * self.doppler * k * self.step_s)[None, :]
+        return np.abs(corr * math.sqrt(gain) + np.sqrt(np.maximum(1.0 - corr**2, 0.0)) * g) ** 2
+
+
+@lru_cache(maxsize=32)
+def _bank(kind: str, step_s: float, doppler: float) -> _Bank:
+    return _Bank(kind=kind, step_s=step_s, doppler=doppler)
 
 
 def expected_upload_seconds(
     *, bits: float, channel: ChannelConfig, mean_snr: float, gain: float | None = None,
-    bandwidth_hz: float | None = None,
+    bandwidth_hz: float | None = None, start_s: float | None = None,
 ) -> float:
-    """What a device expects an upload of `bits` to take, knowing the current fading gain where the link model lets
-    it use that (eq. 3 and inversion adapt to h; ARQ sends blind). `gain=None`: the average fading block (h = 1)
-    for eq. 3, whose true mean is infinite."""
+    """What a device expects an upload of `bits` to take, knowing the gain h now (`gain`; None: not known).
+
+    Without a time axis: eq. 3 at h (`gain=None`: the average block, h = 1, since eq. 3's true mean is infinite);
+    ARQ's closed form over independent attempts whatever h is (it sends blind); inversion's air time plus the
+    expected wait (`inversion_expected_wait`). With a process in time: the mean of `upload` over the reference bank
+    of the same process conditioned on h (`_Bank`), the decision at `start_s` within its sampling step (None: a
+    uniform phase). Its sampling error is stated in tests/test_channel.py (the Monte Carlo agreement table).
+    """
     width = channel.bandwidth_hz if bandwidth_hz is None else bandwidth_hz
     overhead = channel.upload_overhead_ms / 1e3
+    if has_time_axis(channel):
+        if (start_s is not None and not math.isfinite(start_s)) or (gain is not None and math.isnan(gain)):
+            return math.inf  # decided after an upload that never ended
+        phase = None if start_s is None else start_s % step_seconds(channel)  # where in its step it is decided
+        return _expected_in_time(_Hashable(channel), float(bits), float(mean_snr), float(width),
+                                 None if gain is None else float(gain), phase)
     h = 1.0 if gain is None else gain
     if channel.model == "shannon":
         return overhead + uplink_seconds(bits=bits, bandwidth_hz=width, snr=mean_snr * h)
@@ -174,6 +497,41 @@ def expected_upload_seconds(
         return overhead + uplink_seconds(bits=bits, bandwidth_hz=width, snr=mean_snr)
     cutoff = _inversion_cutoff(channel=channel, mean_snr=mean_snr)
     air = bits / (width * inversion_rate(cutoff=cutoff, mean_snr=mean_snr))
-    waiting = 0.0 if gain is not None and gain >= cutoff else \
-        channel.coherence_ms / 1e3 * (1.0 - math.exp(-cutoff)) / math.exp(-cutoff)
-    return overhead + waiting + air
+    return overhead + inversion_expected_wait(cutoff=cutoff, coherence_s=channel.coherence_ms / 1e3, gain=gain) + air
+
+
+class _Hashable:
+    """A ChannelConfig as an lru_cache key (by value)."""
+
+    def __init__(self, channel: ChannelConfig) -> None:
+        self.channel, self.key = channel, dataclasses.astuple(channel)
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Hashable) and self.key == other.key
+
+
+@lru_cache(maxsize=8192)
+def _expected_in_time(channel: _Hashable, bits: float, mean_snr: float, width: float, gain: float | None,
+                      phase: float | None) -> float:
+    """The bank's mean upload time (see `expected_upload_seconds`), cached: a device asks the same question often."""
+    return float(upload_time_samples(bits=bits, channel=channel.channel, mean_snr=mean_snr, gain=gain,
+                                     bandwidth_hz=width, start_s=phase).mean())
+
+
+def upload_time_samples(
+    *, bits: float, channel: ChannelConfig, mean_snr: float, gain: float | None = None,
+    bandwidth_hz: float | None = None, start_s: float | None = None,
+) -> np.ndarray:
+    """The upload time on each reference path of the bank [N] (a process in time): `expected_upload_seconds` is
+    their mean, and their standard deviation over sqrt(N) its sampling error."""
+    if not has_time_axis(channel):
+        raise ValueError(f"channel.process={channel.process!r} has no time axis: its expectations are closed forms")
+    width = channel.bandwidth_hz if bandwidth_hz is None else bandwidth_hz
+    bank = _bank(channel.process, step_seconds(channel),
+                 doppler_hz(speed_kmh=channel.speed_kmh, carrier_ghz=channel.carrier_ghz))
+    seconds, _, _ = _link_in_time(paths=bank.paths(gain=gain, start_s=start_s), bits=bits, channel=channel,
+                                  mean_snr=mean_snr, width=width, overhead=channel.upload_overhead_ms / 1e3)
+    return seconds

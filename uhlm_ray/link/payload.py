@@ -1,7 +1,10 @@
 """Bits a sent round puts on the uplink (U-HLM paper, Section II-B; CU-HLM's truncated uploads).
 
-A full payload is the vocabulary distribution, |V| probabilities of b_prob = 32 (fp32) or 16 (fp16) bits, plus the
-index of the draft token, ceil(log2 |V|) bits (the paper neglects the index; we count it).
+A full payload is the vocabulary distribution, |V| probabilities of b_prob bits, plus the index of the draft token,
+ceil(log2 |V|) bits (the paper neglects the index; we count it). b_prob is the width of `payload.prob_dtype`: 32 for
+float32, 16 for float16 or bfloat16. A half-precision payload really is half precision: `quantise` rounds the
+distribution to that dtype, the device draws its draft from the rounded distribution, and the verifier tests against
+the same values (`payload_distribution`), so verification stays exact.
 
 A truncated payload (CU-HLM) keeps the k most probable tokens: k indices of ceil(log2 |V|) bits and k renormalised
 probabilities of b_prob bits, plus the draft index. Top-k keeps a fixed k; top-p keeps the fewest tokens whose
@@ -23,8 +26,12 @@ from dataclasses import dataclass
 
 import torch
 
-from uhlm_ray.config import TRUNCATIONS, PayloadConfig
-from uhlm_ray.validation import ConfigError, check_choice, check_range
+from uhlm_ray.config import PROB_DTYPES, TRUNCATIONS, PayloadConfig
+from uhlm_ray.validation import ConfigError, check_range
+
+TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# bfloat16 keeps float32's range: values below this are sent as 0, so that a float64 sum of the payload is exact
+BFLOAT16_FLOOR = 2.0 ** -45
 
 
 def index_bits(*, vocab_size: int) -> int:
@@ -35,15 +42,14 @@ def index_bits(*, vocab_size: int) -> int:
 def full_payload_bits(*, vocab_size: int, cfg: PayloadConfig) -> int:
     """B = |V| * b_prob (+ the draft index)."""
     check_range(vocab_size, field="vocab_size", low=1)
-    check_choice(str(cfg.prob_bits), field="payload.prob_bits", allowed=("16", "32"))
-    bits = vocab_size * cfg.prob_bits
+    bits = vocab_size * cfg.bits
     return bits + index_bits(vocab_size=vocab_size) if cfg.include_draft_index else bits
 
 
 def truncated_payload_bits(*, kept: int, vocab_size: int, cfg: PayloadConfig) -> int:
     """B = k (ceil(log2 |V|) + b_prob) (+ the draft index), or the full payload if that is smaller."""
     check_range(kept, field="kept tokens", low=1, high=vocab_size)
-    bits = kept * (index_bits(vocab_size=vocab_size) + cfg.prob_bits)
+    bits = kept * (index_bits(vocab_size=vocab_size) + cfg.bits)
     bits += index_bits(vocab_size=vocab_size) if cfg.include_draft_index else 0
     return min(bits, full_payload_bits(vocab_size=vocab_size, cfg=cfg))
 
@@ -112,3 +118,50 @@ def truncate(*, probs: torch.Tensor, truncation: str, top_k: int, top_p: float) 
     out = torch.zeros_like(x)  # [V]
     out[keep] = x[keep] / mass
     return Truncated(probs=out, kept=kept, kept_mass=mass / total)
+
+
+@dataclass(frozen=True)
+class Quantised:
+    """What a device uploads in `payload.prob_dtype`, and the distribution that upload stands for."""
+
+    sent: torch.Tensor  # [..., V] in the payload's dtype: the values that go up
+    probs: torch.Tensor  # [..., V] float32: payload_distribution(sent), what the draft is drawn from
+
+
+def payload_distribution(sent: torch.Tensor) -> torch.Tensor:
+    """The distribution [..., V] float32 that uploaded values [..., V] stand for; both ends compute it.
+
+    float32 values are taken as they are (the device's softmax, or a truncation renormalised in float32). float16
+    and bfloat16 values, rounded one by one, need not sum to exactly 1, so they are renormalised over the last axis
+    in float64: every float16 value is a multiple of 2^-24 and every bfloat16 value `quantise` sends one of 2^-52,
+    so their float64 sum is exact whatever the order of summation, and the quotient, correctly rounded to float64
+    and then to float32, is the same number on the device and on the base station (any machine, any batch).
+    """
+    if sent.dtype not in (torch.float16, torch.bfloat16):
+        return sent.float()
+    if sent.is_sparse:
+        sent = sent.to_dense()
+    wide = sent.double()
+    return (wide / wide.sum(dim=-1, keepdim=True)).float()
+
+
+def quantise(*, probs: torch.Tensor, dtype: str) -> Quantised:
+    """A distribution x [..., V] (full, or a truncated x~) -> the upload in `dtype` and the distribution it stands for.
+
+    float32: x as it is. float16 / bfloat16: x is renormalised in float64, then each probability is rounded to the
+    nearest value of the dtype (round half to even). A probability that underflows is sent as 0: float16 flushes
+    those below 2^-25 (about 3e-8; its smallest subnormal is 2^-24), bfloat16 those below 2^-45 (BFLOAT16_FLOOR; it
+    would keep them, but an exact float64 sum needs the floor). Such a token is then never drafted, and can still be
+    emitted by the verifier's residual max(y - q, 0), so exactness holds; the mass lost is below |V| 2^-25 (float16)
+    or |V| 2^-45 (bfloat16). The rounded values are renormalised by `payload_distribution`, in float64, to the
+    float32 distribution the device draws its draft from: the verifier computes the same from what it receives.
+    """
+    if dtype not in PROB_DTYPES:
+        raise ConfigError(f"payload.prob_dtype={dtype!r} is not one of {sorted(PROB_DTYPES)}")
+    if dtype == "float32":
+        return Quantised(sent=probs, probs=probs)
+    wide = probs.double()
+    sent = (wide / wide.sum(dim=-1, keepdim=True)).to(TORCH_DTYPES[dtype])  # [..., V]
+    if dtype == "bfloat16":
+        sent = torch.where(sent.double() < BFLOAT16_FLOOR, torch.zeros_like(sent), sent)
+    return Quantised(sent=sent, probs=payload_distribution(sent))

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from uhlm_ray.link.throughput import run_throughput
 from uhlm_ray.measures.clock import ModelledClock, modelled_seconds, uplink_stats, wall_figures
+from uhlm_ray.measures.energy import energy_summary
 from uhlm_ray.records import BlockRecord, PromptResult
 
 
@@ -131,6 +132,7 @@ def summarize_blocks(*, results: list[PromptResult], clock: ModelledClock) -> di
         "mean_prefill_s": _mean([res.prefill_s for res in results]),
         "modelled_s": modelled,
         **wall_figures(results=results, records=records, tokens=tokens),
+        **energy_summary(results=results, clock=clock, tokens=tokens),  # link/energy.py
     }
     for k, (accepted, drafted) in enumerate(zip(stats.accepted_per_position, stats.drafts_per_position,
                                                 strict=True)):

@@ -12,11 +12,16 @@ import math
 import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from uhlm_ray.link.downlink import DownlinkLink, downlink_seconds
 from uhlm_ray.link.throughput import round_seconds, run_throughput
 from uhlm_ray.records import BlockRecord, PromptResult, RoundRecord
+
+if TYPE_CHECKING:  # link/energy.py: the coefficients measures/energy.py prices rounds with
+    from uhlm_ray.link.energy import EnergyModel
 
 
 @dataclass(frozen=True)
@@ -28,6 +33,8 @@ class ModelledClock:
     pass, 1 when tau_LLM is that pass); "flat": tau_LLM per `flat_pass_tokens` tokens or fewer (a memory-bound GPU).
     `tau_measure`: seconds of one uncertainty measurement by method, configured or calibrated; a method missing
     from it is charged the record's measured time.
+    `downlink`: the answer's way back (`link/downlink.py`), None when the downlink is off; `energy`: the run's energy
+    coefficients (`link/energy.py`, walked in `measures/energy.py`), None for no energy figures.
     """
 
     tau_slm: float
@@ -37,6 +44,8 @@ class ModelledClock:
     llm_scale: float = 1.0
     llm_pass_s: tuple[float, ...] = ()
     tau_measure: Mapping[str, float] = field(default_factory=dict)
+    downlink: DownlinkLink | None = None
+    energy: EnergyModel | None = None
 
     def llm_pass_seconds(self, *, measured_s: float, tokens: int) -> float:
         """A block round's LLM pass over `tokens` tokens on this clock."""
@@ -59,6 +68,18 @@ class ModelledClock:
         if per is None:
             return record.tau_uncertainty_s
         return per * (len(record.drafts) if isinstance(record, BlockRecord) else 1)
+
+    def upload_offset(self, record: RoundRecord | BlockRecord) -> float:
+        """Seconds from a round's start to its upload decision: its SLM steps and uncertainty measures (the time
+        axis of the fading process, uhlm_ray/link/fading.py)."""
+        if record.method == "llm":
+            return 0.0
+        steps = len(record.drafts) if isinstance(record, BlockRecord) else 1
+        return steps * self.tau_slm + self.measure_seconds(record)
+
+    def round_seconds(self, record: RoundRecord | BlockRecord) -> float:
+        """`modelled_seconds` of the record on this clock."""
+        return modelled_seconds(record=record, clock=self)
 
 
 def _llm_pass_tokens(record: RoundRecord | BlockRecord) -> int:
@@ -100,6 +121,7 @@ def modelled_seconds(*, record: RoundRecord | BlockRecord, clock: ModelledClock)
     prompt perturbation cost K extra SLM passes; temperature perturbation's vectorised sampling costs milliseconds
     (the paper counts it as running in parallel with the forward pass). An upload that missed its deadline is
     charged the deadline. A block round costs n SLM steps, its upload and one LLM pass priced by `clock.llm_pass`.
+    A sent round then waits for its answer on the downlink (`clock.downlink`; `link/downlink.py`).
     """
     if record.method == "llm":
         return clock.tau_llm
@@ -108,9 +130,10 @@ def modelled_seconds(*, record: RoundRecord | BlockRecord, clock: ModelledClock)
         llm = clock.llm_pass_seconds(measured_s=record.tau_llm_s, tokens=record.llm_pass_tokens) if record.sent \
             else 0.0
         return len(record.drafts) * clock.tau_slm + clock.measure_seconds(record) + lost + \
-            (record.tau_up_s + llm if record.sent else 0.0)
+            (record.tau_up_s + llm if record.sent else 0.0) + downlink_seconds(record=record, link=clock.downlink)
     return clock.measure_seconds(record) + lost + round_seconds(
-        sent=record.sent, tau_slm=clock.tau_slm, tau_up=record.tau_up_s, tau_llm=clock.tau_llm)
+        sent=record.sent, tau_slm=clock.tau_slm, tau_up=record.tau_up_s, tau_llm=clock.tau_llm) + \
+        downlink_seconds(record=record, link=clock.downlink)
 
 
 def uplink_stats(records: list[RoundRecord | BlockRecord]) -> dict[str, float]:

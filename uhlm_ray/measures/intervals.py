@@ -20,6 +20,7 @@ from scipy.stats import bootstrap
 from uhlm_ray.measures.agreement import unverified_checks
 from uhlm_ray.measures.block_metrics import BlockStats, unverified_risks
 from uhlm_ray.measures.clock import ModelledClock, modelled_seconds
+from uhlm_ray.measures.energy import energy_parts, result_energy
 from uhlm_ray.measures.metrics import SpecDecodeStats, acceptance_if_sent
 from uhlm_ray.measures.theory import fit_rejection_line, not_immediately_accepted, theorem_report
 from uhlm_ray.records import BlockRecord, PromptResult
@@ -79,6 +80,9 @@ def prompt_parts(*, res: PromptResult, clock: ModelledClock) -> Parts:
         parts |= _block_parts(res)
     elif res.method != "llm":
         parts |= _hybrid_parts(res)
+    energy = result_energy(res=res, clock=clock)  # device J per token and per round, base station J per verified token
+    if energy is not None:
+        parts |= energy_parts(energy=energy, tokens=tokens)
     checks = unverified_checks(res.records)  # coupled sampling: unverified drafts that are not the LLM's winner
     if checks:
         parts["unverified_disagreement"] = (float(sum(checks)), float(len(checks)))

@@ -20,12 +20,14 @@ import math
 from dataclasses import dataclass
 
 from uhlm_ray.config import ChannelConfig
+from uhlm_ray.link.fading import has_time_axis
 from uhlm_ray.link.reprice import reprice_results
 from uhlm_ray.link.throughput import run_throughput
 from uhlm_ray.measures.block_metrics import summarize_blocks
 from uhlm_ray.measures.clock import ModelledClock, modelled_seconds, uplink_stats, wall_figures
+from uhlm_ray.measures.energy import energy_summary
 from uhlm_ray.records import BlockRecord, PromptResult, RoundRecord
-from uhlm_ray.snr import db_to_linear
+from uhlm_ray.snr import db_to_linear, mean_snr
 
 
 @dataclass
@@ -60,7 +62,8 @@ def snr_sweep(*, results: list[PromptResult], clock: ModelledClock, channel: Cha
     tokens = sum(len(res.tokens) for res in results)
     out = {}
     for snr_db in snr_sweep_db:
-        repriced = reprice_results(results=results, channel=channel, mean_snr=db_to_linear(snr_db), seed=seed)
+        repriced = reprice_results(results=results, channel=channel, mean_snr=db_to_linear(snr_db), seed=seed,
+                                   clock=clock)
         seconds = sum(modelled_seconds(record=r, clock=clock) for res in repriced for r in res.records)
         out[f"throughput_modelled_snr_{snr_db:g}dB"] = run_throughput(tokens=tokens, seconds=seconds)
     return out
@@ -78,11 +81,29 @@ def acceptance_if_sent(records: list[RoundRecord]) -> tuple[list[float], list[fl
     return accept_if_sent, skipped_accept, bool(records) and len(accept_if_sent) == len(records)
 
 
+def rewalked(*, results: list[PromptResult], clock: ModelledClock, channel: ChannelConfig, seed: int
+             ) -> list[PromptResult]:
+    """The results with each prompt re-walked on `clock` where the channel has a fading process in time (every
+    upload decided at another time than the decoder's clock put it priced again there); as they are otherwise.
+    Summaries and their intervals must read the same re-walked records."""
+    if not has_time_axis(channel):
+        return results
+    return reprice_results(results=results, channel=channel, mean_snr=mean_snr(channel), seed=seed, clock=clock,
+                           only_moved=True)
+
+
 def summarize(
     *, results: list[PromptResult], clock: ModelledClock, channel: ChannelConfig, seed: int,
-    snr_sweep_db: list[float],
+    snr_sweep_db: list[float], rewalk: bool = True,
 ) -> dict[str, float]:
-    """One flat dict of a method's metrics (MLflow-ready); `channel` and `seed` reprice uploads for the SNR sweep."""
+    """One flat dict of a method's metrics (MLflow-ready); `channel` and `seed` reprice uploads for the SNR sweep.
+
+    `rewalk`: with a fading process in time, each prompt's rounds are first re-walked on `clock`
+    (`uhlm_ray.link.reprice.reprice_prompt`): an upload decided at another time than the decoder's own clock put it
+    is priced again there, so the modelled figures are exact for this clock. Pass False for records already priced
+    on this clock by the caller (a cell's shared uplink)."""
+    if rewalk:
+        results = rewalked(results=results, clock=clock, channel=channel, seed=seed)
     records = [r for res in results for r in res.records]
     if records and isinstance(records[0], BlockRecord):
         out = summarize_blocks(results=results, clock=clock)
@@ -128,6 +149,8 @@ def summarize(
         "mean_prefill_s": _mean([res.prefill_s for res in results]),
         "modelled_s": modelled,
         **wall_figures(results=results, records=records, tokens=tokens),
+        # device J per token and per round with their parts, base-station J per verified token (link/energy.py)
+        **energy_summary(results=results, clock=clock, tokens=tokens),
     }
     out.update(snr_sweep(results=results, clock=clock, channel=channel, seed=seed, snr_sweep_db=snr_sweep_db))
     return out

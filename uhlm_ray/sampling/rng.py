@@ -28,6 +28,7 @@ class Purpose(enum.IntEnum):
     PARAPHRASE = 9  # prompt perturbation's K paraphrases (round 0: once per prompt)
     UPLINK = 10  # a block round's channel: fading draws, retransmissions
     COUPLED = 11  # the shared race noise of a response position (sampling/coupling.py): keyed by position, not round
+    CHANNEL = 12  # a device's fading process in time for a prompt (link/fading.py): keyed by chunk, not round
 
 
 def keyed_rng(

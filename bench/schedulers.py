@@ -1,0 +1,156 @@
+"""Goodput and fairness against the number of devices, per cell scheduler: tune_spaces/schedulers.yaml in one process.
+
+    .venv/bin/python bench/schedulers.py                          # embedded pair, the space's grid
+    .venv/bin/python bench/schedulers.py --pair tiny              # the tiny random pair (mechanics only: |V| = 18)
+    .venv/bin/python bench/schedulers.py cell.verify_deadline_ms=null channel.model=shannon   # any override
+
+The schedulers are pure functions of the per-round records (uhlm_ray/cell.py), and no token depends on the scheduler
+or on the number of devices, so the space's method is decoded once (the space's data and decode settings) and every
+(scheduler, number of devices) point of the space's grid makes those prompts into its cell (`virtual_cell`: device
+i's k-th prompt is prompt k N + i, modulo the prompts decoded, its uplink priced under device i's own fading draws at
+its own distance) and prices it, exactly as each trial of `jobs/sweep.py schedulers` does. Writes
+docs/wireless/schedulers.png (goodput and Jain's index against the number of devices, a line per scheduler) and
+docs/wireless/schedulers.md (the table), unless --no-write.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from uhlm_ray.cell import CELL_FIGURES, device_channel, device_distances, virtual_cell_figures  # noqa: E402
+from uhlm_ray.experiments.datasets import load_examples  # noqa: E402
+from uhlm_ray.experiments.evaluate import ResultStore, run_clock, run_method  # noqa: E402
+from uhlm_ray.experiments.sweep import load_space, method_key, trial_config  # noqa: E402
+from uhlm_ray.models import load_pair  # noqa: E402
+from uhlm_ray.snr import mean_snr_db  # noqa: E402
+
+OUT = ROOT / "docs" / "wireless"
+
+
+def tiny_overrides(folder: Path) -> list[str]:
+    from uhlm_ray.models.tiny import WORDS, save_tiny_model
+
+    slm = save_tiny_model(folder / "slm", words=WORDS, layers=2, hidden=32, seed=1)
+    llm = save_tiny_model(folder / "llm", words=WORDS, layers=3, hidden=48, seed=2)
+    return ["model.pair=custom", f"model.slm={slm}", f"model.llm={llm}", "model.dtype=float32"]
+
+
+def grid_points(space) -> list[dict[str, object]]:
+    keys = list(space.params)
+    for key, spec in space.params.items():
+        if set(spec) != {"grid"}:
+            raise SystemExit(f"{key}: this bench prices grids only, got {spec}")
+    return [dict(zip(keys, values, strict=True)) for values in itertools.product(*(space.params[k]["grid"]
+                                                                                  for k in keys))]
+
+
+def draw(rows: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    schedulers = list(dict.fromkeys(r["scheduler"] for r in rows))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
+    for scheduler in schedulers:
+        points = sorted((r["n_devices"], r) for r in rows if r["scheduler"] == scheduler)
+        n = [p for p, _ in points]
+        axes[0].plot(n, [r["cell_goodput"] for _, r in points], marker="o", label=scheduler)
+        axes[1].plot(n, [r["cell_mean_device_throughput"] for _, r in points], marker="o", label=scheduler)
+        axes[2].plot(n, [r["cell_jain_index"] for _, r in points], marker="o", label=scheduler)
+    labels = ("goodput (verified tok/s of the cell)", "mean per-device throughput (tok/s)",
+              "Jain's fairness index (per-device throughput)")
+    for ax, label in zip(axes, labels, strict=True):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("devices in the cell")
+        ax.set_ylabel(label)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[1].set_yscale("log")
+    axes[2].set_ylim(0, 1.05)
+    axes[0].legend()
+    fig.suptitle("\n".join(textwrap.wrap(title, 200)), fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--space", default=str(ROOT / "tune_spaces" / "schedulers.yaml"))
+    parser.add_argument("--pair", choices=("embedded", "tiny"), default="embedded")
+    parser.add_argument("--no-write", action="store_true", help="print the table only")
+    parser.add_argument("--name", default="schedulers", help="docs/wireless/<name>.png and .md")
+    parser.add_argument("--results", default=None, help="a folder keeping the decoded prompts: a later run with the "
+                        "same decode settings reads them instead of decoding (e.g. to price another channel)")
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_intermixed_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        # skipped rounds are not scored by the LLM: the cell's figures do not need it, and it is the slow part
+        overrides = [*(tiny_overrides(Path(tmp)) if args.pair == "tiny" else []), "decode.evaluation_methods=[]",
+                     *args.overrides]
+        space = load_space(args.space, overrides=overrides)
+        configs = [trial_config(base_overrides=overrides, space=space, params=p) for p in grid_points(space)]
+        first = configs[0]
+        method = first.cell.method
+        if method not in space.methods:
+            raise SystemExit(f"cell.method={method!r} is not among the space's methods {space.methods}")
+        start = time.perf_counter()
+        pair = load_pair(first.model)  # for the vocabulary size, also when every prompt is stored
+        examples = load_examples(first.data)
+        # keyed by what the method's tokens depend on (the channel only where they do), as a sweep's shared store
+        store = ResultStore(Path(args.results) / method_key(cfg=first, method=method, send_prob=None)) \
+            if args.results else None
+        results = run_method(pair=pair, examples=examples, method=method, cfg=first, encoder=None, store=store)
+        decode_s = time.perf_counter() - start
+        tokens = sum(len(res.tokens) for res in results)
+        print(f"[schedulers] decoded {len(results)} prompts of {method} ({tokens} tokens) once in {decode_s:.0f} s; "
+              f"pricing {len(configs)} cells", flush=True)
+        rows = []
+        for cfg in configs:
+            start = time.perf_counter()
+            figures = virtual_cell_figures(results=results, cfg=cfg,
+                                           clock=run_clock(results={method: results}, cfg=cfg))
+            rows.append({"scheduler": cfg.cell.scheduler, "n_devices": cfg.cell.n_devices, **figures,
+                         "price_s": time.perf_counter() - start})
+    distances = device_distances(configs[-1].cell)
+    snrs = [mean_snr_db(device_channel(channel=first.channel, distance_m=d)) for d in distances]
+    cell = first.cell
+    setting = (f"{method}, {len(results)} prompts x <= {first.decode.max_new_tokens} tokens decoded once "
+               f"({args.pair} pair, |V| = {pair.vocab_size}); channel.model={first.channel.model}, W = "
+               f"{first.channel.bandwidth_hz / 1e6:g} MHz, devices over {cell.min_distance_m:g}-{cell.radius_m:g} m "
+               f"(average SNR {min(snrs):.1f} to {max(snrs):.1f} dB at 64 devices); verification "
+               + ("priced alone" if cell.verify_deadline_ms is None else
+                  f"batched per slot, deadline {cell.verify_deadline_ms:g} ms, at most {cell.verify_max_batch}")
+               + f"; tau_SLM = {first.clock.tau_slm_ms} ms, tau_LLM = {first.clock.tau_llm_ms} ms")
+    lines = ["| scheduler | devices | goodput tok/s | cell tok/s | mean device tok/s | Jain's index | "
+             "mean verify wait ms |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in sorted(rows, key=lambda r: (r["scheduler"] != "equal", r["scheduler"], r["n_devices"])):
+        lines.append(f"| {r['scheduler']} | {r['n_devices']} | {r['cell_goodput']:.3f} | {r['cell_throughput']:.3f} | "
+                     f"{r['cell_mean_device_throughput']:.3f} | {r['cell_jain_index']:.3f} | "
+                     f"{r['cell_mean_verify_wait_ms']:.1f} |")
+    table = "\n".join(lines)
+    command = "bench/schedulers.py " + " ".join(argv)
+    print(f"\n{setting}\n\n{table}")
+    assert set(CELL_FIGURES) <= set(rows[0])
+    if not args.no_write:
+        OUT.mkdir(parents=True, exist_ok=True)
+        draw(rows, OUT / f"{args.name}.png", title=setting)
+        (OUT / f"{args.name}.md").write_text(
+            f"# Cell schedulers: goodput and fairness against the number of devices\n\n"
+            f"`.venv/bin/python {command.strip()}` ({setting}).\n\n{table}\n\n"
+            f"![goodput and fairness]({args.name}.png)\n")
+        print(f"\n[schedulers] wrote {OUT / args.name}.png and .md")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

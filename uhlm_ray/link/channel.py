@@ -473,17 +473,20 @@ def expected_upload_seconds(
     Without a time axis: eq. 3 at h (`gain=None`: the average block, h = 1, since eq. 3's true mean is infinite);
     ARQ's closed form over independent attempts whatever h is (it sends blind); inversion's air time plus the
     expected wait (`inversion_expected_wait`). With a process in time: the mean of `upload` over the reference bank
-    of the same process conditioned on h (`_Bank`), the decision at `start_s` within its sampling step (None: a
-    uniform phase). Its sampling error is stated in tests/test_channel.py (the Monte Carlo agreement table).
+    of the same process conditioned on h (`_Bank`; h on a 10% log grid, `gridded_gain`), decided at a uniform phase
+    of the sampling step (`start_s` is accepted for the caller's record but not used). Its sampling error is stated
+    in tests/test_channel.py (the Monte Carlo agreement table).
     """
     width = channel.bandwidth_hz if bandwidth_hz is None else bandwidth_hz
     overhead = channel.upload_overhead_ms / 1e3
     if has_time_axis(channel):
         if (start_s is not None and not math.isfinite(start_s)) or (gain is not None and math.isnan(gain)):
             return math.inf  # decided after an upload that never ended
-        phase = None if start_s is None else start_s % step_seconds(channel)  # where in its step it is decided
+        # The question is asked per draft and per round with a continuous gain: answered on a grid of known gains
+        # (GAIN_GRID_PER_DECADE, within 5% of h) at a uniform phase of the sampling step (the step is the
+        # simulation's, not something a device knows), so a run asks a few thousand distinct questions at most.
         return _expected_in_time(_Hashable(channel), float(bits), float(mean_snr), float(width),
-                                 None if gain is None else float(gain), phase)
+                                 None if gain is None else gridded_gain(gain), None)
     h = 1.0 if gain is None else gain
     if channel.model == "shannon":
         return overhead + uplink_seconds(bits=bits, bandwidth_hz=width, snr=mean_snr * h)
@@ -498,6 +501,16 @@ def expected_upload_seconds(
     cutoff = _inversion_cutoff(channel=channel, mean_snr=mean_snr)
     air = bits / (width * inversion_rate(cutoff=cutoff, mean_snr=mean_snr))
     return overhead + inversion_expected_wait(cutoff=cutoff, coherence_s=channel.coherence_ms / 1e3, gain=gain) + air
+
+
+GAIN_GRID_PER_DECADE = 24  # known gains are rounded to 10^(i / 24): neighbours 10% apart
+
+
+def gridded_gain(gain: float) -> float:
+    """h rounded to the nearest point of a log grid with GAIN_GRID_PER_DECADE points a decade (0 stays 0)."""
+    if gain <= 0.0 or not math.isfinite(gain):
+        return float(gain)
+    return 10.0 ** (round(math.log10(gain) * GAIN_GRID_PER_DECADE) / GAIN_GRID_PER_DECADE)
 
 
 class _Hashable:

@@ -89,16 +89,28 @@ def test_a_replica_killed_mid_run_loses_nothing_and_changes_no_token(two_replica
 
     cfg = _cfg(tiny_pair_dirs, method="hlm", devices=6, prompts=2)
     cfg.decode.max_new_tokens = 48  # a wave long enough to be cut
-    killed: list[str] = []
+    started, killed = [], []
 
-    def kill(name: str) -> None:
-        time.sleep(0.4)  # into the second wave: its sessions are open and verifying
-        ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
+    def kill_when_serving() -> None:
+        """Kill a replica once it has verified rounds of the second wave's open sessions: asking it (not sleeping a
+        guessed time) makes the kill land mid-prompt however fast or slow the machine is."""
+        from actors.verifier_deployment import ServeVerifierClient
+
+        client, deadline, first = ServeVerifierClient(), time.time() + 60, {}
+        while time.time() < deadline:
+            info = client.info()  # unrouted: any replica answers
+            first.setdefault(info["replica"], info["rounds_verified"])
+            if info["sessions"] > 0 and info["rounds_verified"] - first[info["replica"]] >= 4:
+                name = next(n for n in _replica_actors() if n.endswith(info["replica"]))
+                killed.append(name)
+                ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
+                return
+            time.sleep(0.005)
 
     def kill_one_replica_soon(group: int, actors: list) -> None:
-        if not killed:
-            killed.append(_replica_actors()[0])
-            threading.Thread(target=kill, args=(killed[0],)).start()
+        if not started:  # called after each wave: the first call is as the second wave starts
+            started.append(threading.Thread(target=kill_when_serving))
+            started[0].start()
 
     results = run_cell(cfg=cfg, examples=EXAMPLES, store=ResultStore(tmp_path), encoder=timing_only_encoder,
                        run="kill-replica", on_wave=kill_one_replica_soon)

@@ -74,6 +74,7 @@ class Verifier:
         self.vocab_size = model.vocab_size
         self.max_sessions = max_sessions
         self._sessions: dict[str, tuple[CausalSession, SessionKey]] = {}
+        self.rounds_verified = 0  # drafts and blocks verified since start (a replica's load, in its health report)
         self._lock = threading.Lock()  # the Serve replica runs calls on worker threads
 
     @property
@@ -108,6 +109,7 @@ class Verifier:
             ids = [r.session_id for r in requests]
             _check_unique(ids)
             entries = [self._get(r.session_id) for r in requests]
+            self.rounds_verified += len(requests)
             for (session, _), request in zip(entries, requests, strict=True):
                 for token in request.new_tokens:
                     session.append(token)
@@ -150,6 +152,7 @@ class Verifier:
             ids = [r.session_id for r in requests]
             _check_unique(ids)
             entries = [self._get(r.session_id) for r in requests]
+            self.rounds_verified += len(requests)
             before = []
             for (session, _), request in zip(entries, requests, strict=True):
                 if not request.drafts:

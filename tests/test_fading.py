@@ -107,6 +107,19 @@ def test_keyed_realisation(process):
     assert not np.array_equal(device.gains(0, 300), a.gains(0, 300))
 
 
+@pytest.mark.parametrize("process", ["gauss_markov", "clarke", "block"])
+def test_reading_on_step_by_step_keeps_memory_proportional_to_what_was_read(process):
+    """A long decode reads its process a little further at each upload: the buffer grows with what was made (at
+    most doubling), not by doubling at every read (which asked for 32 GiB after 31 uploads of an HLM run)."""
+    p = process_for(channel=ChannelConfig(process=process), key=SessionKey(seed=0, device=0, prompt=0))
+    whole = process_for(channel=ChannelConfig(process=process), key=SessionKey(seed=0, device=0, prompt=0))
+    for k in range(60):
+        read = p.gains(k * 1000, 1500)
+        np.testing.assert_array_equal(read, whole.gains(0, k * 1000 + 1500)[k * 1000:])
+    made = p._made  # private on purpose: the buffer's size is the behaviour under test
+    assert made >= 60_500 and len(p._data) <= 2 * made
+
+
 def test_gain_is_piecewise_constant_on_the_sampling_grid():
     p = process_for(channel=ChannelConfig(fading_step_ms=1.0), key=SessionKey(seed=0, device=0, prompt=0))
     h = p.gains(0, 4)

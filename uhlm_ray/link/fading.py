@@ -132,9 +132,9 @@ class FadingProcess:
         needed = first + count
         if needed > self._made:
             chunks = [self._make_chunk(c) for c in range(self._made // self.chunk, -(-needed // self.chunk))]
-            grown = max(2 * len(self._data), self._made + sum(len(c) for c in chunks))
-            if grown > len(self._data):  # room for more, doubling, so reading on costs amortised O(1) a sample
-                data = np.empty(grown, dtype=chunks[0].dtype)
+            made = self._made + sum(len(c) for c in chunks)
+            if made > len(self._data):  # no room: double, so reading on costs amortised O(1) a sample
+                data = np.empty(max(2 * len(self._data), made), dtype=chunks[0].dtype)
                 data[:self._made] = self._data[:self._made]
                 self._data = data
             for c in chunks:

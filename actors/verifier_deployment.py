@@ -117,8 +117,8 @@ class VerifierDeployment:
 
     def info(self) -> dict:
         return {"vocab_size": self.core.vocab_size, "eos_token_ids": sorted(self.model.eos_token_ids),
-                "sessions": self.core.num_sessions,
-                "rounds_verified": self.core.rounds_verified, "max_batch_size": self.max_batch_size, "device": self.device,
+                "sessions": self.core.num_sessions, "rounds_verified": self.core.rounds_verified,
+                "max_batch_size": self.max_batch_size, "device": self.device,
                 "node_id": ray.get_runtime_context().get_node_id(), "replica": self.replica}
 
     async def open(self, session_id: str, prompt_ids: list[int], key: SessionKey) -> float:

@@ -15,9 +15,10 @@ to 16 tokens, a memory-bound GPU), and the taus measured in this run with each p
 length. The uncertainty measure is priced like tau, never by the run's own timing of it: at `--tau-measure-ms` per
 measurement on the paper's clock (default 0: the paper counts temperature perturbation as running beside the forward
 pass), and at the median of this run's measurements on the measured clock, so the paper's-clock figures of two runs
-of the same command are identical. Rows decoded with the channel-aware stop are decoded again for each link model (their block lengths depend
-on it). Prints tok/s with the ratios to the LLM alone and to HLM, then each method's mean / median / p95 upload
-time, then eq. 3's sample mean and median against the number of fading draws.
+of the same command are identical. Rows decoded with the channel-aware stop are decoded again for each link model
+(their block lengths depend on it). Prints tok/s with the ratios to the LLM alone and to HLM, then each method's
+mean / median / p95 upload time, then eq. 3's sample mean and median against the number of fading draws (one gain
+per upload, as in the paper).
 """
 
 from __future__ import annotations

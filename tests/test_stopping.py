@@ -11,10 +11,10 @@ from uhlm_ray.device.stopping import (
     ConfidenceStop,
     DraftStep,
     FixedLength,
-    PassCost,
     UncertaintyStop,
     make_stop_rule,
 )
+from uhlm_ray.link.fading import DecodeClock
 
 
 def _steps(*us: float, x_d: float = 0.9) -> list[DraftStep]:
@@ -35,14 +35,14 @@ def test_confidence_stop_refits_on_the_roc_like_hugging_face():
     fpr + 3 fnr. Worked by hand: accepted drafts had x_d 0.9, 0.8, 0.7, 0.6, rejected ones 0.5, 0.2."""
     rule = ConfidenceStop(threshold=0.4)
     assert not rule.go_on(step=DraftStep(uncertainty=math.nan, x_d=0.39), block=[])
-    rule.observe(block=[DraftStep(math.nan, p) for p in (0.9, 0.8, 0.5, 0.1)], num_accepted=2, pass_tokens=5,
-                 pass_s=0.1)  # 0.1 came after the rejection: never judged, dropped
-    rule.observe(block=[DraftStep(math.nan, p) for p in (0.7, 0.6, 0.2)], num_accepted=2, pass_tokens=4, pass_s=0.1)
+    rule.observe(block=[DraftStep(math.nan, p) for p in (0.9, 0.8, 0.5, 0.1)],
+                 num_accepted=2)  # 0.1 came after the rejection: never judged, dropped
+    rule.observe(block=[DraftStep(math.nan, p) for p in (0.7, 0.6, 0.2)], num_accepted=2)
     assert rule.probs == [0.9, 0.8, 0.5, 0.7, 0.6, 0.2] and rule.matches == [1, 1, 0, 1, 1, 0]
     # thresholds 0.6 separates the classes: fpr = fnr = 0, the minimum
     assert rule.threshold == pytest.approx(0.6)
     frozen = ConfidenceStop(threshold=0.4, refit=False)
-    frozen.observe(block=_steps(0.1, 0.1), num_accepted=0, pass_tokens=3, pass_s=0.1)
+    frozen.observe(block=_steps(0.1, 0.1), num_accepted=0)
     assert frozen.threshold == 0.4 and frozen.probs == []
 
 
@@ -54,9 +54,10 @@ def test_acceptance_model_starts_at_the_linear_fit_and_learns():
     assert model.estimate(0.05) == pytest.approx((0.96 * 4) / 16)
 
 
-def _channel_aware(*, upload_s, pass_cost=None, tau_slm=0.0246) -> ChannelAwareStop:
-    rule = ChannelAwareStop(tau_slm_s=tau_slm, pass_cost=pass_cost or PassCost(tau_llm_s=0.1046, pricing="flat"),
-                            acceptance=AcceptanceModel(fit_a=0.82, fit_b=-0.06))
+def _channel_aware(*, upload_s, tau_slm=0.0246, tau_measure=0.0, flat_pass_tokens=16) -> ChannelAwareStop:
+    clock = DecodeClock(tau_slm_s=tau_slm, tau_llm_s=0.1046, tau_measure_s=tau_measure,
+                        flat_pass_tokens=flat_pass_tokens)
+    rule = ChannelAwareStop(clock=clock, acceptance=AcceptanceModel(fit_a=0.82, fit_b=-0.06))
     rule.begin_round(catch_up=1, upload_s=upload_s)
     return rule
 
@@ -85,22 +86,10 @@ def test_channel_aware_blocks_grow_when_an_upload_costs_more():
 
 def test_channel_aware_blocks_shrink_when_the_pass_grows_with_its_length():
     flat = _block_length(_channel_aware(upload_s=lambda k: 0.01), u=0.3)
-    linear = PassCost(tau_llm_s=None, pricing="measured")
-    for tokens in (2, 3, 4, 5):  # a compute-bound CPU: each token of the pass costs 0.13 s
-        linear.observe(tokens, 0.05 + 0.13 * tokens)
-    assert linear.seconds(6) == pytest.approx(0.05 + 0.13 * 6)
-    compute_bound = _block_length(_channel_aware(upload_s=lambda k: 0.01, pass_cost=linear, tau_slm=0.07), u=0.3)
-    assert compute_bound < flat
-
-
-def test_pass_cost_flat_and_scaled():
-    flat = PassCost(tau_llm_s=0.1, pricing="flat", flat_tokens=16)
-    assert flat.seconds(16) == pytest.approx(0.1) and flat.seconds(17) == pytest.approx(0.2)
-    scaled = PassCost(tau_llm_s=0.1, pricing="measured")
-    scaled.observe(1, 0.2)
-    assert scaled.seconds(9) == pytest.approx(0.1)  # one length seen: flat at the configured tau_LLM
-    scaled.observe(3, 0.4)  # measured 0.1 + 0.1 t, scaled so one token costs 0.1 s: 0.05 + 0.05 t
-    assert scaled.seconds(5) == pytest.approx(0.3)
+    # a compute-bound CPU: clock.llm_pass=flat with clock.flat_pass_tokens=1, tau_LLM for each token of the pass
+    per_token = _channel_aware(upload_s=lambda k: 0.01, flat_pass_tokens=1)
+    assert per_token.round_seconds(5) == pytest.approx(5 * 0.0246 + 0.01 + 6 * 0.1046)
+    assert _block_length(per_token, u=0.3) < flat
 
 
 @pytest.mark.parametrize("stop", ["uncertainty", "confidence", "fixed", "channel_aware"])
@@ -119,24 +108,30 @@ def test_channel_aware_prices_each_drafts_uncertainty_measurement():
     one = [DraftStep(uncertainty=0.1, x_d=0.9)]
     decisions = []
     for tau_u in (0.0, 4 * 0.0246):
-        rule = _channel_aware(upload_s=lambda k: 0.02)
-        rule.tau_measure_s = tau_u
+        rule = _channel_aware(upload_s=lambda k: 0.02, tau_measure=tau_u)
         c1 = 0.0246 + tau_u + 0.02 + 0.1046
         decisions.append(rule.go_on(step=one[0], block=one))
         assert decisions[-1] == (a * a * c1 > (1 + a) * (0.0246 + tau_u))
         assert rule.round_seconds(1) == pytest.approx(c1)
     assert decisions == [True, False]
     assert _block_length(_channel_aware(upload_s=lambda k: 0.02), u=0.1) >= 2
-    measured = _channel_aware(upload_s=lambda k: 0.02)  # no configured tau_u: the device's own measured ones
-    step = DraftStep(uncertainty=0.1, x_d=0.9, tau_slm_s=0.0246, tau_uncertainty_s=4 * 0.0246)
-    assert not measured.go_on(step=step, block=[step])
-    assert measured.draft_seconds() == pytest.approx(5 * 0.0246)
 
 
-def test_configured_tau_measure_reaches_the_channel_aware_stop():
-    rule = make_stop_rule(cfg=load_config(overrides=["block.stop=channel_aware", "clock.tau_measure_ms=98.4"]))
-    assert rule.tau_measure_s == pytest.approx(0.0984)
-    assert make_stop_rule(cfg=load_config(overrides=["block.stop=channel_aware"])).tau_measure_s is None
+def test_the_channel_aware_stop_prices_on_the_decode_clock_never_on_wall_time():
+    """Configured times reach the rule; unconfigured, the paper's (K SLM passes for a K-pass measure). A draft's
+    measured wall time changes nothing, so a block's length is the same in every run."""
+    rule = make_stop_rule(cfg=load_config(overrides=["block.stop=channel_aware", "clock.tau_measure_ms=98.4",
+                                                     "clock.tau_slm_ms=30", "clock.tau_llm_ms=200"]))
+    assert (rule.clock.tau_measure_s, rule.clock.tau_slm_s, rule.clock.tau_llm_s) == pytest.approx((0.0984, 0.03, 0.2))
+    paper = make_stop_rule(cfg=load_config(overrides=["block.stop=channel_aware"]))
+    assert (paper.clock.tau_slm_s, paper.clock.tau_llm_s, paper.clock.tau_measure_s) == (0.0246, 0.1046, 0.0)
+    dropout = make_stop_rule(cfg=load_config(overrides=["block.stop=channel_aware", "uncertainty.measure=mc_dropout",
+                                                        "uncertainty.k=4"]))
+    assert dropout.clock.tau_measure_s == pytest.approx(4 * 0.0246)
+    for u in (0.05, 0.1, 0.3, 0.5):
+        fast = DraftStep(uncertainty=u, x_d=0.9)
+        slow = DraftStep(uncertainty=u, x_d=0.9, tau_slm_s=5.0, tau_uncertainty_s=5.0)  # a stalled machine
+        assert paper.go_on(step=fast, block=[fast]) == paper.go_on(step=slow, block=[slow])
 
 
 def test_lossy_blocks_teach_the_stops_only_their_verified_drafts():
@@ -145,14 +140,14 @@ def test_lossy_blocks_teach_the_stops_only_their_verified_drafts():
     last is a verdict. The old rule learnt the two as accepted."""
     block = [DraftStep(0.05, 0.9, verified=False), DraftStep(0.05, 0.9, verified=False), DraftStep(0.55, 0.4)]
     rule = _channel_aware(upload_s=lambda k: 0.02)
-    rule.observe(block=block, num_accepted=2, pass_tokens=4, pass_s=0.1)
+    rule.observe(block=block, num_accepted=2)
     assert rule.acceptance.seen.tolist() == [0, 0, 0, 0, 0, 1, 0, 0, 0, 0]
     assert rule.acceptance.accepted.sum() == 0
     # an unverified draft is kept for sure: it counts a_i = 1 in the expected tokens E_k
     tokens, alive = rule.expected_tokens(block[:2])
     assert (tokens, alive) == (3.0, 1.0)
     confidence = ConfidenceStop(threshold=0.4)
-    confidence.observe(block=block, num_accepted=2, pass_tokens=4, pass_s=0.1)
+    confidence.observe(block=block, num_accepted=2)
     assert confidence.probs == [0.4] and confidence.matches == [0]
 
 

@@ -236,8 +236,7 @@ class BlockDecoder:
                 record.llm_tokens = [w if i <= a else -1 for i, w in enumerate(result.winners)]
             self.llm_seen = len(self.tokens) + result.num_accepted  # all but the LLM's own last token
             self.uploaded = True
-            self.rule.observe(block=[d.step for d in self.block], num_accepted=result.num_accepted,
-                              pass_tokens=result.pass_tokens, pass_s=result.tau_llm_s)
+            self.rule.observe(block=[d.step for d in self.block], num_accepted=result.num_accepted)
         elif self.coupled:
             record.llm_tokens = [-1] * n  # filled when the LLM scores them (evaluation mode)
         emitted = record.tokens

@@ -15,14 +15,16 @@ from the SLM's side alone.
   verdicts by the ROC rule of `AssistedCandidateGenerator` (false negatives cost three times false positives).
 - `ChannelAwareStop`: go on while one more draft raises the round's expected tokens per second. With estimated
   acceptances a_i, the block of k drafts yields E_k = 1 + sum_j prod_{i<=j} a_i tokens in C_k = k (tau_SLM +
-  tau_u) + tau_up(k) + tau_LLM(pass of k drafts) seconds, tau_u being the per-draft uncertainty measurement the
-  modelled clock charges (`ModelledClock.measure_seconds`: K extra SLM passes under MC dropout or prompt
-  perturbation); one more draft adds prod_{i<=k} a_i * a_k tokens for C_{k+1} - C_k seconds, and is worth it when
-  that marginal rate beats E_k / C_k. A costlier upload (deep fade, slow link, per-upload overhead) raises C_k and
-  so lengthens blocks; a pass whose cost grows with its length (a compute-bound CPU), or a costly measure, shortens
-  them. Acceptances come from U-HLM's linear fit 1 - (a u + b) (Theorem 1), re-fitted online per uncertainty bin on
-  verified drafts only (a draft committed unverified is kept without a test, which says nothing of its acceptance;
-  it counts as kept, a_i = 1, in E_k); the costs are the modelled clock's, learned online where it measures them.
+  tau_u) + tau_up(k) + tau_LLM(pass of k drafts) seconds on the device's decode-time clock (`DecodeClock`: the
+  configured `clock.tau_*_ms`, else the paper's taus; tau_u is the per-draft uncertainty measurement, K extra SLM
+  passes under MC dropout or prompt perturbation; the pass costs tau_LLM per `clock.flat_pass_tokens` tokens under
+  `clock.llm_pass=flat`, one tau_LLM otherwise); one more draft adds prod_{i<=k} a_i * a_k tokens for
+  C_{k+1} - C_k seconds, and is worth it when that marginal rate beats E_k / C_k. A costlier upload (deep fade,
+  slow link, per-upload overhead) raises C_k and so lengthens blocks; a pass whose cost grows with its length (a
+  compute-bound CPU, `clock.flat_pass_tokens=1`), or a costly measure, shortens them. Acceptances come from
+  U-HLM's linear fit 1 - (a u + b) (Theorem 1), re-fitted online per uncertainty bin on verified drafts only (a
+  draft committed unverified is kept without a test, which says nothing of its acceptance; it counts as kept,
+  a_i = 1, in E_k). The costs are never measured while decoding, so the tokens are the same from run to run.
 """
 
 from __future__ import annotations
@@ -35,10 +37,8 @@ from typing import Protocol
 import numpy as np
 
 from uhlm_ray.config import EvaluateConfig
-from uhlm_ray.device.policies import PAPER_TAU_LLM_MS
+from uhlm_ray.link.fading import DecodeClock
 from uhlm_ray.validation import ConfigError
-
-PAPER_TAU_SLM_MS = 24.6  # the U-HLM paper's SLM forward time: the channel-aware price when no clock is set
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ class StopRule(Protocol):
 
     def go_on(self, *, step: DraftStep, block: list[DraftStep]) -> bool: ...
 
-    def observe(self, *, block: list[DraftStep], num_accepted: int, pass_tokens: int, pass_s: float) -> None: ...
+    def observe(self, *, block: list[DraftStep], num_accepted: int) -> None: ...
 
 
 class _Unlearning:
@@ -71,7 +71,7 @@ class _Unlearning:
     def begin_round(self, *, catch_up: int, upload_s: UploadSeconds) -> None:
         pass
 
-    def observe(self, *, block: list[DraftStep], num_accepted: int, pass_tokens: int, pass_s: float) -> None:
+    def observe(self, *, block: list[DraftStep], num_accepted: int) -> None:
         pass
 
 
@@ -109,7 +109,7 @@ class ConfidenceStop(_Unlearning):
     def go_on(self, *, step: DraftStep, block: list[DraftStep]) -> bool:
         return step.x_d >= self.threshold
 
-    def observe(self, *, block: list[DraftStep], num_accepted: int, pass_tokens: int, pass_s: float) -> None:
+    def observe(self, *, block: list[DraftStep], num_accepted: int) -> None:
         if not self.refit:
             return
         # the accepted drafts and the first rejected one; a draft committed unverified (lossy) was not judged
@@ -153,46 +153,16 @@ class AcceptanceModel:
 
 
 @dataclass
-class PassCost:
-    """What the device expects the LLM's pass over t tokens to cost, as the modelled clock prices it
-    (`clock.llm_pass`): "flat", tau_LLM per `flat_tokens` tokens; "measured", the shape of the passes measured so
-    far (a least-squares line in t over this device's verdicts, flat until two lengths were seen), scaled so a
-    one-token pass costs tau_LLM when tau_LLM is configured, or as measured when it is not."""
-
-    tau_llm_s: float | None  # None: the clock measures tau_LLM
-    pricing: str = "measured"
-    flat_tokens: int = 16
-    seen: list[tuple[int, float]] = field(default_factory=list)
-
-    def seconds(self, tokens: int) -> float:
-        if self.pricing == "flat" or len({t for t, _ in self.seen}) < 2:
-            tau = self.tau_llm_s if self.tau_llm_s is not None else self._mean_pass()
-            return tau * math.ceil(tokens / self.flat_tokens) if self.pricing == "flat" else tau
-        slope, intercept = np.polyfit([t for t, _ in self.seen], [s for _, s in self.seen], deg=1)
-        slope, intercept = max(float(slope), 0.0), max(float(intercept), 0.0)
-        scale = 1.0 if self.tau_llm_s is None else self.tau_llm_s / max(intercept + slope, 1e-9)
-        return (intercept + slope * tokens) * scale
-
-    def _mean_pass(self) -> float:
-        return float(np.mean([s for _, s in self.seen])) if self.seen else PAPER_TAU_LLM_MS / 1e3
-
-    def observe(self, tokens: int, seconds: float) -> None:
-        self.seen.append((tokens, seconds))
-
-
-@dataclass
 class ChannelAwareStop:
-    tau_slm_s: float | None  # None: the device's own measured SLM step
-    pass_cost: PassCost
+    """The marginal-rate rule priced on the device's decode-time clock (`DecodeClock`: the configured taus, else the
+    paper's), never on wall time, so a block's length, and the fading every later upload reads, is the same in
+    every run of the same command."""
+
+    clock: DecodeClock
     acceptance: AcceptanceModel
     upload_s: UploadSeconds = lambda k: 0.0
     catch_up: int = 1  # tokens the LLM pass holds besides the drafts
     needs_uncertainty: bool = True
-    slm_steps: list[float] = field(default_factory=list)
-    # one draft's uncertainty measurement, as the modelled clock charges it (`clock.tau_measure_ms`); None: the
-    # median of the device's own measured ones (the clock's charge when no tau is configured or calibrated)
-    tau_measure_s: float | None = None
-    measure_steps: list[float] = field(default_factory=list)
 
     def begin_round(self, *, catch_up: int, upload_s: UploadSeconds) -> None:
         self.catch_up, self.upload_s = catch_up, upload_s
@@ -205,22 +175,12 @@ class ChannelAwareStop:
             tokens += alive
         return tokens, alive
 
-    def draft_seconds(self) -> float:
-        """One draft on the modelled clock: an SLM step and its uncertainty measurement."""
-        slm = self.tau_slm_s if self.tau_slm_s is not None else \
-            (float(np.median(self.slm_steps)) if self.slm_steps else PAPER_TAU_SLM_MS / 1e3)
-        measure = self.tau_measure_s if self.tau_measure_s is not None else \
-            (float(np.median(self.measure_steps)) if self.measure_steps else 0.0)
-        return slm + measure
-
     def round_seconds(self, drafts: int) -> float:
-        return drafts * self.draft_seconds() + self.upload_s(drafts) + self.pass_cost.seconds(self.catch_up + drafts)
+        """C_k: k drafts (an SLM step and its uncertainty measurement each), the upload, the LLM's pass."""
+        draft_s = self.clock.tau_slm_s + self.clock.tau_measure_s
+        return drafts * draft_s + self.upload_s(drafts) + self.clock.llm_pass_seconds(self.catch_up + drafts)
 
     def go_on(self, *, step: DraftStep, block: list[DraftStep]) -> bool:
-        if step.tau_slm_s > 0:
-            self.slm_steps.append(step.tau_slm_s)
-        if step.tau_uncertainty_s > 0:
-            self.measure_steps.append(step.tau_uncertainty_s)
         k = len(block)
         tokens, alive = self.expected_tokens(block)
         seconds = self.round_seconds(k)
@@ -229,11 +189,10 @@ class ChannelAwareStop:
         gain = alive * self.acceptance.estimate(step.uncertainty)  # the next draft's acceptance ~ this one's
         return bool(gain * seconds > tokens * (self.round_seconds(k + 1) - seconds))
 
-    def observe(self, *, block: list[DraftStep], num_accepted: int, pass_tokens: int, pass_s: float) -> None:
+    def observe(self, *, block: list[DraftStep], num_accepted: int) -> None:
         for i, step in enumerate(block[:num_accepted + 1]):
             if step.verified:  # a draft committed without a test is no evidence of acceptance
                 self.acceptance.update(step.uncertainty, i < num_accepted)
-        self.pass_cost.observe(pass_tokens, pass_s)
 
 
 def make_stop_rule(*, cfg: EvaluateConfig) -> StopRule:
@@ -246,11 +205,7 @@ def make_stop_rule(*, cfg: EvaluateConfig) -> StopRule:
     if block.stop == "confidence":
         return ConfidenceStop(threshold=block.confidence_threshold, refit=block.confidence_refit)
     if block.stop == "channel_aware":
-        clock = cfg.clock
-        return ChannelAwareStop(
-            tau_slm_s=clock.tau_slm_ms / 1e3 if clock.tau_slm_ms is not None else None,
-            tau_measure_s=clock.tau_measure_ms / 1e3 if clock.tau_measure_ms is not None else None,
-            pass_cost=PassCost(tau_llm_s=clock.tau_llm_ms / 1e3 if clock.tau_llm_ms is not None else None,
-                               pricing=clock.llm_pass, flat_tokens=clock.flat_pass_tokens),
-            acceptance=AcceptanceModel(fit_a=cfg.policy.fit_a, fit_b=cfg.policy.fit_b))
+        return ChannelAwareStop(clock=DecodeClock.from_config(cfg.clock, measure=cfg.uncertainty.measure,
+                                                               k=cfg.uncertainty.k),
+                                acceptance=AcceptanceModel(fit_a=cfg.policy.fit_a, fit_b=cfg.policy.fit_b))
     raise ConfigError(f"block.stop={block.stop!r} is not a stopping rule")

@@ -243,7 +243,7 @@ def accuracy_energy(*, summaries: dict[str, dict[str, float]], path: Path) -> No
         xerr = np.nan_to_num(np.array(xerr))
         yerr = np.nan_to_num(np.array(yerr))
         left.errorbar([x], [y], xerr=xerr, yerr=yerr, fmt="o", capsize=3, label=METHOD_LABELS.get(method, method))
-    front = sorted((p for p in points if not any(q[0] <= p[0] and q[1] >= p[1] and q != p for q in points)))
+    front = sorted(p for p in points if not any(q[0] <= p[0] and q[1] >= p[1] and q != p for q in points))
     if front:
         left.plot([p[0] for p in front], [p[1] for p in front], "k--", lw=1, label="frontier")
     left.set_xlabel("device energy (J/token, modelled)")

@@ -23,7 +23,8 @@ def measure_joules(*, record: RoundRecord | BlockRecord, clock: ModelledClock, m
         return 0.0
     k = model.extra_passes.get(record.method, 0)
     if k:
-        return k * model.forward_j(tau_slm=clock.tau_slm) * (len(record.drafts) if isinstance(record, BlockRecord) else 1)
+        drafts = len(record.drafts) if isinstance(record, BlockRecord) else 1
+        return k * model.forward_j(tau_slm=clock.tau_slm) * drafts
     return model.compute_w(tau_slm=clock.tau_slm) * seconds
 
 

@@ -117,9 +117,8 @@ class BlockDecoder:
 
     def _decision_s(self) -> float:
         """Modelled time now, after the open block's drafts and their measures (the decode-time clock)."""
-        clock = self.decode_clock
-        return self.now_s + len(self.block) * clock.tau_slm_s + clock.measure_seconds(
-            measured_s=sum(d.tau_uncertainty_s for d in self.block), measurements=len(self.block))
+        return self.now_s + self.decode_clock.decision_seconds(
+            steps=len(self.block), measured_s=sum(d.tau_uncertainty_s for d in self.block))
 
     def _gain_now(self) -> float:
         return self.process.gain_at(self._decision_s()) if self.process is not None else self._gain

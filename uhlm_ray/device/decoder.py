@@ -206,7 +206,7 @@ class DeviceDecoder:
         sync = sync_bits(skipped_tokens=skipped, vocab_size=self.vocab_size) if self.cfg.payload.sync_token_ids else 0
         channel = self.cfg.channel
         # the upload is decided after the SLM step and u (the decode-time clock): h is read from then on
-        start_s = self.now_s + self.decode_clock.tau_slm_s + self.decode_clock.measure_seconds(measured_s=tau_u)
+        start_s = self.now_s + self.decode_clock.decision_seconds(steps=1, measured_s=tau_u)
         # the round's keyed fading (per_round: its first draw is h(t)), whatever the policy decides
         up = upload(bits=dist_bits + sync, channel=channel, mean_snr=self.mean_snr,
                     rng=key.rng(round_index=t, purpose=Purpose.FADING), process=self.process, start_s=start_s)

@@ -239,13 +239,17 @@ class DecodeClock:
     def llm_pass_seconds(self, tokens: int) -> float:
         return self.tau_llm_s * (math.ceil(tokens / self.flat_pass_tokens) if self.flat_pass_tokens else 1)
 
+    def decision_seconds(self, *, steps: int, measured_s: float) -> float:
+        """Seconds from a round's start to its upload decision after `steps` SLM steps, each with its uncertainty
+        measurement when one was timed (measured_s > 0)."""
+        return steps * self.tau_slm_s + self.measure_seconds(measured_s=measured_s, measurements=steps)
+
     def upload_offset(self, record: RoundRecord | BlockRecord) -> float:
-        """Seconds from a round's start to its upload decision: its SLM steps and uncertainty measures."""
+        """`decision_seconds` of a finished round (0 for the LLM alone, which uploads nothing)."""
         if record.method == "llm":
             return 0.0
         steps = len(record.drafts) if isinstance(record, BlockRecord) else 1
-        return steps * self.tau_slm_s + self.measure_seconds(measured_s=record.tau_uncertainty_s,
-                                                             measurements=steps)
+        return self.decision_seconds(steps=steps, measured_s=record.tau_uncertainty_s)
 
     def round_seconds(self, record: RoundRecord | BlockRecord) -> float:
         """The round on this clock: its SLM steps and measures, a missed deadline, the upload and the LLM pass."""

@@ -44,7 +44,7 @@ class VerifyRequest:
     round_index: int  # t, from 1
     draft: int  # d
     new_tokens: list[int]  # response tokens the LLM has not processed, oldest first
-    draft_probs: torch.Tensor | None  # x [V] float32, the distribution d was drawn from; None with `coupled`
+    draft_probs: torch.Tensor | None  # x [V] in payload.prob_dtype, what d was drawn from; None with `coupled`
     score: bool = False  # also return y of each new token (evaluation mode)
     coupled: bool = False  # keep d iff it is the LLM's race winner at response position round_index (ids only)
 
@@ -75,7 +75,7 @@ class BlockRequest:
     round_index: int  # r, from 1: keys the accept and final-token draws
     new_tokens: list[int]  # response tokens the LLM has not processed, oldest first
     drafts: list[int]  # d_1 .. d_n
-    draft_probs: torch.Tensor | None  # [n, V] float32 (dense or sparse) q_i per draft; None: ids only (point masses)
+    draft_probs: torch.Tensor | None  # [n, V] q_i in payload.prob_dtype (dense or sparse); None: ids only
     verify: list[bool] | None = None  # False: committed unverified (lossy); None: verify every draft
     score: bool = False  # also return y of each catch-up token (evaluation mode)
     coupled: bool = False  # keep drafts while they are the LLM's race winners (ids only, sampling/coupling.py)

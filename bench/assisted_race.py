@@ -12,7 +12,8 @@ temperature 1 everywhere (no top-k/top-p, no repetition penalty), measured in on
   default assistant settings and with a few tuned ones (the fastest is marked and is the reference of the last
   ratio column).
 - Ours: HLM (lossless, every token verified), U-HLM and CU-HLM at their default thresholds, and the block method
-  (lossless) with the ids and truncated payloads, the uncertainty stop and a fixed n; decoded by the core loop with
+  (lossless) with the ids and truncated payloads, the uncertainty stop and a fixed n, and with shared-noise
+  (coupled) ids; decoded by the core loop with
   the channel at zero latency (the uplink is modelled, never slept, so it is not on the wall clock), no
   evaluation-mode scoring and no shared passes.
 
@@ -55,6 +56,11 @@ BLOCKS = [
     ("truncated top-p 0.95, fixed n = 3", ["block.payload=truncated", "block.stop=fixed", "block.fixed_drafts=3"]),
     # HF's own stop (its assistant stops drafting below a confidence of 0.4, whatever num_assistant_tokens says)
     ("truncated top-p 0.95, confidence stop 0.4", ["block.payload=truncated", "block.stop=confidence"]),
+    # shared-noise sampling (decode.sampling=coupled): ids only, a draft kept iff it is the LLM's race winner
+    ("coupled ids, uncertainty stop u <= 0.2",
+     ["decode.sampling=coupled", "block.payload=ids", "block.stop=uncertainty", "block.stop_u_th=0.2"]),
+    ("coupled ids, fixed n = 3", ["decode.sampling=coupled", "block.payload=ids", "block.stop=fixed",
+                                  "block.fixed_drafts=3"]),
 ]
 
 

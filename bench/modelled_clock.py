@@ -2,9 +2,10 @@
 
     .venv/bin/python bench/modelled_clock.py [--prompts 4] [--tokens 32] [overrides...]
 
-Decodes the built-in prompts once per method (the LLM alone, HLM, U-HLM, CU-HLM and the lossless block method with
-each payload and stopping rule) on the embedded pair, then prices every round on the modelled clock at the paper's
-average SNR (-8.92 dB) under each link model of uhlm_ray/link/channel.py, with the same keyed fading draws for all:
+Decodes the prompts (the built-in ones unless data.* overrides say otherwise) once per method (the LLM alone, HLM,
+U-HLM, CU-HLM and the lossless block method with each payload and stopping rule) on the embedded pair, then prices
+every round on the modelled clock at the paper's average SNR (-8.92 dB) under each link model of
+uhlm_ray/link/channel.py, with the same keyed fading draws for all:
 
 - `shannon`: the paper's eq. 3, no per-upload overhead (its mean upload time is infinite under Rayleigh fading);
 - `arq`: fixed-rate ARQ at the latency-optimal rate, 10 ms per-upload overhead;
@@ -131,7 +132,9 @@ def main(argv: list[str]) -> int:
         f"measured taus ({measured.tau_slm * 1e3:.1f} / {measured.tau_llm * 1e3:.1f} ms, measure "
         f"{measure_s * 1e3:.1f} ms), LLM pass as measured": measured,
     }
-    print(f"\n{args.prompts} built-in prompts x up to {args.tokens} tokens; average SNR "
+    llm_tokens = sum(len(res.tokens) for res in priced["LLM alone", next(iter(CHANNELS))][1])
+    print(f"\n{args.prompts} prompts of data set {load_config(overrides=base).data.name!r} x up to {args.tokens} "
+          f"tokens (the LLM alone generated {llm_tokens}); average SNR "
           f"{10 * np.log10(mean_snr(load_config().channel)):.2f} dB; exact = every token verified")
     summaries = {}
     for clock_name, clock in clocks.items():

@@ -121,6 +121,10 @@ class VerifierDeployment:
                 "max_batch_size": self.max_batch_size, "device": self.device,
                 "node_id": ray.get_runtime_context().get_node_id(), "replica": self.replica}
 
+    def sessions(self) -> dict:
+        """This replica's open sessions and the rounds each has verified (handle API only: ids are not for HTTP)."""
+        return {"replica": self.replica, "rounds": self.core.session_rounds()}
+
     async def open(self, session_id: str, prompt_ids: list[int], key: SessionKey) -> float:
         return await asyncio.to_thread(self.core.open, session_id=session_id, prompt_ids=prompt_ids, key=key)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from types import SimpleNamespace
 
 import pytest
 
@@ -86,22 +87,28 @@ def _replica_actors() -> list[str]:
 def test_a_replica_killed_mid_run_loses_nothing_and_changes_no_token(two_replicas, tiny_pair, tiny_pair_dirs,
                                                                      tmp_path):
     from actors.cell_runner import run_cell
+    from actors.device_actor import session_id
 
     cfg = _cfg(tiny_pair_dirs, method="hlm", devices=6, prompts=2)
     cfg.decode.max_new_tokens = 48  # a wave long enough to be cut
+    # the second wave's sessions and their lengths (every draw is keyed: the core loop says how long each will run)
+    lengths = {session_id(run="kill-replica", device_index=d, prompt_index=6 + d):
+               len(_core_tokens(tiny_pair, cfg, SimpleNamespace(device_index=d, prompt_index=6 + d)))
+               for d in range(6)}
+    assert max(lengths.values()) >= 24, "a second-wave prompt runs long enough to be cut"
     started, killed = [], []
 
     def kill_when_serving() -> None:
-        """Kill a replica once it has verified rounds of the second wave's open sessions: asking it (not sleeping a
-        guessed time) makes the kill land mid-prompt however fast or slow the machine is."""
+        """Kill the replica that holds a long second-wave session once that session has verified a few rounds and
+        has many left: asking the replicas (not sleeping a guessed time) makes the kill land mid-prompt however fast
+        or slow the machine is."""
         from actors.verifier_deployment import ServeVerifierClient
 
-        client, deadline, first = ServeVerifierClient(), time.time() + 60, {}
+        handle, deadline = ServeVerifierClient().handle, time.time() + 60
         while time.time() < deadline:
-            info = client.info()  # unrouted: any replica answers
-            first.setdefault(info["replica"], info["rounds_verified"])
-            if info["sessions"] > 0 and info["rounds_verified"] - first[info["replica"]] >= 4:
-                name = next(n for n in _replica_actors() if n.endswith(info["replica"]))
+            report = handle.sessions.remote().result()  # unrouted: any replica answers
+            if any(2 <= done <= lengths.get(sid, 0) - 12 for sid, done in report["rounds"].items()):
+                name = next(n for n in _replica_actors() if n.endswith(report["replica"]))
                 killed.append(name)
                 ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
                 return

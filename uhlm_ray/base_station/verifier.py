@@ -75,6 +75,7 @@ class Verifier:
         self.max_sessions = max_sessions
         self._sessions: dict[str, tuple[CausalSession, SessionKey]] = {}
         self.rounds_verified = 0  # drafts and blocks verified since start (a replica's load, in its health report)
+        self._session_rounds: dict[str, int] = {}  # rounds verified per open session
         self._lock = threading.Lock()  # the Serve replica runs calls on worker threads
 
     @property
@@ -85,17 +86,30 @@ class Verifier:
         """Prefill the prompt; returns its seconds. Reopening an id replaces it (a retried device restarts)."""
         with self._lock:
             self._sessions.pop(session_id, None)
+            self._session_rounds.pop(session_id, None)
             if len(self._sessions) >= self.max_sessions:
                 raise SessionError(f"session {session_id!r}: the verifier already holds max_sessions="
                                    f"{self.max_sessions} sessions; close finished ones")
             session = CausalSession(model=self.model, prompt_ids=prompt_ids, prefixes=self.prefixes)
             self._sessions[session_id] = (session, key)
+            self._session_rounds[session_id] = 0
             return session.prefill_s
 
     def close(self, *, session_id: str) -> bool:
         """Free a session's KV cache; False if it was not open."""
         with self._lock:
+            self._session_rounds.pop(session_id, None)
             return self._sessions.pop(session_id, None) is not None
+
+    def session_rounds(self) -> dict[str, int]:
+        """Each open session's rounds verified since it was (re)opened."""
+        with self._lock:
+            return dict(self._session_rounds)
+
+    def _count_rounds(self, ids: list[str]) -> None:
+        self.rounds_verified += len(ids)
+        for session_id in ids:
+            self._session_rounds[session_id] += 1
 
     def _get(self, session_id: str) -> tuple[CausalSession, SessionKey]:
         if session_id not in self._sessions:
@@ -109,7 +123,7 @@ class Verifier:
             ids = [r.session_id for r in requests]
             _check_unique(ids)
             entries = [self._get(r.session_id) for r in requests]
-            self.rounds_verified += len(requests)
+            self._count_rounds(ids)
             for (session, _), request in zip(entries, requests, strict=True):
                 for token in request.new_tokens:
                     session.append(token)
@@ -152,7 +166,7 @@ class Verifier:
             ids = [r.session_id for r in requests]
             _check_unique(ids)
             entries = [self._get(r.session_id) for r in requests]
-            self.rounds_verified += len(requests)
+            self._count_rounds(ids)
             before = []
             for (session, _), request in zip(entries, requests, strict=True):
                 if not request.drafts:

@@ -24,28 +24,28 @@ from uhlm_ray.experiments.evaluate import run_method
 from uhlm_ray.models.loading import load_pair
 from uhlm_ray.models.prefix_cache import prefix_cache
 
-# part -> (how, patterns): "own" sums the own time (tottime) of every profiled function matching a (file suffix,
-# function name) pattern, "" matching any; "total" sums the cumulative time of entry points that never call each
-# other nor the models (so no second of the run counts twice; MC-dropout and paraphrase passes count as products)
+# part -> (how, file suffix, function name) patterns, "" matching any name: "own" adds the own time (tottime) of
+# every matching profiled function, "total" the cumulative time of entry points that never call each other nor the
+# models (so no second of the run counts twice; MC-dropout and paraphrase passes count as products)
 PARTS = {
-    "matrix products (linear)": ("own", [("~", "<built-in method torch._C._nn.linear>")]),
-    "attention (sdpa)": ("own", [("~", "<built-in method torch._C._nn.scaled_dot_product_attention>")]),
-    "uncertainty measure (its arithmetic)": ("total", [
-        ("uncertainty.py", name) for name in ("temperature_perturbation", "entropy_uncertainty",
-                                              "confidence_uncertainty", "sample_disagreement")]),
+    "matrix products (linear)": [("own", "~", "<built-in method torch._C._nn.linear>")],
+    "attention (sdpa)": [("own", "~", "<built-in method torch._C._nn.scaled_dot_product_attention>")],
+    "uncertainty measure (its arithmetic)": [
+        ("total", "uncertainty.py", name) for name in ("temperature_perturbation", "entropy_uncertainty",
+                                                       "confidence_uncertainty", "sample_disagreement")],
     # padding into a batch (ours), then transformers' cache code and the concatenations it appends with
-    "KV caches: pad, append (torch.cat), crop": ("total", [("session.py", "_left_pad")]),
-    "KV caches (own)": ("own", [("cache_utils.py", ""), ("~", "<built-in method torch.cat>")]),
+    "KV caches: pad, append (torch.cat), crop": [("total", "session.py", "_left_pad"), ("own", "cache_utils.py", ""),
+                                                 ("own", "~", "<built-in method torch.cat>")],
 }
 
 
 def _part_seconds(stats: pstats.Stats) -> dict[str, float]:
     out = dict.fromkeys(PARTS, 0.0)
     for (filename, _, name), (_, _, own, total, _) in stats.stats.items():  # type: ignore[attr-defined]
-        for part, (how, patterns) in PARTS.items():
-            if any(filename.endswith(suffix) and (not fn or name == fn) for suffix, fn in patterns):
-                out[part] += own if how == "own" else total
-                break
+        match = next(((part, how) for part, patterns in PARTS.items() for how, suffix, fn in patterns
+                      if filename.endswith(suffix) and (not fn or name == fn)), None)
+        if match is not None:
+            out[match[0]] += own if match[1] == "own" else total
     return out
 
 
@@ -75,7 +75,6 @@ def main(argv: list[str]) -> int:
     total = time.perf_counter() - start
     tokens = sum(len(r.tokens) for r in results)
     parts = _part_seconds(pstats.Stats(profile))
-    parts["KV caches: pad, append (torch.cat), crop"] += parts.pop("KV caches (own)")
     parts["the rest (sampling, verification arithmetic, Python)"] = total - sum(parts.values())
     print(f"\n{args.method}, {len(examples)} prompts x up to {args.tokens} tokens, lockstep batch {args.batch}, "
           f"{next(pair.slm.model.parameters()).dtype}: {tokens} tokens in {total:.1f} s ({tokens / total:.2f} tok/s "

@@ -107,7 +107,8 @@ def main(argv: list[str]) -> int:
     rows = [row for row in ROWS if not wanted or row[0] in ("LLM alone", "HLM") or any(w in row[0] for w in wanted)]
     base = [f"data.n_prompts={args.prompts}", f"decode.max_new_tokens={args.tokens}", "decode.evaluation_methods=[]",
             "runtime.share_prefixes=false", "runtime.batch_size=1", *args.overrides]  # measured tau: solo
-    pair = load_pair(load_config(overrides=base).model)
+    base_cfg = load_config(overrides=base)
+    pair = load_pair(base_cfg.model)
     decoder = Decoder(pair=pair, base=base)
 
     # every (row, link model): its results priced on that link
@@ -133,9 +134,9 @@ def main(argv: list[str]) -> int:
         f"{measure_s * 1e3:.1f} ms), LLM pass as measured": measured,
     }
     llm_tokens = sum(len(res.tokens) for res in priced["LLM alone", next(iter(CHANNELS))][1])
-    print(f"\n{args.prompts} prompts of data set {load_config(overrides=base).data.name!r} x up to {args.tokens} "
+    print(f"\n{args.prompts} prompts of data set {base_cfg.data.name!r} x up to {args.tokens} "
           f"tokens (the LLM alone generated {llm_tokens}); average SNR "
-          f"{10 * np.log10(mean_snr(load_config().channel)):.2f} dB; exact = every token verified")
+          f"{10 * np.log10(mean_snr(base_cfg.channel)):.2f} dB; exact = every token verified")
     summaries = {}
     for clock_name, clock in clocks.items():
         print(f"\nModelled throughput, {clock_name}:")

@@ -474,8 +474,8 @@ def expected_upload_seconds(
     ARQ's closed form over independent attempts whatever h is (it sends blind); inversion's air time plus the
     expected wait (`inversion_expected_wait`). With a process in time: the mean of `upload` over the reference bank
     of the same process conditioned on h (`_Bank`; h on a 10% log grid, `gridded_gain`), decided at a uniform phase
-    of the sampling step (`start_s` is accepted for the caller's record but not used). Its sampling error is stated
-    in tests/test_channel.py (the Monte Carlo agreement table).
+    of the sampling step (`start_s` only tells a decision after an upload that never ended: infinite). Its sampling
+    error is stated in tests/test_channel.py (the Monte Carlo agreement table).
     """
     width = channel.bandwidth_hz if bandwidth_hz is None else bandwidth_hz
     overhead = channel.upload_overhead_ms / 1e3
@@ -486,7 +486,7 @@ def expected_upload_seconds(
         # (GAIN_GRID_PER_DECADE, within 5% of h) at a uniform phase of the sampling step (the step is the
         # simulation's, not something a device knows), so a run asks a few thousand distinct questions at most.
         return _expected_in_time(_Hashable(channel), float(bits), float(mean_snr), float(width),
-                                 None if gain is None else gridded_gain(gain), None)
+                                 None if gain is None else gridded_gain(gain))
     h = 1.0 if gain is None else gain
     if channel.model == "shannon":
         return overhead + uplink_seconds(bits=bits, bandwidth_hz=width, snr=mean_snr * h)
@@ -527,11 +527,11 @@ class _Hashable:
 
 
 @lru_cache(maxsize=8192)
-def _expected_in_time(channel: _Hashable, bits: float, mean_snr: float, width: float, gain: float | None,
-                      phase: float | None) -> float:
-    """The bank's mean upload time (see `expected_upload_seconds`), cached: a device asks the same question often."""
+def _expected_in_time(channel: _Hashable, bits: float, mean_snr: float, width: float, gain: float | None) -> float:
+    """The bank's mean upload time at a uniform phase (see `expected_upload_seconds`), cached: a device asks the
+    same question often."""
     return float(upload_time_samples(bits=bits, channel=channel.channel, mean_snr=mean_snr, gain=gain,
-                                     bandwidth_hz=width, start_s=phase).mean())
+                                     bandwidth_hz=width).mean())
 
 
 def upload_time_samples(

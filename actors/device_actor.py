@@ -54,7 +54,8 @@ class DeviceActor:
         if self.cfg.model.num_threads is not None:
             torch.set_num_threads(self.cfg.model.num_threads)
         slm_source, _ = resolve_pair(self.cfg.model)
-        self.slm = load_model(slm_source, dtype=resolve_dtype(self.cfg.model.dtype, device="cpu"), device="cpu")
+        self.slm = load_model(slm_source, dtype=resolve_dtype(self.cfg.model.dtype, device="cpu"), device="cpu",
+                              linear_backend=self.cfg.model.linear_backend)
         self.client = ServeVerifierClient()
         info = self.client.info()
         if info["vocab_size"] != self.slm.vocab_size:

@@ -28,7 +28,9 @@ from uhlm_ray.models.prefix_cache import prefix_cache
 # every matching profiled function, "total" the cumulative time of entry points that never call each other nor the
 # models (so no second of the run counts twice; MC-dropout and paraphrase passes count as products)
 PARTS = {
-    "matrix products (linear)": [("own", "~", "<built-in method torch._C._nn.linear>")],
+    # torch's product, or oneDNN's through OneDnnLinear.forward (model.linear_backend)
+    "matrix products (linear)": [("own", "~", "<built-in method torch._C._nn.linear>"),
+                                 ("total", "linear_backend.py", "forward")],
     "attention (sdpa)": [("own", "~", "<built-in method torch._C._nn.scaled_dot_product_attention>")],
     "uncertainty measure (its arithmetic)": [
         ("total", "uncertainty.py", name) for name in ("temperature_perturbation", "entropy_uncertainty",

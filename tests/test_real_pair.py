@@ -13,6 +13,7 @@ from uhlm_ray.experiments.evaluate import evaluate_methods, summarize_methods
 from uhlm_ray.measures.similarity import load_encoder
 from uhlm_ray.models import CausalSession, full_recompute_logits
 from uhlm_ray.models.embedded import EMBEDDED_MODELS, ensure_embedded
+from uhlm_ray.models.linear_backend import install_linear_backend, linear_backend_of, resolve_linear_backend
 from uhlm_ray.models.loading import resolve_dtype
 
 pytestmark = pytest.mark.real_models
@@ -45,6 +46,22 @@ def test_catch_up_matches_full_recompute_on_the_real_llm(real_pair):
     y_cached = torch.softmax(session.next_logits(), -1)
     y_full = torch.softmax(full_recompute_logits(model=real_pair.llm, token_ids=ids), -1)
     assert 0.5 * (y_cached - y_full).abs().sum().item() < 0.05  # total variation, bf16 rounding only
+
+
+def test_the_real_llm_predicts_the_same_through_either_linear_backend(real_pair):
+    """model.linear_backend=auto runs float32 products through oneDNN on a CPU; the law must not move."""
+    model = real_pair.llm.model
+    dtype = next(model.parameters()).dtype
+    assert real_pair.llm.linear_backend == linear_backend_of(model) == resolve_linear_backend("auto", dtype=dtype,
+                                                                                               device="cpu")
+    ids = real_pair.tokenizer("Write a Python function that adds two numbers.")["input_ids"]
+    y_auto = torch.softmax(full_recompute_logits(model=real_pair.llm, token_ids=ids), -1)
+    install_linear_backend(model, backend="torch")
+    try:
+        y_torch = torch.softmax(full_recompute_logits(model=real_pair.llm, token_ids=ids), -1)
+    finally:
+        install_linear_backend(model, backend=real_pair.llm.linear_backend)
+    assert 0.5 * (y_auto - y_torch).abs().sum().item() < 1e-3  # total variation: float32 rounding only
 
 
 def test_every_method_on_a_short_prompt(real_pair):

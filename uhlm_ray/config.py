@@ -29,6 +29,7 @@ DEADLINE_MODES = ("wait", "fallback")
 TRUNCATIONS = ("none", "top_k", "top_p")
 BLOCK_STOPS = ("uncertainty", "confidence", "fixed", "channel_aware")
 BLOCK_PAYLOADS = ("full", "truncated", "ids")
+LINEAR_BACKENDS = ("auto", "onednn", "torch")  # model.linear_backend (uhlm_ray/models/linear_backend.py)
 LLM_PASS_PRICING = ("measured", "flat")
 CLOCK_TIMINGS = ("calibrated", "measured")
 SAMPLING_MODES = ("independent", "coupled")  # decode.sampling
@@ -47,6 +48,9 @@ class ModelConfig:
     dtype: str = "auto"
     device: str = "cpu"
     num_threads: int | None = None  # torch intra-op threads; None keeps torch's default
+    # who multiplies float32 matrices on a CPU: "auto" (oneDNN where torch has it), "onednn" or "torch" (MKL's
+    # sgemm); uhlm_ray.models.linear_backend says why
+    linear_backend: str = "auto"
 
 
 @dataclass
@@ -481,6 +485,7 @@ def validate_config(cfg: EvaluateConfig) -> None:
     for i, method in enumerate(cfg.decode.evaluation_methods):
         check_choice(method, field=f"decode.evaluation_methods[{i}]", allowed=METHODS)
     check_choice(cfg.model.dtype, field="model.dtype", allowed=("auto", "bfloat16", "float16", "float32"))
+    check_choice(cfg.model.linear_backend, field="model.linear_backend", allowed=LINEAR_BACKENDS)
     if cfg.runtime.trial_resources.get("GPU", 0) > 0 and not str(cfg.model.device).startswith("cuda"):
         raise ConfigError(f"runtime.trial_resources={dict(cfg.runtime.trial_resources)} gives each trial a GPU "
                           f"share but model.device={cfg.model.device!r} decodes on the CPU; set model.device=cuda")

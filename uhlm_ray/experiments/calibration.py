@@ -71,7 +71,8 @@ def machine_name(device: torch.device) -> str:
 
 def _model_identity(model: LoadedModel) -> dict:
     params = list(model.model.parameters())
-    return {"source": model.source, "dtype": str(params[0].dtype), "params": sum(p.numel() for p in params)}
+    return {"source": model.source, "dtype": str(params[0].dtype), "params": sum(p.numel() for p in params),
+            "linear_backend": model.linear_backend}
 
 
 def measures_used(cfg: EvaluateConfig) -> list[str]:

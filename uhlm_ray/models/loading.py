@@ -10,6 +10,7 @@ import torch
 
 from uhlm_ray.config import ModelConfig
 from uhlm_ray.models.embedded import cache_root, convert_gguf, ensure_embedded
+from uhlm_ray.models.linear_backend import install_linear_backend, resolve_linear_backend
 from uhlm_ray.models.presets import resolve_pair
 from uhlm_ray.validation import ConfigError
 
@@ -23,6 +24,7 @@ class LoadedModel:
     tokenizer: object  # a transformers PreTrainedTokenizerBase
     vocab_size: int  # rows of the output layer: the length of every distribution the model produces
     eos_token_ids: frozenset[int]
+    linear_backend: str = "torch"  # who runs its float32 CPU products (uhlm_ray.models.linear_backend)
 
 
 @dataclass
@@ -93,7 +95,7 @@ def hub_reference(where: str) -> tuple[str, str | None]:
     return where, None
 
 
-def load_model(source: str, *, dtype: torch.dtype, device: str = "cpu") -> LoadedModel:
+def load_model(source: str, *, dtype: torch.dtype, device: str = "cpu", linear_backend: str = "auto") -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -109,13 +111,16 @@ def load_model(source: str, *, dtype: torch.dtype, device: str = "cpu") -> Loade
             f"id available offline ({err.__class__.__name__}: {str(err).splitlines()[0]})"
         ) from err
     model.to(device).eval()
+    backend = resolve_linear_backend(linear_backend, dtype=dtype, device=device)
+    install_linear_backend(model, backend=backend)
     eos = model.generation_config.eos_token_id if model.generation_config is not None else None
     eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
     if tokenizer.eos_token_id is not None:
         eos_ids.add(tokenizer.eos_token_id)
     vocab_size = model.get_output_embeddings().weight.shape[0]
     return LoadedModel(
-        source=source, model=model, tokenizer=tokenizer, vocab_size=vocab_size, eos_token_ids=frozenset(eos_ids)
+        source=source, model=model, tokenizer=tokenizer, vocab_size=vocab_size, eos_token_ids=frozenset(eos_ids),
+        linear_backend=backend,
     )
 
 
@@ -147,8 +152,8 @@ def load_pair(cfg: ModelConfig) -> ModelPair:
         torch.set_num_threads(cfg.num_threads)
     dtype = resolve_dtype(cfg.dtype, device=cfg.device)
     pair = ModelPair(
-        slm=load_model(slm_source, dtype=dtype, device=cfg.device),
-        llm=load_model(llm_source, dtype=dtype, device=cfg.device),
+        slm=load_model(slm_source, dtype=dtype, device=cfg.device, linear_backend=cfg.linear_backend),
+        llm=load_model(llm_source, dtype=dtype, device=cfg.device, linear_backend=cfg.linear_backend),
     )
     check_same_vocabulary(slm=pair.slm, llm=pair.llm)
     return pair

@@ -20,6 +20,7 @@ which is done after the timed part and reported as evaluation time.
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import time
 from dataclasses import dataclass
@@ -128,25 +129,32 @@ class CausalSession:
         return self._logits  # type: ignore[return-value]
 
     def _finish(self, *, hidden: torch.Tensor, logits: torch.Tensor, score: bool, batch_size: int,
-                forward_s: float) -> None:
+                forward_s: float, earlier: torch.Tensor | None = None, scoring_s: float = 0.0) -> None:
         """Take the pass's results: hidden states [n, H] of this session's new tokens and the next-token logits
-        [V] (float32, CPU) from the last one; score the new tokens if asked."""
+        [V] (float32, CPU) from the last one; score the new tokens if asked. A computed pass hands over `earlier`
+        [m, V] (float32, CPU), the logits after the last m new tokens but the last, that its one output projection
+        already made (m covers the rows asked for, and all n - 1 when scoring), with `scoring_s` of its time; a
+        replayed one does not, and they are projected here from `hidden`."""
         self._logits = logits
         self.row_logits = None
         if self._rows > 1:  # the block's earlier rows: part of the pass (the LM head over those positions)
             start = time.perf_counter()
-            earlier = self._model.get_output_embeddings()(hidden[-self._rows:-1]).float().cpu()  # [<= rows-1, V]
-            if earlier.shape[0] < self._rows - 1:  # the first row predicted the first pending token already
-                earlier = torch.cat([self._last_logits.unsqueeze(0), earlier])
-            self.row_logits = torch.cat([earlier, logits.unsqueeze(0)])  # [rows, V]
+            if earlier is not None:  # the batched pass's projection: its last rows - 1 (or all n - 1) rows
+                rows = earlier[max(earlier.shape[0] - (self._rows - 1), 0):]
+            else:
+                rows = self._model.get_output_embeddings()(hidden[-self._rows:-1]).float().cpu()  # [<= rows-1, V]
+            if rows.shape[0] < self._rows - 1:  # the first row predicted the first pending token already
+                rows = torch.cat([self._last_logits.unsqueeze(0), rows])
+            self.row_logits = torch.cat([rows, logits.unsqueeze(0)])  # [rows, V]
             forward_s += time.perf_counter() - start
             self._rows = 1
         self.timing = StepTiming(forward_s=forward_s, tokens=len(self._pending), batch_size=batch_size)
         self.pending_probs, self.pending_rows = [], []
         if score:  # off the clocks: the output projection of the other positions
             start = time.perf_counter()
-            head = self._model.get_output_embeddings()
-            earlier = head(hidden[:-1]).float().cpu() if hidden.shape[0] > 1 else hidden.new_zeros(0)  # [n-1, V]
+            if earlier is None:
+                head = self._model.get_output_embeddings()
+                earlier = head(hidden[:-1]).float().cpu() if hidden.shape[0] > 1 else hidden.new_zeros(0)  # [n-1, V]
             predictors = [self._last_logits] if self._last_logits is not None else [None]
             predictors += list(earlier)
             self.pending_probs = [
@@ -154,7 +162,7 @@ class CausalSession:
                 for z, tok in zip(predictors, self._pending, strict=True)
             ]
             self.pending_rows = predictors
-            self.timing.scoring_s = time.perf_counter() - start
+            self.timing.scoring_s = scoring_s + time.perf_counter() - start
         self.processed += len(self._pending)
         self._last_token = self._pending[-1]
         self._pending = []
@@ -244,16 +252,40 @@ def _forward_batch(todo: list[CausalSession], *, score: bool) -> None:
         cache.update(_left_pad(keys, past_len), _left_pad(values, past_len), layer)  # [B, H_kv, P, D]
     out = model.get_decoder()(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache,
                               use_cache=True)
-    # every sequence's last token sits in the last column: one output projection for the batch
-    logits = model.get_output_embeddings()(out.last_hidden_state[:, -1]).float().cpu()  # [B, V]
-    forward_s = time.perf_counter() - start
+    decoder_s = time.perf_counter() - start
+    lengths = [len(s._pending) for s in todo]
+    hidden = out.last_hidden_state  # [B, N, H], each session's new tokens in its last n columns
+    logits, earlier, head_s, scoring_s = _project(todo, hidden=[hidden[i, -n:] for i, n in enumerate(lengths)],
+                                                  score=score)
     for i, s in enumerate(todo):
-        n = len(s._pending)
+        n = lengths[i]
         for layer, batched in enumerate(out.cache.layers):
             # this session's new keys/values [1, H_kv, n, D] appended to its own unpadded cache
             s._cache.update(batched.keys[i:i + 1, :, -n:], batched.values[i:i + 1, :, -n:], layer)
-        s._finish(hidden=out.last_hidden_state[i, -n:], logits=logits[i], score=score, batch_size=batch,
-                  forward_s=forward_s)
+        s._finish(hidden=hidden[i, -n:], logits=logits[i], score=score, batch_size=batch,
+                  forward_s=decoder_s + head_s, earlier=earlier[i], scoring_s=scoring_s[i])
+
+
+def _project(todo: list[CausalSession], *, hidden: list[torch.Tensor], score: bool
+             ) -> tuple[torch.Tensor, list[torch.Tensor], float, list[float]]:
+    """One output projection for a pass: each session's last position and, before it, the positions whose logits
+    it needs (a block's earlier rows, on the clock; every caught-up token when scoring, off it), since each further
+    call would read the whole [V, H] head again. `hidden`: each session's [n_i, H] new positions.
+
+    Returns the last logits [B, V] and each session's earlier rows [m_i, V] (float32, CPU), the head's seconds on
+    the pass's clock, and each session's share of the rest (scoring)."""
+    clocked = [min(s._rows, h.shape[0]) - 1 for s, h in zip(todo, hidden, strict=True)]
+    needed = [h.shape[0] - 1 if score else c for h, c in zip(hidden, clocked, strict=True)]
+    rows = torch.cat([h[h.shape[0] - 1 - m:h.shape[0] - 1] for h, m in zip(hidden, needed, strict=True)]
+                     + [h[-1:] for h in hidden])  # [sum(m) + B, H]
+    start = time.perf_counter()
+    projected = todo[0]._model.get_output_embeddings()(rows).float().cpu()  # [sum(m) + B, V]
+    head_s = time.perf_counter() - start
+    on_clock = (len(todo) + sum(clocked)) / projected.shape[0]  # the pass's share of the head's time
+    offsets = [0, *itertools.accumulate(needed)]
+    earlier = [projected[offsets[i]:offsets[i + 1]] for i in range(len(todo))]
+    scoring_s = [head_s * (1 - on_clock) * m / max(sum(needed), 1) for m in needed]
+    return projected[-len(todo):], earlier, head_s * on_clock, scoring_s
 
 
 def _forward_solo(s: CausalSession, *, score: bool) -> None:
@@ -266,14 +298,16 @@ def _forward_solo(s: CausalSession, *, score: bool) -> None:
         for layer, (k, v) in enumerate(zip(entry.keys, entry.values, strict=True)):
             s._cache.update(k.to(device), v.to(device), layer)
         hidden, head_logits = entry.hidden.to(device), entry.logits
-        forward_s = entry.forward_s
+        forward_s, earlier, scoring_s = entry.forward_s, None, 0.0  # earlier rows, if asked, from the stored hidden
     else:
         ids = torch.tensor([s._pending], dtype=torch.long, device=device)  # [1, n]
         out = model.get_decoder()(input_ids=ids, cache=s._cache, use_cache=True)
         s._cache = out.cache
         hidden = out.last_hidden_state[0]  # [n, H]
-        head_logits = model.get_output_embeddings()(hidden[-1:])[0]  # [V] model dtype
-        forward_s = time.perf_counter() - start
+        decoder_s = time.perf_counter() - start
+        last, (earlier,), head_s, (scoring_s,) = _project([s], hidden=[hidden], score=score)
+        head_logits = last[0]  # [V] float32, CPU
+        forward_s = decoder_s + head_s
         if s._prefixes is not None and key is not None:
             n = len(s._pending)
             s._prefixes.put(key, ChunkEntry(
@@ -282,7 +316,8 @@ def _forward_solo(s: CausalSession, *, score: bool) -> None:
                 hidden=hidden.clone(), logits=head_logits.clone(), forward_s=forward_s))
     replayed_s = forward_s - (time.perf_counter() - start) if entry is not None else 0.0
     s._chunk = key
-    s._finish(hidden=hidden, logits=head_logits.float().cpu(), score=score, batch_size=1, forward_s=forward_s)
+    s._finish(hidden=hidden, logits=head_logits.float().cpu(), score=score, batch_size=1, forward_s=forward_s,
+              earlier=earlier, scoring_s=scoring_s)
     s.timing.replayed_s = replayed_s
 
 

@@ -1,0 +1,99 @@
+"""Who should multiply a CPU model's float32 matrices: torch's default (MKL's sgemm) or oneDNN
+(`model.linear_backend`, uhlm_ray/models/linear_backend.py). Both measured in one run on this machine.
+
+    .venv/bin/python bench/linear_backend.py [--rows 1,4,8,16,32] [--repeats 5] [--model] [overrides...]
+
+Printed: the median milliseconds of one product per shape of Qwen2.5 1.5B (attention projection, MLP up and down,
+output head over 151,936 tokens) and number of rows, for each backend, with the ratio torch / oneDNN. With
+`--model`, also one decoder step of the configured LLM (the embedded 1.5B by default) at those batch sizes against a
+100-token cache, per backend, with tokens per second and the ratio to batch 1 of the same backend.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+import torch
+
+from uhlm_ray.models.linear_backend import OneDnnLinear, install_linear_backend
+
+SHAPES = {"attention 1536 -> 1536": (1536, 1536), "MLP up 1536 -> 8960": (1536, 8960),
+          "MLP down 8960 -> 1536": (8960, 1536), "output head 1536 -> 151936": (1536, 151_936)}
+
+
+def _median_ms(fn, repeats: int) -> float:
+    fn()  # warm: first calls pack weights and pick kernels
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+@torch.inference_mode()
+def products(rows: list[int], repeats: int) -> None:
+    print("| product | rows | torch ms | oneDNN ms | torch / oneDNN |\n|---|---:|---:|---:|---:|")
+    for label, (fan_in, fan_out) in SHAPES.items():
+        layer = torch.nn.Linear(fan_in, fan_out, bias=False)
+        for r in rows:
+            x = torch.randn(r, fan_in)
+            layer.__class__ = torch.nn.Linear
+            plain = _median_ms(lambda: layer(x), repeats)  # noqa: B023 - called at once
+            layer.__class__ = OneDnnLinear
+            onednn = _median_ms(lambda: layer(x), repeats)  # noqa: B023
+            print(f"| {label} | {r} | {plain:.1f} | {onednn:.1f} | {plain / onednn:.2f}x |", flush=True)
+
+
+@torch.inference_mode()
+def model_steps(rows: list[int], repeats: int, overrides: list[str]) -> None:
+    from transformers import DynamicCache
+
+    from uhlm_ray.config import load_config
+    from uhlm_ray.models.loading import load_pair
+
+    cfg = load_config(overrides=["model.dtype=float32", *overrides])
+    llm = load_pair(cfg.model).llm.model
+    print("\n| LLM step (100-token cache) | batch | torch ms | oneDNN ms | torch / oneDNN | oneDNN tok/s x batch 1 |"
+          "\n|---|---:|---:|---:|---:|---:|")
+    base = {}
+    for b in rows:
+        prompt = torch.randint(0, 1000, (b, 100))
+        step = {}
+        for backend in ("torch", "onednn"):
+            install_linear_backend(llm, backend=backend)
+            cache = DynamicCache(config=llm.config)
+            llm(input_ids=prompt, cache=cache, use_cache=True)
+
+            def one_step(prompt=prompt, cache=cache):
+                llm(input_ids=prompt[:, -1:], cache=cache, use_cache=True)
+                cache.crop(100)  # the same 100-token cache every step
+
+            step[backend] = _median_ms(one_step, repeats)
+        base.setdefault("onednn", step["onednn"])
+        gain = b * base["onednn"] / step["onednn"]
+        print(f"| {cfg.model.pair} LLM | {b} | {step['torch']:.0f} | {step['onednn']:.0f} | "
+              f"{step['torch'] / step['onednn']:.2f}x | {gain:.1f}x |", flush=True)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", default="1,4,8,16,32")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--model", action="store_true", help="also time one step of the configured LLM")
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_intermixed_args(argv)
+    rows = [int(r) for r in args.rows.split(",")]
+    print(f"[bench] torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"CPU capability {torch.backends.cpu.get_cpu_capability()}, float32")
+    products(rows, args.repeats)
+    if args.model:
+        model_steps(rows, args.repeats, args.overrides)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -61,6 +61,10 @@ BLOCKS = [
      ["decode.sampling=coupled", "block.payload=ids", "block.stop=uncertainty", "block.stop_u_th=0.2"]),
     ("coupled ids, fixed n = 3", ["decode.sampling=coupled", "block.payload=ids", "block.stop=fixed",
                                   "block.fixed_drafts=3"]),
+    # HF assisted's fastest constant setting on a CPU drafts 6 tokens, and its default stops below confidence 0.4
+    ("coupled ids, fixed n = 6", ["decode.sampling=coupled", "block.payload=ids", "block.stop=fixed",
+                                  "block.fixed_drafts=6"]),
+    ("coupled ids, confidence stop 0.4", ["decode.sampling=coupled", "block.payload=ids", "block.stop=confidence"]),
 ]
 
 

@@ -56,6 +56,8 @@ BLOCKS = [
     ("truncated top-p 0.95, fixed n = 3", ["block.payload=truncated", "block.stop=fixed", "block.fixed_drafts=3"]),
     # HF's own stop (its assistant stops drafting below a confidence of 0.4, whatever num_assistant_tokens says)
     ("truncated top-p 0.95, confidence stop 0.4", ["block.payload=truncated", "block.stop=confidence"]),
+    # HF assisted's own algorithm: full distributions verified by speculative sampling, its confidence stop
+    ("full, confidence stop 0.4", ["block.payload=full", "block.stop=confidence"]),
     # shared-noise sampling (decode.sampling=coupled): ids only, a draft kept iff it is the LLM's race winner
     ("coupled ids, uncertainty stop u <= 0.2",
      ["decode.sampling=coupled", "block.payload=ids", "block.stop=uncertainty", "block.stop_u_th=0.2"]),

@@ -32,6 +32,17 @@ def test_an_impossible_or_unknown_backend_is_refused_naming_the_setting():
         load_config(overrides=["model.linear_backend=mkl"])
 
 
+def test_where_the_operator_fails_auto_keeps_torchs_product_and_onednn_is_refused(monkeypatch):
+    from uhlm_ray.models import linear_backend
+
+    monkeypatch.setattr(linear_backend, "_operator_problem", lambda: "this torch build cannot run oneDNN's linear")
+    assert resolve_linear_backend("auto", dtype=torch.float32, device="cpu") == "torch"
+    with pytest.raises(ConfigError, match=r"model.linear_backend=onednn: this torch build cannot run"):
+        resolve_linear_backend("onednn", dtype=torch.float32, device="cpu")
+    with pytest.raises(ConfigError, match=r"model.linear_backend=onednn"):
+        install_linear_backend(torch.nn.Linear(4, 4), backend="onednn")
+
+
 def _logits(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
     with torch.inference_mode():
         return model(input_ids=ids, use_cache=False).logits  # [B, N, V]

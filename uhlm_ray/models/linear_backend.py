@@ -15,12 +15,15 @@ Qwen2.5 1.5B shapes, float32):
 keeps its parameters (state_dict, tied output head, hooks and `generate` are unchanged) and runs the product through
 oneDNN. There is no public switch for an IEEE float32 product through oneDNN (torch's `mkldnn.matmul.fp32_precision`
 only trades precision), so it calls the operator torch's own compiler emits for CPU linears,
-`torch.ops.mkldnn._linear_pointwise`; the install checks it against `F.linear` once and refuses (naming the setting)
-where the operator is missing or disagrees. Results are float32 products in another summation order: the same law,
-not the same bits, so the backend is part of a model's prefix-cache fingerprint and calibration key.
+`torch.ops.mkldnn._linear_pointwise`; it is checked against `F.linear` once: where it is missing or disagrees,
+`auto` keeps torch's product and an explicit `onednn` is refused, naming the setting. Results are float32 products
+in another summation order: the same law, not the same bits, so the backend is part of a model's prefix-cache
+fingerprint and calibration key.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 
@@ -40,8 +43,8 @@ class OneDnnLinear(torch.nn.Linear):
 
 
 def resolve_linear_backend(name: str, *, dtype: torch.dtype, device: str) -> str:
-    """"auto" is oneDNN for float32 on a CPU whose torch build has it, torch's default elsewhere (bf16 products
-    already run in oneDNN; float64 and CUDA are not oneDNN's)."""
+    """"auto" is oneDNN for float32 on a CPU whose torch build runs it correctly (`_operator_problem`), torch's
+    default elsewhere (bf16 products already run in oneDNN; float64 and CUDA are not oneDNN's)."""
     if name not in LINEAR_BACKENDS:
         raise ConfigError(f"model.linear_backend={name!r} is not one of {', '.join(LINEAR_BACKENDS)}")
     usable = dtype == torch.float32 and device == "cpu" and torch.backends.mkldnn.is_available()
@@ -49,29 +52,31 @@ def resolve_linear_backend(name: str, *, dtype: torch.dtype, device: str) -> str
         raise ConfigError(f"model.linear_backend=onednn needs float32 on a CPU with a oneDNN build of torch; this "
                           f"model is {dtype} on {device!r} (mkldnn available: {torch.backends.mkldnn.is_available()})"
                           "; use model.linear_backend=auto or torch")
-    return "onednn" if name == "onednn" or (name == "auto" and usable) else "torch"
+    if name == "onednn" and (problem := _operator_problem()):
+        raise ConfigError(f"model.linear_backend=onednn: {problem}; use model.linear_backend=auto or torch")
+    return "onednn" if name == "onednn" or (name == "auto" and usable and not _operator_problem()) else "torch"
 
 
-def _check_operator() -> None:
-    """oneDNN's product must exist and agree with F.linear on a small case, else the setting is refused."""
+@functools.cache
+def _operator_problem() -> str | None:
+    """Why oneDNN's product cannot be used here (it must exist and agree with F.linear on a small case), or None."""
     generator = torch.Generator().manual_seed(0)
     x, w, b = (torch.randn(*shape, generator=generator) for shape in ((2, 3, 64), (48, 64), (48,)))
     try:
         with torch.inference_mode():
             got = torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
     except (RuntimeError, AttributeError) as err:
-        raise ConfigError(f"model.linear_backend=onednn: this torch build cannot run oneDNN's linear ({err}); "
-                          "use model.linear_backend=torch") from err
+        return f"this torch build cannot run oneDNN's linear ({err})"
     if not torch.allclose(got, torch.nn.functional.linear(x, w, b), rtol=1e-4, atol=1e-4):
-        raise ConfigError("model.linear_backend=onednn: oneDNN's linear disagrees with torch's on this machine; "
-                          "use model.linear_backend=torch")
+        return "oneDNN's linear disagrees with torch's on this machine"
+    return None
 
 
 def install_linear_backend(model: torch.nn.Module, *, backend: str) -> int:
     """Run every float32 CPU nn.Linear of `model` through `backend` ("onednn" or "torch"); returns how many layers
     changed class. Installing "torch" undoes "onednn"."""
-    if backend == "onednn":
-        _check_operator()
+    if backend == "onednn" and (problem := _operator_problem()):
+        raise ConfigError(f"model.linear_backend=onednn: {problem}; use model.linear_backend=torch")
     target = OneDnnLinear if backend == "onednn" else torch.nn.Linear
     changed = 0
     for module in model.modules():

@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from uhlm_ray.models.linear_backend import OneDnnLinear, install_linear_backend
+from uhlm_ray.models.linear_backend import install_linear_backend
 
 SHAPES = {"attention 1536 -> 1536": (1536, 1536), "MLP up 1536 -> 8960": (1536, 8960),
           "MLP down 8960 -> 1536": (8960, 1536), "output head 1536 -> 151936": (1536, 151_936)}
@@ -41,9 +41,9 @@ def products(rows: list[int], repeats: int) -> None:
         layer = torch.nn.Linear(fan_in, fan_out, bias=False)
         for r in rows:
             x = torch.randn(r, fan_in)
-            layer.__class__ = torch.nn.Linear
+            install_linear_backend(layer, backend="torch")
             plain = _median_ms(lambda: layer(x), repeats)  # noqa: B023 - called at once
-            layer.__class__ = OneDnnLinear
+            install_linear_backend(layer, backend="onednn")
             onednn = _median_ms(lambda: layer(x), repeats)  # noqa: B023
             print(f"| {label} | {r} | {plain:.1f} | {onednn:.1f} | {plain / onednn:.2f}x |", flush=True)
 

@@ -94,14 +94,16 @@ def main(argv: list[str]) -> int:
     with refusals():  # every data set the reproduction reads, before the models load
         for name in rep.datasets:
             load_examples(dataclasses.replace(cfg.data, name=name, n_prompts=rep.n_prompts))
-    folder = job_folder(output_dir=cfg.output_dir, job="reproduce") / run_key(cfg, sections=(*DECODE_SECTIONS,
-                                                                                          "reproduce"))
+    job = job_folder(output_dir=cfg.output_dir, job="reproduce")
+    folder = job / run_key(cfg, sections=(*DECODE_SECTIONS, "reproduce"))
     (folder / "figures").mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     pair = load_pair(cfg.model)
     encoder = load_encoder(cfg.metrics.encoder)
     prefixes = prefix_cache(cfg.runtime)  # forward passes shared by every run of the reproduction
-    shared = folder / "shared"
+    # one store for every reproduction under this root, keyed inside by each method's decode settings: a rerun with
+    # other figures' settings (reproduce.*) or another channel reuses every (method, prompt) already decoded
+    shared = job / "shared"
 
     # every (run, method, prompt) the reproduction needs; what a store already holds leaves the total as it is
     # found, so that the rate and the time left are those of decoding

@@ -53,6 +53,15 @@ def test_reproduction_reports_intervals_and_resumes(tiny_pair_dirs, tmp_path):
     decoded_now, to_decode, found = _last_progress(again.stdout)
     assert decoded_now == 0 and to_decode + found == 72 and found >= 71  # the bar's last frame may lag one
 
+    # other figures' settings make another report folder but share the store: a subset of the runs decodes nothing
+    subset = [o for o in cmd if not o.startswith(("reproduce.thresholds=", "reproduce.measures="))]
+    third = subprocess.run([*subset, "reproduce.thresholds=[0.6]", "reproduce.measures=[temperature]"],
+                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
+    assert third.returncode == 0, third.stderr[-3000:]
+    decoded = re.findall(r"(\d+) decoded, (\d+) reused", third.stdout)
+    assert decoded and all(d == "0" for d, _ in decoded)
+    assert len(list((tmp_path / "out" / "reproduce").glob("*/reproduction.md"))) == 2
+
 
 def _last_progress(out: str) -> tuple[int, ...]:
     """(decoded, to decode, reused) from the last state of the progress bar."""

@@ -195,6 +195,11 @@ def test_rechannel_equals_decoding_at_that_channel(tiny_pair):
     assert method_key(cfg=other, method="u_hlm", send_prob=None) != method_key(cfg=cfg0, method="u_hlm",
                                                                                   send_prob=None)
     assert method_key(cfg=other, method="llm", send_prob=None) == method_key(cfg=cfg0, method="llm", send_prob=None)
+    # coupled sampling draws other tokens: a store shared with independent runs must not hand them over
+    coupled = dataclasses.replace(cfg0, decode=dataclasses.replace(cfg0.decode, sampling="coupled"))
+    for method in ("llm", "u_hlm"):
+        assert method_key(cfg=coupled, method=method, send_prob=None) != method_key(cfg=cfg0, method=method,
+                                                                                      send_prob=None)
 
 
 def test_sweep_interrupted_mid_run_resumes_without_losing_or_duplicating_runs(tiny_pair_dirs, tmp_path):

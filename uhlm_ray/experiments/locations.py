@@ -3,6 +3,7 @@
     <output_dir>/evaluate/<run key>/      jobs/evaluate.py: <method>.jsonl per method (resumable), summary, tables
     <output_dir>/sweeps/<space>-<digest>/ jobs/sweep.py: Tune's state, the shared results store, report/
     <output_dir>/reproduce/<run key>/     jobs/reproduce.py: reproduction.md, figures/
+    <output_dir>/reproduce/shared/        jobs/reproduce.py: the results store every reproduction shares
     <output_dir>/cell/<run key>/          jobs/cell.py: per-device results and the cell summary
     <anchor>/mlruns/                      the default MLflow store (mlflow.db, artifacts/) unless tracking.tracking_uri
 

@@ -237,6 +237,8 @@ def method_key(*, cfg: EvaluateConfig, method: str, send_prob: float | None) -> 
                                    "metrics": section("metrics"), "payload": section("payload"),
                                    "seed": cfg.decode.seed, "max_new_tokens": cfg.decode.max_new_tokens,
                                    "scored": method in cfg.decode.evaluation_methods}
+    if cfg.decode.sampling != "independent":  # (left out when independent, so that older stores keep their keys)
+        relevant["sampling"] = cfg.decode.sampling
     if method != "llm":  # u is recorded for every hybrid method (Fig. 3 needs it), so its settings matter
         relevant["uncertainty"] = section("uncertainty")
     if method == "u_hlm":

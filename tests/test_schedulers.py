@@ -15,6 +15,7 @@ from uhlm_ray.cell import (
     jain_index,
     multi_spin_shares,
     proportional_fair_average,
+    proportional_fair_pick,
     proportional_fair_shares,
     round_robin_order,
     schedule_uplink,
@@ -112,6 +113,38 @@ def test_proportional_fair_favours_the_device_in_a_good_fade():
     # the average: R <- (1 - 1/t_c) R + r / t_c
     assert proportional_fair_average(average=2.0, served=1.0, window=4.0) == pytest.approx(1.75)
     assert proportional_fair_average(average=None, served=1.0, window=4.0) == 1.0
+
+
+def test_opportunistic_proportional_fair_picks_the_best_fade_relative_to_each_device():
+    good, bad = Sender(device=0, bits=1e5, mean_snr=1.0, gain=3.0), Sender(device=1, bits=1e5, mean_snr=1.0, gain=0.3)
+    assert proportional_fair_pick([bad, good], average_rate={0: 1.0, 1: 1.0}, fading="rayleigh") == 0
+    # a device served well lately (a high R) yields to one that was not, in the same fade
+    twin = Sender(device=1, bits=1e5, mean_snr=1.0, gain=3.0)
+    assert proportional_fair_pick([good, twin], average_rate={0: 4.0, 1: 1.0}, fading="rayleigh") == 1
+    assert proportional_fair_pick([good, twin], average_rate={0: 1.0, 1: 1.0}, fading="rayleigh") == 0  # tie: index
+    # no history: the ergodic rate is the yardstick, so a far device above its own mean beats a near one in a fade
+    far = Sender(device=2, bits=1e5, mean_snr=0.1, gain=2.0)
+    near_in_fade = Sender(device=3, bits=1e5, mean_snr=100.0, gain=0.05)
+    assert proportional_fair_pick([near_in_fade, far], average_rate={}, fading="rayleigh") == 2
+
+
+def test_opportunistic_proportional_fair_defers_through_slow_fades():
+    """TDMA both: round-robin serves in a fixed rotation, opportunistic PF whoever's fade is best when the band frees
+    up. On a slow fading process in time (3 km/h) deferring a device in a fade shortens the cell's time; every
+    upload still gets the whole band and waits for the turns before it."""
+    channel = ChannelConfig(model="shannon", fading="rayleigh", process="gauss_markov", speed_kmh=3.0,
+                            upload_overhead_ms=0.0)
+    records = _random_cell(n=6, rounds=30, seed=7)
+    snrs = {d: 10 ** (s / 10) for d, s in enumerate([-6, -3, 0, 3, 6, 9])}
+    rr, pf = (_schedule(records, scheduler=s, channel=channel, snrs=snrs)
+              for s in ("round_robin", "proportional_fair_tdma"))
+    assert sum(pf.slot_seconds) < 0.97 * sum(rr.slot_seconds)
+    for slot in range(30):
+        sent = [d for d in records if records[d][slot].sent]
+        assert all(pf.shares[d][slot] == 1.0 for d in sent)
+        # the turns queue: sorted, the uploads' times are the running sums of their own air times, none shared
+        ups = sorted(pf.records[d][slot].tau_up_s for d in sent)
+        assert all(b > a for a, b in zip([0.0, *ups], ups, strict=False))
 
 
 def test_multi_spin_equalises_finishing_times_and_gives_the_weak_more():

@@ -8,7 +8,9 @@ function of the slot's records in one function below:
 - `equal_shares`: w_i = 1/n (the default, and the only rule before);
 - `round_robin_order`: TDMA, each sender takes the whole band in turn and waits for those ahead of it;
 - `proportional_fair_shares`: w_i proportional to r_i / R_i, the classic PF metric;
-- `multi_spin_shares`: the shares that minimise the slot's duration (Multi-SPIN's homogeneous case).
+- `multi_spin_shares`: the shares that minimise the slot's duration (Multi-SPIN's homogeneous case);
+- `proportional_fair_pick`: opportunistic PF in time (TDMA), the whole band to the waiting sender with the largest
+  r_i / R_i, the others deferred until it finishes and their fades read again.
 
 The noise power N is taken over the whole band, so a device with a share w W sees noise w N: its upload is priced on
 the configured link model (uhlm_ray/link/channel.py) with bandwidth w W at SNR / w, which for eq. 3 is the rate
@@ -35,6 +37,7 @@ import numpy as np
 
 from uhlm_ray.config import CellConfig, ChannelConfig, EvaluateConfig
 from uhlm_ray.link.channel import expected_upload_seconds
+from uhlm_ray.link.downlink import ergodic_capacity
 from uhlm_ray.link.reprice import reprice
 from uhlm_ray.link.throughput import run_throughput
 from uhlm_ray.measures.clock import ModelledClock, modelled_seconds
@@ -138,6 +141,21 @@ def proportional_fair_average(*, average: float | None, served: float, window: f
     if average is None:
         return served
     return (1.0 - 1.0 / window) * average + served / window
+
+
+def proportional_fair_pick(waiting: list[Sender], *, average_rate: dict[int, float], fading: str) -> int:
+    """Opportunistic proportional fair in time (the scheduler of HDR/EV-DO; Tse and Viswanath, 6.7): whenever the
+    band frees up it goes whole to the waiting sender with the largest m_i = r_i / R_i, r_i = log2(1 + SNR_i h_i) at
+    the gain it has now; the others are deferred and compete again when it finishes, with the gains they have then,
+    so a device in a deep fade waits for it to pass (under a fading process in time, `channel.process`) instead of
+    sending through it. R_i is updated by `proportional_fair_average` with the rate it was served at; a device
+    without history starts from its ergodic rate E[log2(1 + SNR_i h)], so its metric is its fade's quality from the
+    first slot. Ties go to the lower device index."""
+    def metric(s: Sender) -> float:
+        average = average_rate.get(s.device) or ergodic_capacity(mean_snr=s.mean_snr, fading=fading)
+        return math.log2(1.0 + s.mean_snr * s.gain) / average if average > 0 else 0.0
+
+    return min(waiting, key=lambda s: (-metric(s), s.device)).device
 
 
 def eq3_upload_seconds(sender: Sender, share: float, *, bandwidth_hz: float, overhead_s: float = 0.0) -> float:
@@ -342,9 +360,24 @@ def schedule_uplink(
                           if scheduler in ("proportional_fair", "multi_spin") else 1.0,
                           fixed_s=sum(_phases(r, clock)) if scheduler == "multi_spin" else 0.0)
                    for d, r in sending.items()]
-        if scheduler == "round_robin" and senders:
-            ahead = 0.0
-            for d in round_robin_order(senders, slot=slot):
+        if scheduler in ("round_robin", "proportional_fair_tdma") and senders:
+            ahead = 0.0  # the band is busy with the turns before this one
+            order = round_robin_order(senders, slot=slot) if scheduler == "round_robin" else None
+            waiting = sorted(sending)
+            while waiting:
+                if order is not None:
+                    d = order[len(senders) - len(waiting)]
+                else:  # opportunistic PF: the deferred senders' fades are read again when the band frees up
+                    now = [Sender(device=w, bits=float(sending[w].payload_bits), mean_snr=mean_snrs[w],
+                                  gain=_known_gain(record=sending[w], channel=channel, mean_snr=mean_snrs[w],
+                                                   key=_key(seed=seed, device=w, record=sending[w]),
+                                                   start_s=decided[w] + ahead)) for w in waiting]
+                    d = proportional_fair_pick(now, average_rate=average_rate, fading=channel.fading)
+                    served = next(s for s in now if s.device == d)
+                    average_rate[d] = proportional_fair_average(
+                        average=average_rate.get(d), served=math.log2(1.0 + served.mean_snr * served.gain),
+                        window=cell.pf_window)
+                waiting.remove(d)
                 r = sending[d]
                 own = reprice(record=r, channel=channel, mean_snr=mean_snrs[d], key=_key(seed=seed, device=d, record=r),
                               start_s=decided[d] + ahead)

@@ -289,7 +289,8 @@ class TrackingConfig:
     experiment: str | None = None  # None: the job's own, uhlm-<job> (uhlm-evaluate, uhlm-cell, uhlm-sweep, ...)
 
 
-SCHEDULERS = ("equal", "round_robin", "proportional_fair", "multi_spin")  # uhlm_ray/cell.py, one function each
+# uhlm_ray/cell.py, one function each
+SCHEDULERS = ("equal", "round_robin", "proportional_fair", "proportional_fair_tdma", "multi_spin")
 AUTOSCALING_KEYS = ("min_replicas", "max_replicas", "initial_replicas", "target_ongoing_requests",
                     "upscale_delay_s", "downscale_delay_s", "metrics_interval_s", "look_back_period_s")
 CELL_METHODS = ("slm", "hlm", "rand_hlm", "u_hlm", "cu_hlm", "block_hlm")

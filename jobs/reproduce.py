@@ -22,6 +22,7 @@ import json
 import math
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -64,6 +65,16 @@ def variant(cfg: EvaluateConfig, **changes) -> EvaluateConfig:
     return out
 
 
+def adopt_run_stores(job: Path) -> None:
+    """Stores that reproductions kept per run key before they shared one (<run key>/shared/<method key>) move into
+    the shared store, so that a run interrupted before an upgrade resumes; a method key already there is kept."""
+    for old in sorted(job.glob("*/shared/*")):
+        new = job / "shared" / old.name
+        if old.is_dir() and old.parent.parent.name != "shared" and not new.exists():
+            new.parent.mkdir(parents=True, exist_ok=True)
+            old.rename(new)
+
+
 # The paper's uplink: eq. 3 at the round's SNR with one fading draw per round held for the upload, no per-upload
 # overhead (command-line overrides still win)
 PAPER_CHANNEL = ["channel.model=shannon", "channel.process=per_round", "channel.upload_overhead_ms=0"]
@@ -104,6 +115,7 @@ def main(argv: list[str]) -> int:
     # one store for every reproduction under this root, keyed inside by each method's decode settings: a rerun with
     # other figures' settings (reproduce.*) or another channel reuses every (method, prompt) already decoded
     shared = job / "shared"
+    adopt_run_stores(job)
 
     # every (run, method, prompt) the reproduction needs; what a store already holds leaves the total as it is
     # found, so that the rate and the time left are those of decoding

@@ -63,6 +63,21 @@ def test_reproduction_reports_intervals_and_resumes(tiny_pair_dirs, tmp_path):
     assert len(list((tmp_path / "out" / "reproduce").glob("*/reproduction.md"))) == 2
 
 
+def test_stores_kept_per_run_key_move_into_the_shared_store(tmp_path):
+    from jobs.reproduce import adopt_run_stores
+
+    old = tmp_path / "0123456789ab" / "shared" / "llm-aaaa"
+    old.mkdir(parents=True)
+    (old / "llm.jsonl").write_text("{}\n")
+    kept = tmp_path / "shared" / "slm-bbbb"
+    kept.mkdir(parents=True)
+    clash = tmp_path / "ba9876543210" / "shared" / "slm-bbbb"
+    clash.mkdir(parents=True)
+    adopt_run_stores(tmp_path)
+    assert (tmp_path / "shared" / "llm-aaaa" / "llm.jsonl").read_text() == "{}\n" and not old.exists()
+    assert clash.exists()  # a method key the shared store already holds is left where it was
+
+
 def _last_progress(out: str) -> tuple[int, ...]:
     """(decoded, to decode, reused) from the last state of the progress bar."""
     states = re.findall(r"(\d+)/(\d+) \[[^]\[]*?(\d+) reused", out)  # "68/68 [00:10<00:00, 6.5prompt/s, 4 reused"

@@ -121,7 +121,10 @@ def test_opportunistic_proportional_fair_picks_the_best_fade_relative_to_each_de
     # a device served well lately (a high R) yields to one that was not, in the same fade
     twin = Sender(device=1, bits=1e5, mean_snr=1.0, gain=3.0)
     assert proportional_fair_pick([good, twin], average_rate={0: 4.0, 1: 1.0}, fading="rayleigh") == 1
-    assert proportional_fair_pick([good, twin], average_rate={0: 1.0, 1: 1.0}, fading="rayleigh") == 0  # tie: index
+    # equal metrics go in the tie order (the slot's round-robin order in the cell), by device by default
+    assert proportional_fair_pick([twin, good], average_rate={0: 1.0, 1: 1.0}, fading="rayleigh") == 0
+    assert proportional_fair_pick([twin, good], average_rate={0: 1.0, 1: 1.0}, fading="rayleigh",
+                                  tie_order=[1, 0]) == 1
     # no history: the ergodic rate is the yardstick, so a far device above its own mean beats a near one in a fade
     far = Sender(device=2, bits=1e5, mean_snr=0.1, gain=2.0)
     near_in_fade = Sender(device=3, bits=1e5, mean_snr=100.0, gain=0.05)
@@ -142,9 +145,20 @@ def test_opportunistic_proportional_fair_defers_through_slow_fades():
     for slot in range(30):
         sent = [d for d in records if records[d][slot].sent]
         assert all(pf.shares[d][slot] == 1.0 for d in sent)
-        # the turns queue: sorted, the uploads' times are the running sums of their own air times, none shared
-        ups = sorted(pf.records[d][slot].tau_up_s for d in sent)
-        assert all(b > a for a, b in zip([0.0, *ups], ups, strict=False))
+
+
+
+def test_opportunistic_proportional_fair_without_fading_takes_turns():
+    """No fading and equal SNRs: every metric is 1 in every slot, so the order rotates as round-robin's does and
+    each device goes first equally often (a fixed order would always leave the same device last)."""
+    channel = ChannelConfig(model="shannon", fading="none", upload_overhead_ms=0.0)
+    records = {d: [_record(sent=True, bits=100_000, prompt=d, round_index=t + 1) for t in range(12)] for d in range(3)}
+    pf = _schedule(records, scheduler="proportional_fair_tdma", channel=channel)
+    firsts = [min(range(3), key=lambda d, t=t: pf.records[d][t].tau_up_s) for t in range(12)]
+    assert sorted(firsts.count(d) for d in range(3)) == [4, 4, 4]
+    rr = _schedule(records, scheduler="round_robin", channel=channel)
+    assert [pf.records[d][t].tau_up_s for d in range(3) for t in range(12)] == \
+        pytest.approx([rr.records[d][t].tau_up_s for d in range(3) for t in range(12)])
 
 
 def test_multi_spin_equalises_finishing_times_and_gives_the_weak_more():

@@ -195,6 +195,19 @@ def test_rechannel_equals_decoding_at_that_channel(tiny_pair):
     assert method_key(cfg=other, method="u_hlm", send_prob=None) != method_key(cfg=cfg0, method="u_hlm",
                                                                                   send_prob=None)
     assert method_key(cfg=other, method="llm", send_prob=None) == method_key(cfg=cfg0, method="llm", send_prob=None)
+    # Rand-HLM's configured probability, and the decode-time clock of a channel-aware run, change its tokens
+    def with_(cfg, section, **changes):
+        return dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **changes)})
+
+    low, high = (with_(cfg0, "policy", send_prob=p) for p in (0.2, 0.8))
+    assert method_key(cfg=low, method="rand_hlm", send_prob=None) != method_key(cfg=high, method="rand_hlm",
+                                                                                  send_prob=None)
+    aware = with_(cfg0, "block", stop="channel_aware")
+    slower = with_(aware, "clock", tau_measure_ms=50.0)
+    assert method_key(cfg=aware, method="block_hlm", send_prob=None) != method_key(cfg=slower, method="block_hlm",
+                                                                                     send_prob=None)
+    assert method_key(cfg=with_(cfg0, "clock", tau_measure_ms=50.0), method="block_hlm", send_prob=None) == \
+        method_key(cfg=cfg0, method="block_hlm", send_prob=None)  # not channel-aware: the clock picks no token
     # coupled sampling draws other tokens: a store shared with independent runs must not hand them over
     coupled = dataclasses.replace(cfg0, decode=dataclasses.replace(cfg0.decode, sampling="coupled"))
     for method in ("llm", "u_hlm"):

@@ -10,7 +10,7 @@ function of the slot's records in one function below:
 - `proportional_fair_shares`: w_i proportional to r_i / R_i, the classic PF metric;
 - `multi_spin_shares`: the shares that minimise the slot's duration (Multi-SPIN's homogeneous case);
 - `proportional_fair_pick`: opportunistic PF in time (TDMA), the whole band to the waiting sender with the largest
-  r_i / R_i, the others deferred until it finishes and their fades read again.
+  r_i / R_i, the others waiting until it finishes, their fades read again then.
 
 The noise power N is taken over the whole band, so a device with a share w W sees noise w N: its upload is priced on
 the configured link model (uhlm_ray/link/channel.py) with bandwidth w W at SNR / w, which for eq. 3 is the rate
@@ -143,19 +143,28 @@ def proportional_fair_average(*, average: float | None, served: float, window: f
     return (1.0 - 1.0 / window) * average + served / window
 
 
-def proportional_fair_pick(waiting: list[Sender], *, average_rate: dict[int, float], fading: str) -> int:
+def proportional_fair_prior(sender: Sender, *, average_rate: dict[int, float], fading: str) -> float:
+    """R_i, or for a device without history its ergodic rate E[log2(1 + SNR_i h)], so that its metric is its fade's
+    quality from its first slot."""
+    return average_rate.get(sender.device) or ergodic_capacity(mean_snr=sender.mean_snr, fading=fading)
+
+
+def proportional_fair_pick(waiting: list[Sender], *, average_rate: dict[int, float], fading: str,
+                           tie_order: list[int] | None = None) -> int:
     """Opportunistic proportional fair in time (the scheduler of HDR/EV-DO; Tse and Viswanath, 6.7): whenever the
     band frees up it goes whole to the waiting sender with the largest m_i = r_i / R_i, r_i = log2(1 + SNR_i h_i) at
-    the gain it has now; the others are deferred and compete again when it finishes, with the gains they have then,
-    so a device in a deep fade waits for it to pass (under a fading process in time, `channel.process`) instead of
-    sending through it. R_i is updated by `proportional_fair_average` with the rate it was served at; a device
-    without history starts from its ergodic rate E[log2(1 + SNR_i h)], so its metric is its fade's quality from the
-    first slot. Ties go to the lower device index."""
+    the gain it has now (R_i: `proportional_fair_prior`); the others wait and compete again when it finishes, with
+    the gains they have then. Within a slot every sender is served, so the last one sends in whatever fade it has;
+    what deferral buys is the order, and, under a fading process in time, fades read later. Equal metrics (no
+    fading) go in `tie_order` (the slot's `round_robin_order`; default: by device), so that no device is always
+    last."""
+    rank = {d: i for i, d in enumerate(tie_order or sorted(s.device for s in waiting))}
+
     def metric(s: Sender) -> float:
-        average = average_rate.get(s.device) or ergodic_capacity(mean_snr=s.mean_snr, fading=fading)
+        average = proportional_fair_prior(s, average_rate=average_rate, fading=fading)
         return math.log2(1.0 + s.mean_snr * s.gain) / average if average > 0 else 0.0
 
-    return min(waiting, key=lambda s: (-metric(s), s.device)).device
+    return min(waiting, key=lambda s: (-metric(s), rank[s.device])).device
 
 
 def eq3_upload_seconds(sender: Sender, share: float, *, bandwidth_hz: float, overhead_s: float = 0.0) -> float:
@@ -362,7 +371,8 @@ def schedule_uplink(
                    for d, r in sending.items()]
         if scheduler in ("round_robin", "proportional_fair_tdma") and senders:
             ahead = 0.0  # the band is busy with the turns before this one
-            order = round_robin_order(senders, slot=slot) if scheduler == "round_robin" else None
+            rotation = round_robin_order(senders, slot=slot)
+            order = rotation if scheduler == "round_robin" else None
             waiting = sorted(sending)
             while waiting:
                 if order is not None:
@@ -372,11 +382,12 @@ def schedule_uplink(
                                   gain=_known_gain(record=sending[w], channel=channel, mean_snr=mean_snrs[w],
                                                    key=_key(seed=seed, device=w, record=sending[w]),
                                                    start_s=decided[w] + ahead)) for w in waiting]
-                    d = proportional_fair_pick(now, average_rate=average_rate, fading=channel.fading)
+                    d = proportional_fair_pick(now, average_rate=average_rate, fading=channel.fading,
+                                               tie_order=rotation)
                     served = next(s for s in now if s.device == d)
                     average_rate[d] = proportional_fair_average(
-                        average=average_rate.get(d), served=math.log2(1.0 + served.mean_snr * served.gain),
-                        window=cell.pf_window)
+                        average=proportional_fair_prior(served, average_rate=average_rate, fading=channel.fading),
+                        served=math.log2(1.0 + served.mean_snr * served.gain), window=cell.pf_window)
                 waiting.remove(d)
                 r = sending[d]
                 own = reprice(record=r, channel=channel, mean_snr=mean_snrs[d], key=_key(seed=seed, device=d, record=r),

@@ -309,7 +309,8 @@ class CellConfig:
     min_distance_m: float = 100.0
     placement_seed: int = 0
     # How the devices transmitting in the same slot (their k-th round) share the band (uhlm_ray/cell.py):
-    # equal | round_robin (TDMA turns) | proportional_fair | multi_spin (min-max shares for goodput)
+    # equal | round_robin (TDMA turns) | proportional_fair (shares by r/R) | proportional_fair_tdma (turns by r/R) |
+    # multi_spin (min-max shares for goodput)
     scheduler: str = "equal"
     bandwidth_sharing: str | None = None  # the old name of `scheduler`, still read; set one of them
     pf_window: float = 10.0  # proportional fair: t_c, the averaging window in slots of the average rate

@@ -39,7 +39,9 @@ from uhlm_ray.validation import ConfigError
 DECODE_SECTIONS = ("model", "uncertainty", "policy", "cu_hlm", "block", "channel", "payload", "decode", "data",
                    "metrics")
 # sections that change no decoded token or stored record (the modelled clock is applied when summarising; the cell
-# and reproduction jobs add their own section to the key); a new section must join one of the two lists
+# and reproduction jobs add their own section to the key); a new section must join one of the two lists. Exceptions,
+# which the shared stores' `method_key` (experiments/sweep.py) names: the decode-time clock of channel-aware and
+# deadline-fallback runs, and the batch size of clock.timing=measured
 NON_DECODE_SECTIONS = ("clock", "tracking", "cell", "runtime", "reproduce", "downlink", "energy")
 
 

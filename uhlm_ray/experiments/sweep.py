@@ -44,6 +44,7 @@ from uhlm_ray.config import METHODS, ChannelConfig, EvaluateConfig, load_config
 from uhlm_ray.experiments.calibration import run_calibration
 from uhlm_ray.experiments.datasets import Example
 from uhlm_ray.experiments.evaluate import ResultStore, matched_send_prob, ordered_methods, run_method, summarize_methods
+from uhlm_ray.link.fading import DecodeClock
 from uhlm_ray.link.reprice import reprice_results
 from uhlm_ray.measures.cu_theory import operating_point
 from uhlm_ray.measures.similarity import Encoder
@@ -249,13 +250,20 @@ def method_key(*, cfg: EvaluateConfig, method: str, send_prob: float | None) -> 
         relevant["block"] = section("block")
     channel_aware = (method in ("u_hlm", "cu_hlm") and cfg.policy.channel_aware) or \
         (method == "block_hlm" and cfg.block.stop == "channel_aware")
+    # the device's decode-time clock prices channel-aware decisions and sets when each round reads its fade
+    decode_clock = dataclasses.asdict(DecodeClock.from_config(cfg.clock, measure=cfg.uncertainty.measure,
+                                                              k=cfg.uncertainty.k))
     if channel_aware:  # then the tokens depend on the channel too
         relevant["channel_aware"] = {"channel": section("channel"), "fit": [cfg.policy.fit_a, cfg.policy.fit_b],
-                                     "tau_ms": [cfg.clock.tau_slm_ms, cfg.clock.tau_llm_ms]}
+                                     "clock": decode_clock}
     if cfg.channel.deadline_ms is not None and cfg.channel.deadline_mode == "fallback" and method != "llm":
-        relevant["deadline"] = section("channel")  # a missed deadline keeps the draft: the channel picks tokens
-    if method == "rand_hlm":
-        relevant["send_prob"] = None if send_prob is None else round(send_prob, 6)
+        # a missed deadline keeps the draft: the channel, read on the decode-time clock, picks tokens
+        relevant["deadline"] = {"channel": section("channel"), "clock": decode_clock}
+    if method == "rand_hlm":  # the probability it draws with: matched to U-HLM's TR, configured, or 0.5
+        chosen = send_prob if send_prob is not None else cfg.policy.send_prob
+        relevant["send_prob"] = round(0.5 if chosen is None else chosen, 6)
+    if cfg.clock.timing == "measured":  # its taus come from the stored passes, which must be solo (batch 1)
+        relevant["batch_size"] = cfg.runtime.batch_size or 1
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -300,7 +308,7 @@ def evaluate_trial(
     for method in ordered_methods(cfg.methods):
         send_prob = matched_send_prob(method=method, cfg=cfg, results=results)
         store = store_for(f"{method}-{method_key(cfg=cfg, method=method, send_prob=send_prob)}")
-        stored = store.load(method)
+        stored = store.load(method) if cfg.resume else {}  # resume=false decodes again (the new lines win)
         found = sum((0, index) in stored for index in range(len(examples)))
         method_results = run_method(pair=pair, examples=examples, method=method, cfg=cfg, encoder=encoder,
                                     store=store, send_prob=send_prob, prefixes=prefixes, stored=stored,

@@ -147,7 +147,6 @@ def test_opportunistic_proportional_fair_defers_through_slow_fades():
         assert all(pf.shares[d][slot] == 1.0 for d in sent)
 
 
-
 def test_opportunistic_proportional_fair_without_fading_takes_turns():
     """No fading and equal SNRs: every metric is 1 in every slot, so the order rotates as round-robin's does and
     each device goes first equally often (a fixed order would always leave the same device last)."""

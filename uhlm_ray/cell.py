@@ -372,11 +372,10 @@ def schedule_uplink(
         if scheduler in ("round_robin", "proportional_fair_tdma") and senders:
             ahead = 0.0  # the band is busy with the turns before this one
             rotation = round_robin_order(senders, slot=slot)
-            order = rotation if scheduler == "round_robin" else None
-            waiting = sorted(sending)
+            waiting = list(rotation)
             while waiting:
-                if order is not None:
-                    d = order[len(senders) - len(waiting)]
+                if scheduler == "round_robin":
+                    d = waiting[0]
                 else:  # opportunistic PF: the deferred senders' fades are read again when the band frees up
                     now = [Sender(device=w, bits=float(sending[w].payload_bits), mean_snr=mean_snrs[w],
                                   gain=_known_gain(record=sending[w], channel=channel, mean_snr=mean_snrs[w],

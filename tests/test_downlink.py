@@ -8,16 +8,17 @@ import math
 import numpy as np
 import pytest
 
-from uhlm_ray.config import ChannelConfig, DownlinkConfig, load_config
+from uhlm_ray.config import ChannelConfig, ClockConfig, DownlinkConfig, load_config
 from uhlm_ray.experiments.evaluate import run_clock
+from uhlm_ray.link.channel import ergodic_capacity
 from uhlm_ray.link.downlink import (
     DownlinkLink,
     downlink_bits,
     downlink_link,
     downlink_mean_snr_db,
     downlink_seconds,
-    ergodic_capacity,
 )
+from uhlm_ray.link.fading import DecodeClock
 from uhlm_ray.measures.clock import ModelledClock, modelled_seconds
 from uhlm_ray.records import BlockRecord, PromptResult, RoundRecord
 from uhlm_ray.snr import db_to_linear, mean_snr_db
@@ -64,8 +65,10 @@ def test_ergodic_capacity_matches_monte_carlo():
         s = db_to_linear(snr_db)
         assert ergodic_capacity(mean_snr=s, fading="rayleigh") == pytest.approx(np.log2(1 + s * h).mean(), rel=0.01)
         assert ergodic_capacity(mean_snr=s, fading="none") == pytest.approx(math.log2(1 + s))
-    # the asymptotic branch (1/s >= 50) joins the exact one: log2(1 + s h) ~ s h / ln 2 at low SNR
-    assert ergodic_capacity(mean_snr=1 / 60, fading="rayleigh") == pytest.approx((1 / 60) / math.log(2), rel=0.02)
+    # the asymptotic branch (1/s >= 500) joins the exact one, and log2(1 + s h) ~ s h / ln 2 at low SNR
+    below, above = (ergodic_capacity(mean_snr=1 / x, fading="rayleigh") for x in (500.0 - 1e-9, 500.0 + 1e-9))
+    assert above == pytest.approx(below, rel=1e-9)
+    assert ergodic_capacity(mean_snr=1 / 600, fading="rayleigh") == pytest.approx((1 / 600) / math.log(2), rel=0.01)
 
 
 def test_defaults_give_the_uplink_path_at_the_base_station_power():
@@ -96,6 +99,28 @@ def test_a_sent_round_waits_for_its_answer_on_the_modelled_clock():
     alone = _round(method="llm", sent=False)
     assert downlink_seconds(record=alone, link=link) == 0.0
     assert modelled_seconds(record=alone, clock=with_down) == plain.tau_llm
+
+
+def test_the_decode_time_clock_walks_rounds_as_the_run_clock_prices_them():
+    """The device's decode-time clock (what sets when each later round reads its fade, and what the channel-aware
+    rules price) charges a sent round its answer on the downlink, as the run's clock does: with the same taus the
+    two agree on every kind of round, and without a downlink both leave it out."""
+    link = DownlinkLink(rate_bps=1e4, overhead_s=0.002, id_bits=10)
+    clock = ClockConfig(tau_slm_ms=20.0, tau_llm_ms=100.0, llm_pass="flat", flat_pass_tokens=16)
+    records = [_round(accepted=False), _round(accepted=True), _round(sent=False), _round(method="llm", sent=False),
+               _block(n=3, accepted=1), _block(n=3, accepted=3), _block(n=2, sent=False)]
+    for downlink in (link, None):
+        decode = DecodeClock.from_config(clock, downlink=downlink)
+        run = ModelledClock(tau_slm=0.02, tau_llm=0.1, llm_pass="flat", flat_pass_tokens=16, downlink=downlink)
+        for record in records:
+            assert decode.round_seconds(record) == pytest.approx(modelled_seconds(record=record, clock=run))
+    # a block's answer as a device plans it: the verdict of 3 drafts (2 bits) and the LLM's own token
+    assert link.block_answer_seconds(3) == pytest.approx(0.002 + 12 / 1e4)
+    assert link.draft_answer_seconds() == pytest.approx(0.002 + 11 / 1e4)
+    on = DecodeClock.for_run(load_config(), measure="temperature", vocab_size=151_936)
+    off = DecodeClock.for_run(load_config(overrides=["downlink.enabled=false"]), measure="temperature",
+                              vocab_size=151_936)
+    assert on.downlink is not None and on.downlink.id_bits == ID_BITS and off.downlink is None
 
 
 def _result(records):

@@ -14,7 +14,10 @@ from uhlm_ray.device.stopping import (
     UncertaintyStop,
     make_stop_rule,
 )
+from uhlm_ray.link.downlink import DownlinkLink
 from uhlm_ray.link.fading import DecodeClock
+
+VOCAB = 151_936  # the embedded pair's |V|
 
 
 def _steps(*us: float, x_d: float = 0.9) -> list[DraftStep]:
@@ -54,9 +57,10 @@ def test_acceptance_model_starts_at_the_linear_fit_and_learns():
     assert model.estimate(0.05) == pytest.approx((0.96 * 4) / 16)
 
 
-def _channel_aware(*, upload_s, tau_slm=0.0246, tau_measure=0.0, flat_pass_tokens=16) -> ChannelAwareStop:
+def _channel_aware(*, upload_s, tau_slm=0.0246, tau_measure=0.0, flat_pass_tokens=16,
+                   downlink: DownlinkLink | None = None) -> ChannelAwareStop:
     clock = DecodeClock(tau_slm_s=tau_slm, tau_llm_s=0.1046, tau_measure_s=tau_measure,
-                        flat_pass_tokens=flat_pass_tokens)
+                        flat_pass_tokens=flat_pass_tokens, downlink=downlink)
     rule = ChannelAwareStop(clock=clock, acceptance=AcceptanceModel(fit_a=0.82, fit_b=-0.06))
     rule.begin_round(catch_up=1, upload_s=upload_s)
     return rule
@@ -84,6 +88,17 @@ def test_channel_aware_blocks_grow_when_an_upload_costs_more():
     assert rule.go_on(step=one[0], block=one) == (a * a * c1 > (1 + a) * 0.0246)
 
 
+def test_channel_aware_prices_the_answer_on_the_downlink():
+    """C_k holds the block's answer (the verdict, ceil(log2(k + 1)) bits, and the LLM's own token): a slow downlink
+    is a fixed cost of the round like the upload, so blocks grow with it."""
+    slow = DownlinkLink(rate_bps=1e3, overhead_s=0.2, id_bits=18)
+    rule = _channel_aware(upload_s=lambda k: 0.01, downlink=slow)
+    plain = _channel_aware(upload_s=lambda k: 0.01)
+    for k, verdict in ((1, 1), (3, 2), (4, 3)):
+        assert rule.round_seconds(k) - plain.round_seconds(k) == pytest.approx(0.2 + (verdict + 18) / 1e3)
+    assert _block_length(plain, u=0.1) < _block_length(rule, u=0.1)
+
+
 def test_channel_aware_blocks_shrink_when_the_pass_grows_with_its_length():
     flat = _block_length(_channel_aware(upload_s=lambda k: 0.01), u=0.3)
     # a compute-bound CPU: clock.llm_pass=flat with clock.flat_pass_tokens=1, tau_LLM for each token of the pass
@@ -94,7 +109,7 @@ def test_channel_aware_blocks_shrink_when_the_pass_grows_with_its_length():
 
 @pytest.mark.parametrize("stop", ["uncertainty", "confidence", "fixed", "channel_aware"])
 def test_every_configured_rule_is_built(stop):
-    rule = make_stop_rule(cfg=load_config(overrides=[f"block.stop={stop}"]))
+    rule = make_stop_rule(cfg=load_config(overrides=[f"block.stop={stop}"]), vocab_size=VOCAB)
     rule.begin_round(catch_up=1, upload_s=lambda k: 0.0)
     assert isinstance(rule.go_on(step=DraftStep(uncertainty=0.1, x_d=0.9), block=_steps(0.1)), bool)
     assert rule.needs_uncertainty == (stop in ("uncertainty", "channel_aware"))
@@ -121,12 +136,12 @@ def test_the_channel_aware_stop_prices_on_the_decode_clock_never_on_wall_time():
     """Configured times reach the rule; unconfigured, the paper's (K SLM passes for a K-pass measure). A draft's
     measured wall time changes nothing, so a block's length is the same in every run."""
     rule = make_stop_rule(cfg=load_config(overrides=["block.stop=channel_aware", "clock.tau_measure_ms=98.4",
-                                                     "clock.tau_slm_ms=30", "clock.tau_llm_ms=200"]))
+                                                     "clock.tau_slm_ms=30", "clock.tau_llm_ms=200"]), vocab_size=VOCAB)
     assert (rule.clock.tau_measure_s, rule.clock.tau_slm_s, rule.clock.tau_llm_s) == pytest.approx((0.0984, 0.03, 0.2))
-    paper = make_stop_rule(cfg=load_config(overrides=["block.stop=channel_aware"]))
+    paper = make_stop_rule(cfg=load_config(overrides=["block.stop=channel_aware"]), vocab_size=VOCAB)
     assert (paper.clock.tau_slm_s, paper.clock.tau_llm_s, paper.clock.tau_measure_s) == (0.0246, 0.1046, 0.0)
     dropout = make_stop_rule(cfg=load_config(overrides=["block.stop=channel_aware", "uncertainty.measure=mc_dropout",
-                                                        "uncertainty.k=4"]))
+                                                        "uncertainty.k=4"]), vocab_size=VOCAB)
     assert dropout.clock.tau_measure_s == pytest.approx(4 * 0.0246)
     for u in (0.05, 0.1, 0.3, 0.5):
         fast = DraftStep(uncertainty=u, x_d=0.9)

@@ -169,6 +169,7 @@ def test_rechannel_equals_decoding_at_that_channel(tiny_pair):
     from uhlm_ray.config import EvaluateConfig
     from uhlm_ray.decode import decode_prompt, make_policy
     from uhlm_ray.experiments.sweep import method_key, rechannel
+    from uhlm_ray.link.fading import DecodeClock
     from uhlm_ray.records import PromptResult
 
     runs = {}
@@ -184,7 +185,8 @@ def test_rechannel_equals_decoding_at_that_channel(tiny_pair):
                                           prefill_s=0.0, records=records))
     (cfg0, res0), (cfg12, res12) = runs[0.0], runs[12.0]
     assert res0.tokens == res12.tokens
-    (moved,) = rechannel(results=[res0], channel=cfg12.channel, seed=cfg12.decode.seed)
+    clock = DecodeClock.for_run(cfg12, measure="temperature", vocab_size=tiny_pair.vocab_size)
+    (moved,) = rechannel(results=[res0], channel=cfg12.channel, seed=cfg12.decode.seed, clock=clock)
     assert any(r.sent for r in moved.records)
     for a, b in zip(moved.records, res12.records, strict=True):
         assert a.tau_up_s == pytest.approx(b.tau_up_s) and a.snr_db == pytest.approx(b.snr_db)
@@ -208,6 +210,12 @@ def test_rechannel_equals_decoding_at_that_channel(tiny_pair):
                                                                                      send_prob=None)
     assert method_key(cfg=with_(cfg0, "clock", tau_measure_ms=50.0), method="block_hlm", send_prob=None) == \
         method_key(cfg=cfg0, method="block_hlm", send_prob=None)  # not channel-aware: the clock picks no token
+    # the answer on the downlink is on that clock: its settings key channel-aware runs only
+    far = with_(aware, "downlink", overhead_ms=50.0)
+    assert method_key(cfg=far, method="block_hlm", send_prob=None) != method_key(cfg=aware, method="block_hlm",
+                                                                                   send_prob=None)
+    assert method_key(cfg=with_(cfg0, "downlink", overhead_ms=50.0), method="block_hlm", send_prob=None) == \
+        method_key(cfg=cfg0, method="block_hlm", send_prob=None)
     # coupled sampling draws other tokens: a store shared with independent runs must not hand them over
     coupled = dataclasses.replace(cfg0, decode=dataclasses.replace(cfg0.decode, sampling="coupled"))
     for method in ("llm", "u_hlm"):

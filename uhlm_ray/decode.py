@@ -212,8 +212,8 @@ def decode_blocks_lockstep(
     """The block method for every job, a block round at a time for all of them together."""
     def decoder(job: DeviceJob) -> BlockDecoder:
         return BlockDecoder(
-            key=job.key, cfg=cfg, rule=make_stop_rule(cfg=cfg), mean_snr=job.mean_snr, vocab_size=slm.vocab_size,
-            eos_token_ids=eos_token_ids, evaluate=evaluates(method=job.method, cfg=cfg),
+            key=job.key, cfg=cfg, rule=make_stop_rule(cfg=cfg, vocab_size=slm.vocab_size), mean_snr=job.mean_snr,
+            vocab_size=slm.vocab_size, eos_token_ids=eos_token_ids, evaluate=evaluates(method=job.method, cfg=cfg),
             prompt_last_token=job.prompt_ids[-1])
 
     sessions, decoders, paraphrased, prefill_s = _open_jobs(slm=slm, verifier=verifier, jobs=jobs, prefixes=prefixes,

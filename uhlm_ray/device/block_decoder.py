@@ -85,7 +85,7 @@ class BlockDecoder:
         self._upload: Upload | None = None
         # the device's fading process in time (None: per_round or no fading) and its decode-time modelled clock
         self.process = process_for(channel=cfg.channel, key=key)
-        self.decode_clock = DecodeClock.from_config(cfg.clock, measure=self.measure, k=cfg.uncertainty.k)
+        self.decode_clock = DecodeClock.for_run(cfg, measure=self.measure, vocab_size=vocab_size)
         self.now_s = 0.0  # modelled time the open round started
         self._start_s = 0.0  # modelled time the open round decided its upload
         self._payload = self._sync = 0  # the priced upload's bits, and of them the sync ids

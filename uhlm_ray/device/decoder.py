@@ -156,7 +156,7 @@ class DeviceDecoder:
         self.stop_reason: str | None = None
         # the device's fading process in time (None: per_round or no fading) and its decode-time modelled clock
         self.process = process_for(channel=cfg.channel, key=key)
-        self.decode_clock = DecodeClock.from_config(cfg.clock, measure=self.measure, k=cfg.uncertainty.k)
+        self.decode_clock = DecodeClock.for_run(cfg, measure=self.measure, vocab_size=vocab_size)
         self.now_s = 0.0  # modelled time the next round starts
 
     @property
@@ -215,6 +215,10 @@ class DeviceDecoder:
             upload_s = expected_upload_seconds(bits=dist_bits + sync, channel=channel, mean_snr=self.mean_snr,
                                                gain=up.gain, start_s=start_s)
             mean_upload_s = expected_upload_seconds(bits=dist_bits + sync, channel=channel, mean_snr=self.mean_snr)
+            # a sent round also waits for its answer on the downlink: the link's time both ways
+            downlink = self.decode_clock.downlink
+            answer_s = downlink.draft_answer_seconds() if downlink is not None else 0.0
+            upload_s, mean_upload_s = upload_s + answer_s, mean_upload_s + answer_s
         sent = self.policy.should_send(uncertainty=u, rng=key.rng(round_index=t, purpose=Purpose.POLICY),
                                        upload_s=upload_s, mean_upload_s=mean_upload_s)
         return Draft(round_index=t, draft=draft, probs=draft_probs, uncertainty=u, sent=sent and up.delivered,

@@ -95,7 +95,9 @@ class ChannelAwareThreshold:
         u_th(t) = ((tau_up(t) + tau_LLM) / (tau_up_mean + tau_LLM) * (a u_th + b) - b) / a,
 
     which is u_th in a round of average fading, higher in a deep fade (skip more when the uplink is poor) and lower
-    on a good channel. Needs u_th > -b / a (a positive price); below that the threshold stays at u_th.
+    on a good channel. Needs u_th > -b / a (a positive price); below that the threshold stays at u_th. The decoder
+    passes tau_up with the answer's way back on the downlink added (`downlink.enabled`), in both the round's and the
+    average's.
     """
 
     u_th: float

@@ -14,17 +14,18 @@ from the SLM's side alone.
 - `ConfidenceStop`: Hugging Face's assistant confidence stop, go on while x_d >= the threshold; re-fit online on the
   verdicts by the ROC rule of `AssistedCandidateGenerator` (false negatives cost three times false positives).
 - `ChannelAwareStop`: go on while one more draft raises the round's expected tokens per second. With estimated
-  acceptances a_i, the block of k drafts yields E_k = 1 + sum_j prod_{i<=j} a_i tokens in C_k = k (tau_SLM +
-  tau_u) + tau_up(k) + tau_LLM(pass of k drafts) seconds on the device's decode-time clock (`DecodeClock`: the
+  acceptances a_i, the block of k drafts yields E_k = 1 + sum_j prod_{i<=j} a_i tokens in C_k = k (tau_SLM + tau_u) +
+  tau_up(k) + tau_LLM(pass of k drafts) + tau_down(k) seconds on the device's decode-time clock (`DecodeClock`: the
   configured `clock.tau_*_ms`, else the paper's taus; tau_u is the per-draft uncertainty measurement, K extra SLM
   passes under MC dropout or prompt perturbation; the pass costs tau_LLM per `clock.flat_pass_tokens` tokens under
-  `clock.llm_pass=flat`, one tau_LLM otherwise); one more draft adds prod_{i<=k} a_i * a_k tokens for
-  C_{k+1} - C_k seconds, and is worth it when that marginal rate beats E_k / C_k. A costlier upload (deep fade,
-  slow link, per-upload overhead) raises C_k and so lengthens blocks; a pass whose cost grows with its length (a
-  compute-bound CPU, `clock.flat_pass_tokens=1`), or a costly measure, shortens them. Acceptances come from
-  U-HLM's linear fit 1 - (a u + b) (Theorem 1), re-fitted online per uncertainty bin on verified drafts only (a
-  draft committed unverified is kept without a test, which says nothing of its acceptance; it counts as kept,
-  a_i = 1, in E_k). The costs are never measured while decoding, so the tokens are the same from run to run.
+  `clock.llm_pass=flat`, one tau_LLM otherwise; tau_down(k) is the answer on the downlink, the block's verdict and the
+  LLM's own token, when `downlink.enabled`); one more draft adds prod_{i<=k} a_i * a_k tokens for C_{k+1} - C_k
+  seconds, and is worth it when that marginal rate beats E_k / C_k. A costlier upload (deep fade, slow link,
+  per-upload overhead) raises C_k and so lengthens blocks; a pass whose cost grows with its length (a compute-bound
+  CPU, `clock.flat_pass_tokens=1`), or a costly measure, shortens them. Acceptances come from U-HLM's linear fit 1 -
+  (a u + b) (Theorem 1), re-fitted online per uncertainty bin on verified drafts only (a draft committed unverified is
+  kept without a test, which says nothing of its acceptance; it counts as kept, a_i = 1, in E_k). The costs are never
+  measured while decoding, so the tokens are the same from run to run.
 """
 
 from __future__ import annotations
@@ -176,9 +177,12 @@ class ChannelAwareStop:
         return tokens, alive
 
     def round_seconds(self, drafts: int) -> float:
-        """C_k: k drafts (an SLM step and its uncertainty measurement each), the upload, the LLM's pass."""
+        """C_k: k drafts (an SLM step and its uncertainty measurement each), the upload, the LLM's pass and the
+        answer on the downlink."""
         draft_s = self.clock.tau_slm_s + self.clock.tau_measure_s
-        return drafts * draft_s + self.upload_s(drafts) + self.clock.llm_pass_seconds(self.catch_up + drafts)
+        answer_s = self.clock.downlink.block_answer_seconds(drafts) if self.clock.downlink is not None else 0.0
+        return drafts * draft_s + self.upload_s(drafts) + self.clock.llm_pass_seconds(self.catch_up + drafts) + \
+            answer_s
 
     def go_on(self, *, step: DraftStep, block: list[DraftStep]) -> bool:
         k = len(block)
@@ -195,8 +199,9 @@ class ChannelAwareStop:
                 self.acceptance.update(step.uncertainty, i < num_accepted)
 
 
-def make_stop_rule(*, cfg: EvaluateConfig) -> StopRule:
-    """The configured rule, fresh (rules that re-fit keep state per prompt, as Hugging Face's do per call)."""
+def make_stop_rule(*, cfg: EvaluateConfig, vocab_size: int) -> StopRule:
+    """The configured rule, fresh (rules that re-fit keep state per prompt, as Hugging Face's do per call);
+    `vocab_size` prices the downlink's answer for the channel-aware rule."""
     block = cfg.block
     if block.stop == "fixed":
         return FixedLength(drafts=block.fixed_drafts)
@@ -205,7 +210,6 @@ def make_stop_rule(*, cfg: EvaluateConfig) -> StopRule:
     if block.stop == "confidence":
         return ConfidenceStop(threshold=block.confidence_threshold, refit=block.confidence_refit)
     if block.stop == "channel_aware":
-        return ChannelAwareStop(clock=DecodeClock.from_config(cfg.clock, measure=cfg.uncertainty.measure,
-                                                               k=cfg.uncertainty.k),
+        return ChannelAwareStop(clock=DecodeClock.for_run(cfg, measure=cfg.uncertainty.measure, vocab_size=vocab_size),
                                 acceptance=AcceptanceModel(fit_a=cfg.policy.fit_a, fit_b=cfg.policy.fit_b))
     raise ConfigError(f"block.stop={block.stop!r} is not a stopping rule")

@@ -41,6 +41,7 @@ from omegaconf import OmegaConf
 
 from uhlm_ray.cell import CELL_FIGURES, virtual_cell_figures
 from uhlm_ray.config import METHODS, ChannelConfig, EvaluateConfig, load_config
+from uhlm_ray.device.decoder import method_measure
 from uhlm_ray.experiments.calibration import run_calibration
 from uhlm_ray.experiments.datasets import Example
 from uhlm_ray.experiments.evaluate import ResultStore, matched_send_prob, ordered_methods, run_method, summarize_methods
@@ -253,6 +254,10 @@ def method_key(*, cfg: EvaluateConfig, method: str, send_prob: float | None) -> 
     # the device's decode-time clock prices channel-aware decisions and sets when each round reads its fade
     decode_clock = dataclasses.asdict(DecodeClock.from_config(cfg.clock, measure=cfg.uncertainty.measure,
                                                               k=cfg.uncertainty.k))
+    if cfg.downlink.enabled:  # the answer's way back is on that clock (left out when off, as in older stores' keys)
+        decode_clock["downlink"] = section("downlink")
+    else:
+        decode_clock.pop("downlink")
     if channel_aware:  # then the tokens depend on the channel too
         relevant["channel_aware"] = {"channel": section("channel"), "fit": [cfg.policy.fit_a, cfg.policy.fit_b],
                                      "clock": decode_clock}
@@ -267,10 +272,13 @@ def method_key(*, cfg: EvaluateConfig, method: str, send_prob: float | None) -> 
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def rechannel(*, results: list[PromptResult], channel: ChannelConfig, seed: int) -> list[PromptResult]:
+def rechannel(*, results: list[PromptResult], channel: ChannelConfig, seed: int, clock: DecodeClock
+              ) -> list[PromptResult]:
     """Copies with each sent round's SNR and uplink time recomputed for `channel`, from the round's own keyed fading
-    draws (uhlm_ray/link/reprice.py): decoded prompts are shared by trials that differ only in the channel."""
-    return reprice_results(results=results, channel=channel, mean_snr=mean_snr(channel), seed=seed)
+    draws (uhlm_ray/link/reprice.py), each prompt re-walked on the decode-time `clock` of the trial
+    (`DecodeClock.for_run`), so they equal the records of a device decoding on that channel: decoded prompts are
+    shared by trials that differ only in the channel."""
+    return reprice_results(results=results, channel=channel, mean_snr=mean_snr(channel), seed=seed, clock=clock)
 
 
 @dataclass
@@ -315,7 +323,10 @@ def evaluate_trial(
                                     on_prompt=on_prompt, on_stored=on_stored)
         reused += found
         decoded += len(examples) - found
-        results[method] = rechannel(results=method_results, channel=cfg.channel, seed=cfg.decode.seed)
+        decode_clock = DecodeClock.for_run(cfg, measure=method_measure(method=method, cfg=cfg),
+                                           vocab_size=pair.vocab_size)
+        results[method] = rechannel(results=method_results, channel=cfg.channel, seed=cfg.decode.seed,
+                                    clock=decode_clock)
     calibration = run_calibration(pair=pair, prompt=examples[0].prompt, cfg=cfg) if examples else None
     summaries = summarize_methods(results=results, cfg=cfg, calibration=calibration, vocab_size=pair.vocab_size)
     if "u_hlm" in results:  # Theorem 1's risk for this trial's threshold, beside the measured rejection risk

@@ -123,10 +123,16 @@ def optimal_inversion_cutoff(*, mean_snr: float) -> float:
     return float(result.x)
 
 
-def ergodic_capacity(*, mean_snr: float) -> float:
-    """E[log2(1 + s h)] for h ~ Exp(1): e^(1/s) E1(1/s) / ln 2 (bit/s/Hz), the long-run rate of eq. 3 in time."""
+def ergodic_capacity(*, mean_snr: float, fading: str) -> float:
+    """E[log2(1 + s h)] for h ~ Exp(1): log2(e) e^(1/s) E1(1/s) bit/s/Hz (Goldsmith, Wireless Communications, 4.2.1),
+    the long-run rate of eq. 3 in time; log2(1 + s) without fading."""
+    if fading == "none":
+        return math.log2(1.0 + mean_snr)
     x = 1.0 / mean_snr
-    scaled = float(exp1(x)) * math.exp(x) if x < 500 else (1.0 - 1.0 / x + 2.0 / x**2) / x  # e^x E1(x)
+    if x < 500.0:
+        scaled = math.exp(x) * float(exp1(x))
+    else:  # e^x E1(x) ~ 1/x - 1/x^2 + 2/x^3 - 6/x^4 (e^x overflows long before the series loses accuracy)
+        scaled = 1.0 / x - 1.0 / x**2 + 2.0 / x**3 - 6.0 / x**4
     return scaled / math.log(2.0)
 
 
@@ -335,7 +341,7 @@ def _link_in_time(*, paths: _Paths, bits: float, channel: ChannelConfig, mean_sn
     if bits <= 0:
         return np.full(n, overhead), np.ones(n, dtype=np.int64), np.zeros(n)
     if channel.model == "shannon":
-        mean_rate = width * ergodic_capacity(mean_snr=mean_snr)
+        mean_rate = width * ergodic_capacity(mean_snr=mean_snr, fading=channel.fading)
         seconds = _fill(paths, bits=bits, begin_s=overhead, rate=lambda h: width * np.log2(1.0 + mean_snr * h),
                         long_run_rate=mean_rate, guess_s=bits / mean_rate)
         return seconds, np.ones(n, dtype=np.int64), seconds - overhead

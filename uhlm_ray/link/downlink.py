@@ -27,9 +27,8 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 
-from scipy.special import exp1
-
 from uhlm_ray.config import ChannelConfig, DownlinkConfig, ModelConfig
+from uhlm_ray.link.channel import ergodic_capacity
 from uhlm_ray.link.payload import index_bits
 from uhlm_ray.records import BlockRecord, RoundRecord
 from uhlm_ray.snr import db_to_linear, dbm_to_watts, linear_to_db
@@ -42,6 +41,24 @@ class DownlinkLink:
     rate_bps: float
     overhead_s: float
     id_bits: int
+
+    def message_seconds(self, bits: int) -> float:
+        """A message of `bits` bits: the overhead and its air time (0 for no message)."""
+        return self.overhead_s + bits / self.rate_bps if bits else 0.0
+
+    def round_seconds(self, record: RoundRecord | BlockRecord) -> float:
+        """This round's answer on the modelled clock (`downlink_seconds`)."""
+        return downlink_seconds(record=record, link=self)
+
+    def block_answer_seconds(self, drafts: int) -> float:
+        """The answer to a block of `drafts` drafts before it is verified: its verdict and the LLM's own token (the
+        recovered or the bonus one), what a device plans a block with."""
+        return self.message_seconds(block_verdict_bits(drafts) + self.id_bits)
+
+    def draft_answer_seconds(self) -> float:
+        """The answer to one sent draft, priced at its size when rejected (the verdict and the resampled id): the
+        overhead dominates it."""
+        return self.message_seconds(1 + self.id_bits)
 
 
 def downlink_mean_snr(*, downlink: DownlinkConfig, channel: ChannelConfig) -> float:
@@ -57,18 +74,6 @@ def downlink_mean_snr_db(*, downlink: DownlinkConfig, channel: ChannelConfig) ->
     return linear_to_db(downlink_mean_snr(downlink=downlink, channel=channel))
 
 
-def ergodic_capacity(*, mean_snr: float, fading: str) -> float:
-    """E[log2(1 + s h)] for h ~ Exp(1): log2(e) e^(1/s) E1(1/s); log2(1 + s) without fading (bit/s/Hz)."""
-    if fading == "none":
-        return math.log2(1.0 + mean_snr)
-    x = 1.0 / mean_snr
-    if x < 50.0:
-        scaled = math.exp(x) * float(exp1(x))
-    else:  # e^x E1(x) ~ 1/x - 1/x^2 + 2/x^3 - 6/x^4 (e^x overflows long before the series loses accuracy)
-        scaled = 1.0 / x - 1.0 / x**2 + 2.0 / x**3 - 6.0 / x**4
-    return scaled / math.log(2.0)
-
-
 def downlink_link(*, downlink: DownlinkConfig, channel: ChannelConfig, vocab_size: int) -> DownlinkLink | None:
     """The downlink of a run, or None when `downlink.enabled` is false."""
     if not downlink.enabled:
@@ -80,6 +85,11 @@ def downlink_link(*, downlink: DownlinkConfig, channel: ChannelConfig, vocab_siz
                         id_bits=index_bits(vocab_size=vocab_size))
 
 
+def block_verdict_bits(drafts: int) -> int:
+    """ceil(log2(n + 1)) bits (at least 1): how many of a block's n drafts were accepted."""
+    return max(1, math.ceil(math.log2(drafts + 1)))
+
+
 def downlink_bits(*, record: RoundRecord | BlockRecord, id_bits: int) -> int:
     """The bits that come back after a round (0 when nothing was verified): see the module docstring."""
     if record.method == "llm":
@@ -87,8 +97,7 @@ def downlink_bits(*, record: RoundRecord | BlockRecord, id_bits: int) -> int:
     if not record.sent:
         return 0
     if isinstance(record, BlockRecord):
-        verdict = max(1, math.ceil(math.log2(len(record.drafts) + 1)))
-        return verdict + id_bits * int(record.recovered or record.bonus)
+        return block_verdict_bits(len(record.drafts)) + id_bits * int(record.recovered or record.bonus)
     return 1 + (0 if record.accepted else id_bits)
 
 
@@ -96,8 +105,7 @@ def receive_seconds(*, record: RoundRecord | BlockRecord, link: DownlinkLink | N
     """How long the device's radio receives after this round (the LLM alone's streamed tokens included)."""
     if link is None:
         return 0.0
-    bits = downlink_bits(record=record, id_bits=link.id_bits)
-    return link.overhead_s + bits / link.rate_bps if bits else 0.0
+    return link.message_seconds(downlink_bits(record=record, id_bits=link.id_bits))
 
 
 def downlink_seconds(*, record: RoundRecord | BlockRecord, link: DownlinkLink | None) -> float:

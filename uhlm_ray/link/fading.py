@@ -35,13 +35,17 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy.signal import lfilter
 from scipy.special import j0
 
-from uhlm_ray.config import ChannelConfig, ClockConfig
+from uhlm_ray.config import ChannelConfig, ClockConfig, EvaluateConfig
 from uhlm_ray.records import BlockRecord, RoundRecord
+
+if TYPE_CHECKING:  # link/downlink.py imports link/channel.py, which imports this module
+    from uhlm_ray.link.downlink import DownlinkLink
 from uhlm_ray.sampling.rng import Purpose, SessionKey
 
 SPEED_OF_LIGHT = 299_792_458.0  # m/s
@@ -222,15 +226,28 @@ class DecodeClock:
     tau_measure_s: float  # one measurement of u
     flat_pass_tokens: int | None  # clock.llm_pass=flat: tau_LLM per this many tokens; None: one tau_LLM a pass
 
+    downlink: DownlinkLink | None = None  # the answer's way back, as on the run's clock (None: off)
+
     @classmethod
-    def from_config(cls, clock: ClockConfig, *, measure: str = "temperature", k: int = 20) -> DecodeClock:
+    def from_config(cls, clock: ClockConfig, *, measure: str = "temperature", k: int = 20,
+                    downlink: DownlinkLink | None = None) -> DecodeClock:
         """`measure` and `k`: the uncertainty measure the decoder runs and its passes (uncertainty.k)."""
         tau_slm = PAPER_TAU_SLM_S if clock.tau_slm_ms is None else clock.tau_slm_ms / 1e3
         tau_measure = k * tau_slm if measure in ("mc_dropout", "prompt_perturbation") else 0.0
         return cls(tau_slm_s=tau_slm,
                    tau_llm_s=PAPER_TAU_LLM_S if clock.tau_llm_ms is None else clock.tau_llm_ms / 1e3,
                    tau_measure_s=tau_measure if clock.tau_measure_ms is None else clock.tau_measure_ms / 1e3,
-                   flat_pass_tokens=clock.flat_pass_tokens if clock.llm_pass == "flat" else None)
+                   flat_pass_tokens=clock.flat_pass_tokens if clock.llm_pass == "flat" else None,
+                   downlink=downlink)
+
+    @classmethod
+    def for_run(cls, cfg: EvaluateConfig, *, measure: str, vocab_size: int) -> DecodeClock:
+        """The clock a device of this run decodes on: `from_config` with the run's downlink (`downlink.enabled`)."""
+        from uhlm_ray.link.downlink import downlink_link  # at call time: see the TYPE_CHECKING import
+
+        return cls.from_config(cfg.clock, measure=measure, k=cfg.uncertainty.k,
+                               downlink=downlink_link(downlink=cfg.downlink, channel=cfg.channel,
+                                                      vocab_size=vocab_size))
 
     def measure_seconds(self, *, measured_s: float, measurements: int = 1) -> float:
         """The uncertainty measure's cost where the decision used it (measured_s > 0: the round timed one)."""
@@ -252,7 +269,8 @@ class DecodeClock:
         return self.decision_seconds(steps=steps, measured_s=record.tau_uncertainty_s)
 
     def round_seconds(self, record: RoundRecord | BlockRecord) -> float:
-        """The round on this clock: its SLM steps and measures, a missed deadline, the upload and the LLM pass."""
+        """The round on this clock: its SLM steps and measures, a missed deadline, the upload, the LLM pass and the
+        answer on the downlink (`modelled_seconds` on the run's clock, priced with the decode-time taus)."""
         if record.method == "llm":
             return self.tau_llm_s
         lost = record.tau_up_s if record.deadline_fallback else 0.0
@@ -260,4 +278,5 @@ class DecodeClock:
             return self.upload_offset(record) + lost
         tokens = record.llm_pass_tokens if isinstance(record, BlockRecord) else 1
         llm = self.llm_pass_seconds(tokens) if isinstance(record, BlockRecord) else self.tau_llm_s
-        return self.upload_offset(record) + lost + record.tau_up_s + llm
+        answer = self.downlink.round_seconds(record) if self.downlink is not None else 0.0
+        return self.upload_offset(record) + lost + record.tau_up_s + llm + answer

@@ -90,8 +90,9 @@ def reprice_prompt(
     clock: RoundClock | None = None, bandwidth_hz: float | None = None, only_moved: bool = False,
 ) -> list[Record]:
     """Copies of one prompt's records repriced (see `reprice`), re-walked on `clock` when the channel has a time
-    axis (None: the decode-time clock of the default clock settings, `DecodeClock`, which is what a device decoding
-    with unconfigured taus walked, so repriced records equal records decoded on that channel). `only_moved`: keep a
+    axis (None: the decode-time clock of the default clock settings and no downlink; a device decoding walks
+    `DecodeClock.for_run`, which the caller passes for repriced records to equal records decoded on that channel).
+    `only_moved`: keep a
     record whose decision time did not move (the same channel, already priced there)."""
     if not has_time_axis(channel):
         return [reprice(record=r, channel=channel, mean_snr=mean_snr, key=key, bandwidth_hz=bandwidth_hz)

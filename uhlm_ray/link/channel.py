@@ -14,7 +14,8 @@ one upload of n drafts does), then transmits from t0 + overhead:
   `per_round` h is held for the whole upload and tau = B / (W log2(1 + s h)), whose mean is infinite under Rayleigh
   fading (E[1 / log2(1 + s h)] diverges at h -> 0); a process in time bounds the loss of a deep fade by its length.
 - `arq`: fixed-rate transmission without channel knowledge at R bit/s/Hz (given, or the rate that minimises the
-  expected upload time with independent attempts). An attempt lasts B / (W R) and succeeds when the mutual
+  expected upload time: over independent attempts under `per_round`, on the process's reference bank for a process
+  in time, `arq_rate_in_time`). An attempt lasts B / (W R) and succeeds when the mutual
   information it accumulated reaches its bits, int log2(1 + s h(t)) dt >= R * B / (W R), i.e. when the time-average
   capacity over the attempt is at least R (the outage rule of a code spanning several fading blocks: Tse and
   Viswanath, Fundamentals of Wireless Communication, 2005, 5.4.3). Otherwise the base station answers NACK and the
@@ -141,8 +142,62 @@ def _arq_rate(*, bits: float, channel: ChannelConfig, mean_snr: float, bandwidth
         return channel.arq_rate
     if channel.fading == "none":  # no fading, no failures: the capacity itself
         return math.log2(1.0 + mean_snr)
+    if has_time_axis(channel) and bits > 0:
+        return arq_rate_in_time(bits=bits, channel=channel, mean_snr=mean_snr, bandwidth_hz=bandwidth_hz)
     return latency_optimal_rate(bits=float(bits), bandwidth_hz=bandwidth_hz, mean_snr=mean_snr,
                                 feedback_s=channel.arq_feedback_ms / 1e3)
+
+
+ARQ_RATE_STEPS = range(-16, 5)  # rates searched: 2^(k / 4) x the independent-attempts rate, 1/16 .. 2, 19% apart
+ARQ_SIZES_PER_OCTAVE = 4  # a process-aware rate is chosen for B / W on a grid 19% apart ...
+ARQ_SNR_STEPS_PER_DB = 4  # ... and for the mean SNR to 0.25 dB
+
+
+def arq_rate_in_time(*, bits: float, channel: ChannelConfig, mean_snr: float, bandwidth_hz: float) -> float:
+    """The fixed ARQ rate (bit/s/Hz) that minimises the mean upload time on the channel's fading process in time.
+
+    A retry comes `channel.arq_feedback_ms` after a failure, usually inside the coherence time, so it mostly sees the
+    fade that sank the attempt before it; a rate chosen as if attempts were independent (`latency_optimal_rate`, the
+    per_round answer) then fails again and again in a slow fade. The device sends blind, so the rate is the one whose
+    mean over the process's reference bank (`_Bank`, decided at a uniform phase, no gain known) is least: a ternary
+    search over `ARQ_RATE_STEPS` multiples of the independent-attempts rate (the mean is unimodal in the rate: too
+    high fails, too low is slow). The air time depends on B / W, so the question is asked for B / W and the SNR on
+    grids (`ARQ_SIZES_PER_OCTAVE`, `ARQ_SNR_STEPS_PER_DB`) and cached: a run asks few. Where every rate is infinitely
+    slow (a static channel: a fade below the rate never lifts) it keeps the independent-attempts rate."""
+    size = round(ARQ_SIZES_PER_OCTAVE * math.log2(bits / bandwidth_hz))
+    level = round(ARQ_SNR_STEPS_PER_DB * 10.0 * math.log10(mean_snr))
+    doppler = doppler_hz(speed_kmh=channel.speed_kmh, carrier_ghz=channel.carrier_ghz)
+    return _arq_rate_in_time(channel.process, step_seconds(channel), doppler, channel.arq_feedback_ms / 1e3, size,
+                             level)
+
+
+@lru_cache(maxsize=4096)
+def _arq_rate_in_time(kind: str, step_s: float, doppler: float, feedback_s: float, size: int, level: int) -> float:
+    bits = 2.0 ** (size / ARQ_SIZES_PER_OCTAVE)  # on a band of 1 Hz: the same air times as B bits on W Hz
+    mean_snr = 10.0 ** (level / (10.0 * ARQ_SNR_STEPS_PER_DB))
+    independent = latency_optimal_rate(bits=bits, bandwidth_hz=1.0, mean_snr=mean_snr, feedback_s=feedback_s)
+    paths = _bank(kind, step_s, doppler).paths(gain=None, start_s=None)
+    means: dict[int, float] = {}
+
+    def mean_at(k: int) -> float:
+        if k not in means:
+            rate = independent * 2.0 ** (k / 4)
+            tail = arq_expected_seconds(bits=bits, rate=rate, bandwidth_hz=1.0, mean_snr=mean_snr,
+                                        feedback_s=feedback_s)
+            seconds, _ = _arq(paths, bits=bits, begin_s=0.0, rate=rate, air_s=bits / rate, feedback_s=feedback_s,
+                              capacity=lambda h: np.log2(1.0 + mean_snr * h), tail_s=tail)
+            means[k] = float(seconds.mean())
+        return means[k]
+
+    low, high = ARQ_RATE_STEPS[0], ARQ_RATE_STEPS[-1]
+    while high - low > 2:
+        third = (high - low) // 3
+        if mean_at(low + third) <= mean_at(high - third):
+            high = high - third
+        else:
+            low = low + third
+    k = min(range(low, high + 1), key=mean_at)
+    return independent * 2.0 ** (k / 4) if math.isfinite(mean_at(k)) else independent
 
 
 def _inversion_cutoff(*, channel: ChannelConfig, mean_snr: float) -> float:

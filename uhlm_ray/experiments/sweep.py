@@ -45,7 +45,7 @@ from uhlm_ray.device.decoder import method_measure
 from uhlm_ray.experiments.calibration import run_calibration
 from uhlm_ray.experiments.datasets import Example
 from uhlm_ray.experiments.evaluate import ResultStore, matched_send_prob, ordered_methods, run_method, summarize_methods
-from uhlm_ray.link.fading import DecodeClock
+from uhlm_ray.link.fading import DecodeClock, has_time_axis
 from uhlm_ray.link.reprice import reprice_results
 from uhlm_ray.measures.cu_theory import operating_point
 from uhlm_ray.measures.similarity import Encoder
@@ -258,12 +258,15 @@ def method_key(*, cfg: EvaluateConfig, method: str, send_prob: float | None) -> 
         decode_clock["downlink"] = section("downlink")
     else:
         decode_clock.pop("downlink")
+    link = section("channel")
+    if cfg.channel.model == "arq" and cfg.channel.arq_rate is None and has_time_axis(cfg.channel):
+        link["arq_rate"] = "chosen on the process"  # not the independent-attempts rate of older stores
     if channel_aware:  # then the tokens depend on the channel too
-        relevant["channel_aware"] = {"channel": section("channel"), "fit": [cfg.policy.fit_a, cfg.policy.fit_b],
+        relevant["channel_aware"] = {"channel": link, "fit": [cfg.policy.fit_a, cfg.policy.fit_b],
                                      "clock": decode_clock}
     if cfg.channel.deadline_ms is not None and cfg.channel.deadline_mode == "fallback" and method != "llm":
         # a missed deadline keeps the draft: the channel, read on the decode-time clock, picks tokens
-        relevant["deadline"] = {"channel": section("channel"), "clock": decode_clock}
+        relevant["deadline"] = {"channel": link, "clock": decode_clock}
     if method == "rand_hlm":  # the probability it draws with: matched to U-HLM's TR, configured, or 0.5
         chosen = send_prob if send_prob is not None else cfg.policy.send_prob
         relevant["send_prob"] = round(0.5 if chosen is None else chosen, 6)

@@ -184,9 +184,8 @@ def main(argv: list[str]) -> int:
     for u_th in rep.thresholds:
         outcome = run(dataclasses.replace(variant(first_data, **{"policy.u_th": u_th}), methods=["u_hlm"]),
                       f"Fig. 4, u_th={u_th}")
-        fig4.append((u_th, outcome.summaries["u_hlm"]["accuracy"], outcome.summaries["u_hlm"]["transmission_rate"]))
-    fig4_threshold(thresholds=[f[0] for f in fig4], accuracy=[f[1] for f in fig4], tr=[f[2] for f in fig4],
-                   path=folder / "figures" / "fig4_threshold.png")
+        fig4.append(outcome.summaries["u_hlm"])
+    fig4_threshold(thresholds=list(rep.thresholds), summaries=fig4, path=folder / "figures" / "fig4_threshold.png")
 
     bar.close()
     # headline numbers beside the paper's, each with its interval

@@ -48,7 +48,11 @@ def test_figures_are_written(tmp_path):
     report = theorem_report(u=u, beta=beta, x_d=x_d, y_d=x_d * (1 - beta))
     fig3_uncertainty_vs_rejection(by_measure={"temperature": (u, beta), "mc_dropout": (u[::-1], beta)},
                                   path=tmp_path / "f3.png")
-    fig4_threshold(thresholds=[0.1, 0.4], accuracy=[0.6, 0.5], tr=[0.8, 0.3], path=tmp_path / "f4.png")
+    fig4_threshold(thresholds=[0.1, 0.4], path=tmp_path / "f4.png",
+                   summaries=[{"accuracy": 0.6, "accuracy_ci_low": 0.55, "accuracy_ci_high": 0.66,
+                               "transmission_rate": 0.8},
+                              {"accuracy": 0.5, "transmission_rate": 0.3, "transmission_rate_ci_low": 0.25,
+                               "transmission_rate_ci_high": 0.35}])  # a missing interval draws no bar
     fig5_density_and_fit(u=u, beta=beta, report=report, path=tmp_path / "f5.png")
     summary = {"transmission_rate": 0.4, "true_skip_rate": 0.7, "throughput_modelled_snr_0dB": 0.2,
                "throughput_modelled_snr_10dB": 1.0}

@@ -110,15 +110,25 @@ def fig3_uncertainty_vs_rejection(*, by_measure: dict[str, tuple[np.ndarray, np.
     plt.close(fig)
 
 
-def fig4_threshold(*, thresholds: list[float], accuracy: list[float], tr: list[float], path: Path) -> None:
-    """Fig. 4: U-HLM's cosine similarity and TR against u_th."""
+def fig4_threshold(*, thresholds: list[float], summaries: list[dict[str, float]], path: Path) -> None:
+    """Fig. 4: U-HLM's cosine similarity and TR against u_th (one summary per threshold), each with its 95% interval
+    over prompts as an error bar."""
     plt = _plt()
+
+    def bars(metric: str) -> tuple[list[float], np.ndarray]:
+        values = [s[metric] for s in summaries]
+        low = [s.get(f"{metric}_ci_low", math.nan) for s in summaries]
+        high = [s.get(f"{metric}_ci_high", math.nan) for s in summaries]
+        return values, np.nan_to_num(np.abs(np.array([np.subtract(values, low), np.subtract(high, values)])))
+
     fig, ax = plt.subplots(figsize=(5.6, 3.8))
-    ax.plot(thresholds, accuracy, "o-", color="C0", label="cosine similarity")
+    accuracy, accuracy_err = bars("accuracy")
+    ax.errorbar(thresholds, accuracy, yerr=accuracy_err, fmt="o-", color="C0", capsize=3, label="cosine similarity")
     ax.set_xlabel("uncertainty threshold u_th")
-    ax.set_ylabel("cosine similarity", color="C0")
+    ax.set_ylabel("cosine similarity (95% interval)", color="C0")
     twin = ax.twinx()
-    twin.plot(thresholds, tr, "s--", color="C1", label="TR")
+    tr, tr_err = bars("transmission_rate")
+    twin.errorbar(thresholds, tr, yerr=tr_err, fmt="s--", color="C1", capsize=3, label="TR")
     twin.set_ylabel("transmission rate", color="C1")
     ax.axvline(0.431, color="grey", lw=0.8, ls=":")
     ax.set_title("Fig. 4: U-HLM vs threshold (dotted: the paper's 0.431)")

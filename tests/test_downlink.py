@@ -10,7 +10,7 @@ import pytest
 
 from uhlm_ray.config import ChannelConfig, ClockConfig, DownlinkConfig, load_config
 from uhlm_ray.experiments.evaluate import run_clock
-from uhlm_ray.link.channel import ergodic_capacity
+from uhlm_ray.link.capacity import ergodic_capacity
 from uhlm_ray.link.downlink import (
     DownlinkLink,
     downlink_bits,

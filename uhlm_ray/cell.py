@@ -36,7 +36,8 @@ from functools import partial
 import numpy as np
 
 from uhlm_ray.config import CellConfig, ChannelConfig, EvaluateConfig
-from uhlm_ray.link.channel import ergodic_capacity, expected_upload_seconds
+from uhlm_ray.link.capacity import ergodic_capacity
+from uhlm_ray.link.channel import expected_upload_seconds
 from uhlm_ray.link.reprice import reprice
 from uhlm_ray.link.throughput import run_throughput
 from uhlm_ray.measures.clock import ModelledClock, modelled_seconds

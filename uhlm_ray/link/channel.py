@@ -49,6 +49,7 @@ from scipy.optimize import minimize_scalar
 from scipy.special import exp1, j0
 
 from uhlm_ray.config import ChannelConfig
+from uhlm_ray.link.capacity import ergodic_capacity
 from uhlm_ray.link.fading import (
     FadingProcess,
     doppler_hz,
@@ -122,19 +123,6 @@ def optimal_inversion_cutoff(*, mean_snr: float) -> float:
     result = minimize_scalar(lambda h0: -inversion_rate(cutoff=h0, mean_snr=mean_snr) * math.exp(-h0),
                              bounds=(1e-6, 10.0), method="bounded", options={"xatol": 1e-8})
     return float(result.x)
-
-
-def ergodic_capacity(*, mean_snr: float, fading: str) -> float:
-    """E[log2(1 + s h)] for h ~ Exp(1): log2(e) e^(1/s) E1(1/s) bit/s/Hz (Goldsmith, Wireless Communications, 4.2.1),
-    the long-run rate of eq. 3 in time; log2(1 + s) without fading."""
-    if fading == "none":
-        return math.log2(1.0 + mean_snr)
-    x = 1.0 / mean_snr
-    if x < 500.0:
-        scaled = math.exp(x) * float(exp1(x))
-    else:  # e^x E1(x) ~ 1/x - 1/x^2 + 2/x^3 - 6/x^4 (e^x overflows long before the series loses accuracy)
-        scaled = 1.0 / x - 1.0 / x**2 + 2.0 / x**3 - 6.0 / x**4
-    return scaled / math.log(2.0)
 
 
 def _arq_rate(*, bits: float, channel: ChannelConfig, mean_snr: float, bandwidth_hz: float) -> float:

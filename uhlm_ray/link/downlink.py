@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from uhlm_ray.config import ChannelConfig, DownlinkConfig, ModelConfig
-from uhlm_ray.link.channel import ergodic_capacity
+from uhlm_ray.link.capacity import ergodic_capacity
 from uhlm_ray.link.payload import index_bits
 from uhlm_ray.records import BlockRecord, RoundRecord
 from uhlm_ray.snr import db_to_linear, dbm_to_watts, linear_to_db

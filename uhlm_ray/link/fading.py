@@ -35,17 +35,14 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy.signal import lfilter
 from scipy.special import j0
 
 from uhlm_ray.config import ChannelConfig, ClockConfig, EvaluateConfig
+from uhlm_ray.link.downlink import DownlinkLink, downlink_link
 from uhlm_ray.records import BlockRecord, RoundRecord
-
-if TYPE_CHECKING:  # link/downlink.py imports link/channel.py, which imports this module
-    from uhlm_ray.link.downlink import DownlinkLink
 from uhlm_ray.sampling.rng import Purpose, SessionKey
 
 SPEED_OF_LIGHT = 299_792_458.0  # m/s
@@ -243,8 +240,6 @@ class DecodeClock:
     @classmethod
     def for_run(cls, cfg: EvaluateConfig, *, measure: str, vocab_size: int) -> DecodeClock:
         """The clock a device of this run decodes on: `from_config` with the run's downlink (`downlink.enabled`)."""
-        from uhlm_ray.link.downlink import downlink_link  # at call time: see the TYPE_CHECKING import
-
         return cls.from_config(cfg.clock, measure=measure, k=cfg.uncertainty.k,
                                downlink=downlink_link(downlink=cfg.downlink, channel=cfg.channel,
                                                       vocab_size=vocab_size))

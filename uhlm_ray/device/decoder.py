@@ -216,8 +216,7 @@ class DeviceDecoder:
                                                gain=up.gain, start_s=start_s)
             mean_upload_s = expected_upload_seconds(bits=dist_bits + sync, channel=channel, mean_snr=self.mean_snr)
             # a sent round also waits for its answer on the downlink: the link's time both ways
-            downlink = self.decode_clock.downlink
-            answer_s = downlink.draft_answer_seconds() if downlink is not None else 0.0
+            answer_s = self.decode_clock.draft_answer_seconds()
             upload_s, mean_upload_s = upload_s + answer_s, mean_upload_s + answer_s
         sent = self.policy.should_send(uncertainty=u, rng=key.rng(round_index=t, purpose=Purpose.POLICY),
                                        upload_s=upload_s, mean_upload_s=mean_upload_s)

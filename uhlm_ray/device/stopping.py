@@ -180,9 +180,8 @@ class ChannelAwareStop:
         """C_k: k drafts (an SLM step and its uncertainty measurement each), the upload, the LLM's pass and the
         answer on the downlink."""
         draft_s = self.clock.tau_slm_s + self.clock.tau_measure_s
-        answer_s = self.clock.downlink.block_answer_seconds(drafts) if self.clock.downlink is not None else 0.0
         return drafts * draft_s + self.upload_s(drafts) + self.clock.llm_pass_seconds(self.catch_up + drafts) + \
-            answer_s
+            self.clock.block_answer_seconds(drafts)
 
     def go_on(self, *, step: DraftStep, block: list[DraftStep]) -> bool:
         k = len(block)

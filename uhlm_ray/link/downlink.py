@@ -46,10 +46,6 @@ class DownlinkLink:
         """A message of `bits` bits: the overhead and its air time (0 for no message)."""
         return self.overhead_s + bits / self.rate_bps if bits else 0.0
 
-    def round_seconds(self, record: RoundRecord | BlockRecord) -> float:
-        """This round's answer on the modelled clock (`downlink_seconds`)."""
-        return downlink_seconds(record=record, link=self)
-
     def block_answer_seconds(self, drafts: int) -> float:
         """The answer to a block of `drafts` drafts before it is verified: its verdict and the LLM's own token (the
         recovered or the bonus one), what a device plans a block with."""

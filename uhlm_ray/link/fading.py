@@ -41,7 +41,7 @@ from scipy.signal import lfilter
 from scipy.special import j0
 
 from uhlm_ray.config import ChannelConfig, ClockConfig, EvaluateConfig
-from uhlm_ray.link.downlink import DownlinkLink, downlink_link
+from uhlm_ray.link.downlink import DownlinkLink, downlink_link, downlink_seconds
 from uhlm_ray.records import BlockRecord, RoundRecord
 from uhlm_ray.sampling.rng import Purpose, SessionKey
 
@@ -273,5 +273,13 @@ class DecodeClock:
             return self.upload_offset(record) + lost
         tokens = record.llm_pass_tokens if isinstance(record, BlockRecord) else 1
         llm = self.llm_pass_seconds(tokens) if isinstance(record, BlockRecord) else self.tau_llm_s
-        answer = self.downlink.round_seconds(record) if self.downlink is not None else 0.0
-        return self.upload_offset(record) + lost + record.tau_up_s + llm + answer
+        return self.upload_offset(record) + lost + record.tau_up_s + llm + \
+            downlink_seconds(record=record, link=self.downlink)
+
+    def block_answer_seconds(self, drafts: int) -> float:
+        """A block's answer on the downlink as the device plans it (0 with the downlink off)."""
+        return self.downlink.block_answer_seconds(drafts) if self.downlink is not None else 0.0
+
+    def draft_answer_seconds(self) -> float:
+        """One sent draft's answer on the downlink (0 with the downlink off)."""
+        return self.downlink.draft_answer_seconds() if self.downlink is not None else 0.0

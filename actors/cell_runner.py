@@ -21,8 +21,9 @@ from uhlm_ray.measures.similarity import Encoder, response_similarity
 from uhlm_ray.records import PromptResult
 
 
-def cell_assignments(*, cfg: EvaluateConfig, examples: list[Example]) -> dict[int, list[Assignment]]:
-    """Every device's prompts, in the order it decodes them."""
+def cell_assignments(*, cfg: EvaluateConfig, examples: list[Example], drafts: dict[int, int] | None = None
+                     ) -> dict[int, list[Assignment]]:
+    """Every device's prompts, in the order it decodes them; `drafts`: each device's planned block length."""
     distances = device_distances(cfg.cell)
     n = cfg.cell.n_devices
     out: dict[int, list[Assignment]] = {}
@@ -32,7 +33,8 @@ def cell_assignments(*, cfg: EvaluateConfig, examples: list[Example]) -> dict[in
             example = examples[p % len(examples)]
             out.setdefault(device, []).append(Assignment(
                 device_index=device, prompt_index=p, example_id=example.id, reference=example.reference,
-                prompt=example.prompt, distance_m=distances[device]))
+                prompt=example.prompt, distance_m=distances[device],
+                fixed_drafts=drafts.get(device) if drafts is not None else None))
     return out
 
 
@@ -57,11 +59,13 @@ def run_cell(
     run: str,
     on_result: Callable[[PromptResult], None] | None = None,
     on_wave: Callable[[int, list], None] | None = None,
+    drafts: dict[int, int] | None = None,
 ) -> list[PromptResult]:
-    """Decode every device's prompts; returns all results (stored ones included) in (device, prompt) order."""
+    """Decode every device's prompts; returns all results (stored ones included) in (device, prompt) order.
+    `drafts`: each device's block length (a Multi-SPIN plan, uhlm_ray/draft_control.py)."""
     method = cfg.cell.method
     done = store.load(method) if cfg.resume else {}
-    per_device = cell_assignments(cfg=cfg, examples=examples)
+    per_device = cell_assignments(cfg=cfg, examples=examples, drafts=drafts)
     size = cfg.cell.devices_per_actor
     # waves per actor group: wave k holds each device's k-th prompt that is not stored yet
     waves: dict[int, list[list[Assignment]]] = {}

@@ -39,6 +39,7 @@ class Assignment:
     reference: str
     prompt: str
     distance_m: float
+    fixed_drafts: int | None = None  # this device's block length under a Multi-SPIN plan (cell.draft_lengths)
 
 
 def session_id(*, run: str, device_index: int, prompt_index: int) -> str:
@@ -79,6 +80,7 @@ class DeviceActor:
                 mean_snr=mean_snr(device_channel(channel=cfg.channel, distance_m=a.distance_m)),
                 paraphrase_ids=paraphrase_prompt_ids(tokenizer=self.slm.tokenizer, prompt=a.prompt, cfg=cfg,
                                                      prompt_index=a.prompt_index),
+                fixed_drafts=a.fixed_drafts,
             )
             for a, ids in zip(assignments, prompt_ids, strict=True)
         ]

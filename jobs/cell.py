@@ -3,6 +3,8 @@
     python jobs/cell.py                                   # local Ray, embedded pair, 8 devices, U-HLM
     python jobs/cell.py cell.n_devices=16 cell.method=hlm runtime.max_batch_size=16
     python jobs/cell.py cell.scheduler=multi_spin cell.verify_deadline_ms=20   # reuses the decoded prompts
+    python jobs/cell.py cell.method=block_hlm block.stop=fixed block.payload=ids decode.sampling=coupled \
+        cell.draft_lengths=multi_spin cell.scheduler=multi_spin     # each device's block length planned
     ray job submit --address http://127.0.0.1:8265 --runtime-env runtime_env.yaml -- python jobs/cell.py
     ray job submit ... -- python jobs/cell.py --config jobs/configs/cluster.yaml   # on `ray up cluster.yaml`
 
@@ -11,7 +13,8 @@ as waves finish (an interrupted run resumes); the run is logged to MLflow with a
 (`cell_devices.json`, one row per device) and the cell's goodput, per-device throughput and Jain's index as metrics.
 The scheduler and the verifier's deadline batching only price the stored rounds (uhlm_ray/cell.py): a rerun with
 another `cell.scheduler`, `cell.pf_window`, `cell.verify_deadline_ms` or `cell.verify_max_batch` decodes nothing
-again and is logged as a run of its own.
+again and is logged as a run of its own. `cell.draft_lengths=multi_spin` plans each device's block length before
+decoding (uhlm_ray/draft_control.py); the plan is printed, and each device's row carries its planned length.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from actors.verifier_deployment import APP_NAME, ServeVerifierClient, start_veri
 from uhlm_ray.cell import device_channel, device_distances, scheduler_name, summarize_cell  # noqa: E402
 from uhlm_ray.cli import job_inputs, refusals  # noqa: E402
 from uhlm_ray.config import CellConfig, EvaluateConfig  # noqa: E402
+from uhlm_ray.draft_control import DraftPlan, cell_draft_plan  # noqa: E402
 from uhlm_ray.experiments.evaluate import DECODE_SECTIONS, ResultStore, format_value, run_clock, run_key  # noqa: E402
 from uhlm_ray.experiments.locations import job_folder  # noqa: E402
 from uhlm_ray.experiments.tracking import (  # noqa: E402
@@ -56,7 +60,7 @@ DEVICE_COLUMNS = [
     ("transmission_rate", "TR", "{:.2%}"), ("true_skip_rate", "TSR", "{:.2%}"),
     ("acceptance_rate", "accept", "{:.2%}"), ("throughput_modelled", "device tok/s model", "{:.3f}"),
     ("mean_band_share", "band share", "{:.2f}"), ("mean_uplink_ms", "uplink ms", "{:.0f}"),
-    ("median_uplink_ms", "median", "{:.0f}"),
+    ("median_uplink_ms", "median", "{:.0f}"), ("planned_drafts", "planned n", "{:.0f}"),
     ("num_tokens", "tokens", "{:.0f}"),
 ]
 
@@ -83,6 +87,23 @@ def format_cell_table(summary: dict) -> str:
         cells = [format_value(s.get(key), fmt) for key, _, fmt in DEVICE_COLUMNS]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def format_plan(plan: DraftPlan) -> str:
+    lengths = ", ".join(f"{d}: {n}" for d, n in sorted(plan.drafts.items()))
+    return (f"[cell] Multi-SPIN draft plan: block lengths {{{lengths}}}; planned goodput {plan.goodput:.2f} tok/s "
+            f"(slot {plan.slot_s * 1e3:.0f} ms) against {plan.homogeneous_goodput:.2f} at the best common length "
+            f"n = {plan.homogeneous_drafts} and {plan.configured_goodput:.2f} at block.fixed_drafts")
+
+
+def add_plan(*, summary: dict, plan: DraftPlan) -> None:
+    """The plan beside the measured figures: each device's planned length and share, the cell's planned goodputs."""
+    for device, row in summary["devices"].items():
+        row["planned_drafts"] = plan.drafts[int(device)]
+        row["planned_share"] = plan.shares[int(device)]
+    summary["cell"].update(plan_goodput=plan.goodput, plan_homogeneous_goodput=plan.homogeneous_goodput,
+                           plan_homogeneous_drafts=plan.homogeneous_drafts,
+                           plan_configured_goodput=plan.configured_goodput, plan_slot_s=plan.slot_s)
 
 
 def device_table(summary: dict) -> dict[str, list]:
@@ -134,6 +155,9 @@ def main(argv: list[str]) -> int:
     print(f"[cell] verifier up in {time.perf_counter() - start:.1f} s on {info['device']} "
           f"(node {info['node_id'][:12]}),"
           f" |V|={info['vocab_size']}, max batch {info['max_batch_size']}; HTTP route {verifier_url()}/v1/health")
+    plan = cell_draft_plan(cfg=cfg, vocab_size=info["vocab_size"])
+    if plan is not None:
+        print(format_plan(plan))
     encoder = load_encoder(cfg.metrics.encoder)
     store = ResultStore(folder)
     stored = set(store.load(cell.method)) if cfg.resume else set()  # prompts a previous run already finished
@@ -144,7 +168,7 @@ def main(argv: list[str]) -> int:
             bar.update(1)
 
         results = run_cell(cfg=cfg, examples=examples, store=store, encoder=encoder, run=f"cell-{key}",
-                           on_result=progress)
+                           on_result=progress, drafts=plan.drafts if plan is not None else None)
     decode_s = time.perf_counter() - decode_start
     serve.delete(APP_NAME)  # frees the verifier (and its GPU) on a shared cluster
 
@@ -157,6 +181,8 @@ def main(argv: list[str]) -> int:
     summary["cell"]["resumed_prompts"] = resumed
     summary["cell"]["aggregate_throughput_wall"] = summary["cell"]["num_tokens"] / decode_s if not resumed \
         else math.nan
+    if plan is not None:
+        add_plan(summary=summary, plan=plan)
     batch_sizes = [r.verify_batch_size for res in results for r in res.records if r.sent]
     summary["cell"]["mean_verify_batch_size"] = sum(batch_sizes) / len(batch_sizes) if batch_sizes else math.nan
     table = format_cell_table(summary)

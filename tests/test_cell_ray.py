@@ -233,6 +233,20 @@ def test_block_cell_equals_the_core_loop_and_batches_blocks_of_different_lengths
     assert summary["cell"]["mean_accepted_length"] >= 1.0 and summary["cell"]["exact"] == 1.0
 
 
+def test_cell_devices_decode_at_their_planned_block_lengths(verifier, tiny_pair_dirs, tmp_path, encoder):
+    """A plan's lengths reach each device actor's stop rule: device 0 drafts blocks of one, device 1 of three at
+    most (fewer only where max_new_tokens or a drafted end of sequence cuts a block)."""
+    from actors.cell_runner import run_cell
+
+    cfg = _cfg(tiny_pair_dirs, n_devices=2, prompts_per_device=1, devices_per_actor=2, method="block_hlm")
+    cfg.block.stop, cfg.block.max_drafts = "fixed", 4
+    results = run_cell(cfg=cfg, examples=EXAMPLES, store=ResultStore(tmp_path), encoder=encoder, run="planned",
+                       drafts={0: 1, 1: 3})
+    sizes = {result.device_index: [len(r.drafts) for r in result.records] for result in results}
+    assert sizes[0] and set(sizes[0]) == {1}
+    assert max(sizes[1]) == 3
+
+
 def test_http_block_route_verifies_as_the_core_and_names_bad_fields(verifier, tiny_pair):
     import torch
 

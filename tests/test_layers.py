@@ -23,6 +23,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("device",),
     ("base_station",),
     ("decode", "cell"),
+    ("draft_control",),  # plans a cell's block lengths on cell.py's slot
     ("experiments",),
     ("cli",),
 ]

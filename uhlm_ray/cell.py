@@ -571,10 +571,12 @@ def virtual_cell_figures(*, results: list[PromptResult], cfg: EvaluateConfig, cl
     """A sweep trial's cell figures (`CELL_FIGURES`): its decoded prompts of one method made into `cfg.cell`'s
     cell (`virtual_cell`: cell.n_devices devices at their distances, cell.prompts_per_device prompts each) and
     priced under cfg.cell.scheduler; NaN for no results. tune_spaces/schedulers.yaml sweeps the scheduler and the
-    number of devices this way, decoding each prompt once for the whole sweep."""
+    number of devices this way, decoding each prompt once for the whole sweep. NaN under
+    cell.draft_lengths=multi_spin too: its devices decode at their own planned lengths, which only jobs/cell.py
+    does; a trial's prompts were decoded at one length."""
     cell = cfg.cell
     cell_results = virtual_cell(results=results, n_devices=cell.n_devices, prompts_per_device=cell.prompts_per_device)
-    if not cell_results:
+    if not cell_results or cell.draft_lengths != "configured":
         return dict.fromkeys(CELL_FIGURES, math.nan)
     summary = summarize_cell(results=cell_results, distances_m=device_distances(cell), channel=cfg.channel,
                              clock=clock, seed=cfg.decode.seed, cell=cell, per_device_summaries=False)["cell"]

@@ -294,6 +294,7 @@ SCHEDULERS = ("equal", "round_robin", "proportional_fair", "proportional_fair_td
 AUTOSCALING_KEYS = ("min_replicas", "max_replicas", "initial_replicas", "target_ongoing_requests",
                     "upscale_delay_s", "downscale_delay_s", "metrics_interval_s", "look_back_period_s")
 CELL_METHODS = ("slm", "hlm", "rand_hlm", "u_hlm", "cu_hlm", "block_hlm")
+DRAFT_LENGTHS = ("configured", "multi_spin")  # cell.draft_lengths (uhlm_ray/draft_control.py)
 
 
 @dataclass
@@ -320,6 +321,17 @@ class CellConfig:
     verify_deadline_ms: float | None = None
     verify_max_batch: int = 16
     devices_per_actor: int = 8  # simulated devices sharing one SLM copy, decoded in lockstep with batched forwards
+    # Block lengths of a block_hlm cell with block.stop=fixed: "configured" gives every device block.fixed_drafts;
+    # "multi_spin" plans each device's own before decoding (uhlm_ray/draft_control.py, Multi-SPIN's heterogeneous
+    # case): the lengths that maximise the cell's goodput on the slotted clock, from each device's average SNR, the
+    # acceptance the plan assumes and the decode-time taus
+    draft_lengths: str = "configured"
+    # the per-draft acceptance rate the plan assumes: one value for every device, or one per device (coupled ids
+    # blocks accept 0.71 of their drafts on the embedded pair, docs/coupled/modelled_clock.md)
+    plan_acceptance: list[float] = field(default_factory=lambda: [0.7])
+    # bits a draft uploads, for the plan; None: ceil(log2 |V|), exact for block.payload=ids (truncated and full
+    # uploads vary per draft: give their measured bits per draft)
+    plan_bits_per_draft: float | None = None
 
 
 @dataclass
@@ -637,6 +649,22 @@ def validate_cell(cfg: EvaluateConfig) -> None:
         check_range(cell.verify_deadline_ms, field="cell.verify_deadline_ms", low=0.0)
     check_range(cell.verify_max_batch, field="cell.verify_max_batch", low=1)
     check_range(cell.devices_per_actor, field="cell.devices_per_actor", low=1)
+    check_choice(cell.draft_lengths, field="cell.draft_lengths", allowed=DRAFT_LENGTHS)
+    if len(cell.plan_acceptance) not in (1, cell.n_devices):
+        raise ConfigError(f"cell.plan_acceptance has {len(cell.plan_acceptance)} entries; it needs one for every "
+                          f"device or one per device (cell.n_devices={cell.n_devices})")
+    for i, alpha in enumerate(cell.plan_acceptance):
+        check_range(alpha, field=f"cell.plan_acceptance[{i}]", low=0.0, high=1.0, high_open=True)
+    if cell.plan_bits_per_draft is not None:
+        check_range(cell.plan_bits_per_draft, field="cell.plan_bits_per_draft", low=0.0, low_open=True)
+    if cell.draft_lengths == "multi_spin":
+        if cell.method != "block_hlm" or cfg.block.stop != "fixed":
+            raise ConfigError(f"cell.draft_lengths='multi_spin' plans fixed block lengths: it needs "
+                              f"cell.method=block_hlm (got {cell.method!r}) and block.stop=fixed "
+                              f"(got {cfg.block.stop!r})")
+        if cfg.block.payload != "ids" and cell.plan_bits_per_draft is None:
+            raise ConfigError(f"cell.draft_lengths='multi_spin' with block.payload={cfg.block.payload!r}: a draft's "
+                              "bits vary, so set cell.plan_bits_per_draft (e.g. a run's measured bits per draft)")
     check_range(runtime.max_batch_size, field="runtime.max_batch_size", low=1)
     check_range(runtime.batch_wait_timeout_s, field="runtime.batch_wait_timeout_s", low=0.0)
     if runtime.max_ongoing_requests is not None:

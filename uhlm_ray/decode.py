@@ -132,6 +132,7 @@ class DeviceJob:
     policy: SkipPolicy | None  # None for the block method
     mean_snr: float  # the device's average SNR (its distance in a cell)
     paraphrase_ids: list[list[int]] | None = None  # prompt perturbation's K paraphrased prompts, chat-templated
+    fixed_drafts: int | None = None  # block.stop=fixed: this device's own block length (a cell's plan)
 
 
 @dataclass
@@ -212,7 +213,8 @@ def decode_blocks_lockstep(
     """The block method for every job, a block round at a time for all of them together."""
     def decoder(job: DeviceJob) -> BlockDecoder:
         return BlockDecoder(
-            key=job.key, cfg=cfg, rule=make_stop_rule(cfg=cfg, vocab_size=slm.vocab_size), mean_snr=job.mean_snr,
+            key=job.key, cfg=cfg, mean_snr=job.mean_snr,
+            rule=make_stop_rule(cfg=cfg, vocab_size=slm.vocab_size, fixed_drafts=job.fixed_drafts),
             vocab_size=slm.vocab_size, eos_token_ids=eos_token_ids, evaluate=evaluates(method=job.method, cfg=cfg),
             prompt_last_token=job.prompt_ids[-1])
 

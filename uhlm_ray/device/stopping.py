@@ -198,12 +198,13 @@ class ChannelAwareStop:
                 self.acceptance.update(step.uncertainty, i < num_accepted)
 
 
-def make_stop_rule(*, cfg: EvaluateConfig, vocab_size: int) -> StopRule:
+def make_stop_rule(*, cfg: EvaluateConfig, vocab_size: int, fixed_drafts: int | None = None) -> StopRule:
     """The configured rule, fresh (rules that re-fit keep state per prompt, as Hugging Face's do per call);
-    `vocab_size` prices the downlink's answer for the channel-aware rule."""
+    `vocab_size` prices the downlink's answer for the channel-aware rule; `fixed_drafts`, a device's own length
+    for block.stop=fixed (a cell's Multi-SPIN plan, uhlm_ray/draft_control.py), else block.fixed_drafts."""
     block = cfg.block
     if block.stop == "fixed":
-        return FixedLength(drafts=block.fixed_drafts)
+        return FixedLength(drafts=block.fixed_drafts if fixed_drafts is None else fixed_drafts)
     if block.stop == "uncertainty":
         return UncertaintyStop(u_th=block.stop_u_th)
     if block.stop == "confidence":

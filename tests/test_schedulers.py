@@ -1,6 +1,7 @@
 """The cell's schedulers (uhlm_ray/cell.py), worked out by hand on records with known uploads: shares, TDMA turns,
 proportional fair, Multi-SPIN's min-max shares, deadline batching of verifications, goodput and Jain's index."""
 
+import dataclasses
 import math
 from functools import partial
 
@@ -279,3 +280,25 @@ def test_a_device_alone_walks_its_fading_process_as_a_single_device_does():
     for scheduler in ("equal", "round_robin", "multi_spin", "proportional_fair"):
         cell = _schedule(records, scheduler=scheduler, channel=channel)
         assert [r.tau_up_s for r in cell.records[0]] == pytest.approx([r.tau_up_s for r in alone])
+
+
+@pytest.mark.parametrize("process", ["per_round", "gauss_markov", "block"])
+@pytest.mark.parametrize("model", ["shannon", "arq", "inversion"])
+def test_known_gain_is_the_gain_the_upload_starts_with(process, model):
+    """The scheduler's pilot reading (read without pricing an upload) equals the gain of the upload priced alone at
+    the same decision time, for every link model and fading process."""
+    from uhlm_ray.cell import _key, _known_gain
+    from uhlm_ray.link.reprice import reprice
+
+    channel = dataclasses.replace(FADING, process=process, model=model)
+    checked = 0
+    for device, records in _random_cell(n=4, rounds=6, seed=11).items():
+        for record in (r for r in records if r.sent):
+            key = _key(seed=0, device=device, record=record)
+            for start in (0.0, 0.41, 3.2):
+                alone = reprice(record=record, channel=channel, mean_snr=0.5, key=key, start_s=start)
+                priced = 10 ** (alone.snr_db / 10) / 0.5 if math.isfinite(alone.snr_db) else 1.0
+                assert _known_gain(record=record, channel=channel, mean_snr=0.5, key=key, start_s=start) == \
+                    pytest.approx(priced, rel=1e-9)
+                checked += 1
+    assert checked > 10

@@ -38,6 +38,7 @@ import numpy as np
 from uhlm_ray.config import CellConfig, ChannelConfig, EvaluateConfig
 from uhlm_ray.link.capacity import ergodic_capacity
 from uhlm_ray.link.channel import expected_upload_seconds
+from uhlm_ray.link.fading import shared_process
 from uhlm_ray.link.reprice import reprice
 from uhlm_ray.link.throughput import run_throughput
 from uhlm_ray.measures.clock import ModelledClock, modelled_seconds
@@ -303,8 +304,14 @@ def _priced(*, record: Record, channel: ChannelConfig, mean_snr: float, share: f
 
 def _known_gain(*, record: Record, channel: ChannelConfig, mean_snr: float, key: SessionKey, start_s: float
                 ) -> float:
-    """The fading gain when the round decides to upload, read from the upload priced alone: the channel state a
-    scheduler knows from the device's pilot before it shares the band."""
+    """The fading gain when the round decides to upload, the channel state a scheduler knows from the device's
+    pilot before it shares the band: the gain the upload priced alone starts with. On a process in time that is
+    h(start_s), read without pricing the upload (opportunistic PF asks again for every waiting sender at every
+    turn); per round, the upload's own keyed draw. 1 where it is not defined (after an upload that never ends)."""
+    process = shared_process(channel=channel, key=key)
+    if process is not None:
+        gain = process.gain_at(start_s)
+        return gain if math.isfinite(gain) and gain > 0 else 1.0
     alone = reprice(record=record, channel=channel, mean_snr=mean_snr, key=key, start_s=start_s)
     return 10 ** (alone.snr_db / 10) / mean_snr if math.isfinite(alone.snr_db) else 1.0
 

@@ -12,17 +12,16 @@ on the decode-time clock (`DecodeClock`: the configured taus, else the paper's),
 model's expected upload time of L b bits on a share w at SNR_i / w (noise over the band), on its closed form over
 independent fading blocks (`channel.process=per_round`: on a process in time every question would search the bank,
 ARQ's rate included) and read as affine in the bits at each share (`upload_table`: two questions per share, exact
-for eq. 3). The cell's
-goodput for lengths L is
+for eq. 3). The cell's goodput for lengths L is
 
     G(L) = sum_i E_i(L_i) / T*(L),   T*(L) = min_w max_i R_i(L_i, w_i)  s.t.  sum_i w_i = 1,
 
 the inner problem being Multi-SPIN's homogeneous-case allocation (`uhlm_ray.cell.multi_spin_shares`, here on
-tabulated times and vectorised: `slot_seconds`). The plan starts from the best common length and improves one
-device's length at a time while G grows (coordinate ascent over L_i in 1..block.max_drafts). A device far out, whose
-upload dominates its round, gets a short block; a near one, whose round is mostly the fixed LLM pass and the answer,
-a long one. The uploads are then priced per slot by `cell.scheduler` on each round's own bits and fading draws; the
-plan only chooses the lengths.
+tabulated times and vectorised: `slot_seconds`). The slot couples every device, so `plan_draft_lengths` searches
+over slot lengths T (for each, the lengths whose least shares fit the band: `lengths_for_slot`), then improves one
+device's length at a time while G grows. A device far out, whose upload dominates its round, gets a short block; a
+near one, whose round is mostly drafting, the LLM's pass and the answer, a longer one. The uploads are then priced
+per slot by `cell.scheduler` on each round's own bits and fading draws; the plan only chooses the lengths.
 """
 
 from __future__ import annotations

@@ -67,6 +67,9 @@ BLOCKS = [
     ("coupled ids, fixed n = 6", ["decode.sampling=coupled", "block.payload=ids", "block.stop=fixed",
                                   "block.fixed_drafts=6"]),
     ("coupled ids, confidence stop 0.4", ["decode.sampling=coupled", "block.payload=ids", "block.stop=confidence"]),
+    # HF assisted's defaults in full: up to 20 drafts a block (num_assistant_tokens), cut by the confidence stop
+    ("coupled ids, confidence stop 0.4, up to 20 drafts", ["decode.sampling=coupled", "block.payload=ids",
+                                                          "block.stop=confidence", "block.max_drafts=20"]),
 ]
 
 

@@ -6,9 +6,10 @@
 
 The schedulers are pure functions of the per-round records (uhlm_ray/cell.py), and no token depends on the scheduler
 or on the number of devices, so the space's method is decoded once (the space's data and decode settings) and every
-(scheduler, number of devices) point of the space's grid makes those prompts into its cell (`virtual_cell`: device
-i's k-th prompt is prompt k N + i, modulo the prompts decoded, its uplink priced under device i's own fading draws at
-its own distance) and prices it, exactly as each trial of `jobs/sweep.py schedulers` does. Writes
+(scheduler, number of devices) point of the space's grid, with every scheduler of `uhlm_ray.config.SCHEDULERS` the
+grid lacks added, makes those prompts into its cell (`virtual_cell`: device i's k-th prompt is prompt k N + i, modulo
+the prompts decoded, its uplink priced under device i's own fading draws at its own distance) and prices it, exactly
+as each trial of `jobs/sweep.py schedulers` does. Writes
 docs/wireless/schedulers.png (goodput and Jain's index against the number of devices, a line per scheduler) and
 docs/wireless/schedulers.md (the table), unless --no-write.
 """
@@ -27,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from uhlm_ray.cell import CELL_FIGURES, device_channel, device_distances, virtual_cell_figures  # noqa: E402
+from uhlm_ray.config import SCHEDULERS  # noqa: E402
 from uhlm_ray.experiments.datasets import load_examples  # noqa: E402
 from uhlm_ray.experiments.evaluate import ResultStore, run_clock, run_method  # noqa: E402
 from uhlm_ray.experiments.sweep import load_space, method_key, trial_config  # noqa: E402
@@ -51,6 +53,17 @@ def grid_points(space) -> list[dict[str, object]]:
             raise SystemExit(f"{key}: this bench prices grids only, got {spec}")
     return [dict(zip(keys, values, strict=True)) for values in itertools.product(*(space.params[k]["grid"]
                                                                                   for k in keys))]
+
+
+def every_scheduler(points: list[dict[str, object]]) -> list[dict[str, object]]:
+    """The grid's points with every scheduler the code has (`uhlm_ray.config.SCHEDULERS`) at each of the grid's other
+    settings, the space's own schedulers first: the table follows the code, not a copy of its list in the space."""
+    key = "cell.scheduler"
+    if not points or key not in points[0]:
+        return points
+    others = list(dict.fromkeys(tuple((k, v) for k, v in p.items() if k != key) for p in points))
+    names = list(dict.fromkeys([*(p[key] for p in points), *SCHEDULERS]))
+    return [{key: name, **dict(other)} for name in names for other in others]
 
 
 def draw(rows: list[dict], path: Path, title: str) -> None:
@@ -98,7 +111,8 @@ def main(argv: list[str]) -> int:
         overrides = [*(tiny_overrides(Path(tmp)) if args.pair == "tiny" else []), "decode.evaluation_methods=[]",
                      *args.overrides]
         space = load_space(args.space, overrides=overrides)
-        configs = [trial_config(base_overrides=overrides, space=space, params=p) for p in grid_points(space)]
+        configs = [trial_config(base_overrides=overrides, space=space, params=p)
+                   for p in every_scheduler(grid_points(space))]
         first = configs[0]
         method = first.cell.method
         if method not in space.methods:

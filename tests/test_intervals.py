@@ -15,7 +15,14 @@ from uhlm_ray.experiments.calibration import calibrate
 from uhlm_ray.experiments.datasets import Example
 from uhlm_ray.experiments.evaluate import evaluate_methods, format_table, run_clock, summarize_methods
 from uhlm_ray.measures.clock import ModelledClock
-from uhlm_ray.measures.intervals import indistinguishable, method_intervals, paired_intervals, point_estimate
+from uhlm_ray.measures.intervals import (
+    clustered_ratio,
+    clustered_ratio_vs,
+    indistinguishable,
+    method_intervals,
+    paired_intervals,
+    point_estimate,
+)
 from uhlm_ray.measures.metrics import rewalked
 from uhlm_ray.measures.similarity import load_encoder
 from uhlm_ray.records import PromptResult
@@ -99,6 +106,37 @@ def test_comparisons_are_paired_on_the_same_prompts():
 def test_too_few_prompts_give_no_interval():
     s = method_intervals(results=[_result(index=0, similarity=0.5)], clock=CLOCK)
     assert math.isnan(s["accuracy_ci_low"]) and math.isnan(s["accuracy_ci_high"])
+
+
+def test_clustered_ratio_resamples_prompts_with_their_realisations():
+    # per prompt, tokens over seconds vary across realisations but their sums do not: 4 / 2 on every prompt
+    num = np.array([[1.0, 3.0], [3.0, 1.0], [2.0, 2.0]])
+    den = np.ones((3, 2))
+    assert clustered_ratio(num=num, den=den) == (2.0, 2.0, 2.0)  # resampling units alone would spread it
+    # sum num / sum den over all units, and the realisations' order inside a prompt does not matter
+    num = np.array([[4.0, 4.0], [6.0, 2.0], [1.0, 0.0]])
+    den = np.array([[1.0, 1.0], [2.0, 2.0], [1.0, 3.0]])
+    value, low, high = clustered_ratio(num=num, den=den)
+    assert value == pytest.approx(17.0 / 10.0)
+    assert low < value < high
+    assert clustered_ratio(num=num[:, ::-1], den=den[:, ::-1]) == (value, low, high)
+
+
+def test_clustered_ratio_keeps_an_upload_that_never_ends():
+    # prompt 0's second realisation never ends: 0 tok/s wherever prompt 0 is drawn, 4 / 2 from prompt 1 alone
+    value, low, high = clustered_ratio(num=np.full((2, 2), 2.0), den=np.array([[1.0, math.inf], [1.0, 1.0]]))
+    assert (value, low, high) == (0.0, 0.0, 2.0)
+
+
+def test_clustered_comparison_is_paired_on_prompts_and_realisations():
+    rng = np.random.default_rng(5)
+    ref_den = rng.exponential(size=(5, 3))
+    ref_num = np.full((5, 3), 10.0)
+    # twice the reference's throughput on every unit: exactly 2 in every resample, however the units vary
+    assert clustered_ratio_vs(num=ref_num, den=ref_den / 2, ref_num=ref_num, ref_den=ref_den) == \
+        pytest.approx((2.0, 2.0, 2.0))
+    with pytest.raises(ValueError, match="units"):
+        clustered_ratio_vs(num=ref_num[:, :2], den=ref_den[:, :2], ref_num=ref_num, ref_den=ref_den)
 
 
 def test_theorem_intervals_cover_the_line_that_made_the_rounds():

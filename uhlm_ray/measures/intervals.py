@@ -5,7 +5,8 @@ sums over prompts, sum_p num_p / sum_p den_p (accuracy: similarity over 1; TR: u
 tokens over seconds; ...), so that its point estimate is exactly the summary's value and a bootstrap resample of
 prompts costs two sums. A comparison with the LLM alone resamples the same prompt indices for both methods
 (`scipy.stats.bootstrap(..., paired=True)`). Intervals are BCa, percentile where BCa is undefined (a metric
-constant over prompts); NaN when fewer than two prompts have a defined value.
+constant over prompts); NaN when fewer than two prompts have a defined value. A figure priced over several fading
+realisations per prompt (`clustered_ratio`) still resamples prompts, each with its sums over its realisations.
 """
 
 from __future__ import annotations
@@ -89,9 +90,11 @@ def prompt_parts(*, res: PromptResult, clock: ModelledClock) -> Parts:
     return parts
 
 
-def _interval(samples: tuple[np.ndarray, ...], statistic: Callable, *, seed: int) -> tuple[float, float]:
-    """A paired bootstrap interval of `statistic(*samples, axis)` over the prompts that define every sample."""
-    keep = np.all([np.isfinite(s) for s in samples], axis=0)
+def _interval(samples: tuple[np.ndarray, ...], statistic: Callable, *, seed: int, keep_infinite: bool = False
+              ) -> tuple[float, float]:
+    """A paired bootstrap interval of `statistic(*samples, axis)` over the prompts that define every sample
+    (`keep_infinite`: an infinite value defines it too, e.g. the seconds of an upload that never ends)."""
+    keep = np.all([~np.isnan(s) if keep_infinite else np.isfinite(s) for s in samples], axis=0)
     samples = tuple(s[keep] for s in samples)
     if samples[0].size < 2:
         return math.nan, math.nan
@@ -164,6 +167,34 @@ def indistinguishable(summary: dict[str, float], *, metric: str, name: str = "ll
     low, high = summary.get(f"{metric}_vs_{name}_ci_low", math.nan), summary.get(f"{metric}_vs_{name}_ci_high",
                                                                                  math.nan)
     return math.isfinite(low) and math.isfinite(high) and low <= 1.0 <= high
+
+
+def clustered_ratio(*, num: np.ndarray, den: np.ndarray, seed: int = 0) -> tuple[float, float, float]:
+    """sum num / sum den over [prompt, realisation] units with its 95% interval: (value, low, high).
+
+    The realisations of one prompt (its fading redrawn, its tokens kept or redrawn) are one cluster: they share the
+    prompt, so what the bootstrap resamples is the prompts, each with its sums over realisations (resampling units
+    one by one would count R correlated units as independent and narrow the interval). An infinite denominator (an
+    upload that never ends, a static fade) is kept: the ratio is 0 wherever its prompt is drawn."""
+    num_p, den_p = np.asarray(num, dtype=float).sum(axis=1), np.asarray(den, dtype=float).sum(axis=1)
+    value = float(_ratio(num_p, den_p))
+    low, high = _interval((num_p, den_p), _ratio, seed=seed, keep_infinite=True)
+    return value, low, high
+
+
+def clustered_ratio_vs(*, num: np.ndarray, den: np.ndarray, ref_num: np.ndarray, ref_den: np.ndarray,
+                       seed: int = 0) -> tuple[float, float, float]:
+    """`clustered_ratio` of one method over a reference's on the same [prompt, realisation] units (the same
+    prompts and fading realisations), resampling the same prompts for both: (value, low, high). Where the
+    reference's ratio is 0 (an upload of it never ends on every prompt, or in a resample) the value is infinite or
+    the interval NaN."""
+    parts = [np.asarray(a, dtype=float) for a in (num, den, ref_num, ref_den)]
+    if len({a.shape for a in parts}) != 1:
+        raise ValueError(f"the methods must share their [prompt, realisation] units: {[a.shape for a in parts]}")
+    sums = tuple(a.sum(axis=1) for a in parts)
+    value = float(_ratio_of_ratios(*sums))
+    low, high = _interval(sums, _ratio_of_ratios, seed=seed, keep_infinite=True)
+    return value, low, high
 
 
 THEOREM_QUANTITIES = ("a", "b", "delta", "u_th_risk_prone", "u_th_risk_averse", "risk", "risk_bound")

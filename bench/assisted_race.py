@@ -1,7 +1,7 @@
 """Wall-clock race on the embedded pair: the LLM alone, Hugging Face assisted generation and our hybrid methods.
 
-    .venv/bin/python bench/assisted_race.py [--prompts 3] [--tokens 32] [--repeats 3] [--only 'fixed n = 3'] \
-        [overrides...]
+    .venv/bin/python bench/assisted_race.py [--prompts 3] [--tokens 32] [--repeats 3] \
+        [--only 'fixed n = 3|coupled ids'] [overrides...]
 
 Same prompts (chat-templated built-ins), same max new tokens, same machine, same process, plain sampling at
 temperature 1 everywhere (no top-k/top-p, no repetition penalty), measured in one run, every row `--repeats` times
@@ -58,6 +58,9 @@ BLOCKS = [
     ("truncated top-p 0.95, confidence stop 0.4", ["block.payload=truncated", "block.stop=confidence"]),
     # HF assisted's own algorithm: full distributions verified by speculative sampling, its confidence stop
     ("full, confidence stop 0.4", ["block.payload=full", "block.stop=confidence"]),
+    # ... and at HF's fastest setting on a CPU: at most 6 drafts a block, cut by the same confidence stop
+    ("full, confidence stop 0.4, up to 6 drafts", ["block.payload=full", "block.stop=confidence",
+                                                   "block.max_drafts=6"]),
     # shared-noise sampling (decode.sampling=coupled): ids only, a draft kept iff it is the LLM's race winner
     ("coupled ids, uncertainty stop u <= 0.2",
      ["decode.sampling=coupled", "block.payload=ids", "block.stop=uncertainty", "block.stop_u_th=0.2"]),
@@ -140,8 +143,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--prompts", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--only", default="", help="comma-separated label parts: keep only our rows that match "
-                        "(the LLM alone and HF's rows always run)")
+    parser.add_argument("--only", default="", help="'|'-separated label parts (labels hold commas): keep only our "
+                        "rows whose label contains one (the LLM alone and HF's rows always run)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
     base = [f"data.n_prompts={args.prompts}", f"decode.max_new_tokens={args.tokens}", "decode.evaluation_methods=[]",
@@ -174,7 +177,7 @@ def main(argv: list[str]) -> int:
                      lambda c=block_cfg: ours(pair=pair, prompts=prompts, method="block_hlm", cfg=c)))
 
     if args.only:
-        wanted = [w.strip() for w in args.only.split(",")]
+        wanted = [w.strip() for w in args.only.split("|") if w.strip()]
         rows = [r for r in rows if r[0] in ("llm", "hf") or any(w in r[1] for w in wanted)]
     meters = {"slm": ForwardMeter(pair.slm.model), "llm": ForwardMeter(pair.llm.model)}
     rates: dict[int, list[float]] = {i: [] for i in range(len(rows))}

@@ -66,7 +66,9 @@ ROWS = [  # (label, method, overrides)
     *[(f"Block-HLM coupled ids, {label}", "block_hlm", [COUPLED, "block.payload=ids", *stop])
       for label, stop in (("uncertainty stop u <= 0.2", ["block.stop=uncertainty", "block.stop_u_th=0.2"]),
                           ("fixed n = 3", ["block.stop=fixed", "block.fixed_drafts=3"]),
-                          ("fixed n = 5", ["block.stop=fixed", "block.fixed_drafts=5"]))],
+                          ("fixed n = 5", ["block.stop=fixed", "block.fixed_drafts=5"]),
+                          ("confidence stop 0.4", ["block.stop=confidence", "block.confidence_threshold=0.4"]),
+                          ("channel-aware stop", ["block.stop=channel_aware", *PAPER_CLOCK]))],
 ]
 
 

@@ -177,8 +177,48 @@ def eq3_upload_seconds(sender: Sender, share: float, *, bandwidth_hz: float, ove
 MULTI_SPIN_GRID = tuple(2.0 ** (-k / 2) for k in range(25))  # shares 1 .. 1/4096, where the plan is tabulated
 
 
-def multi_spin_shares(senders: list[Sender], *, upload_s: Callable[[Sender, float], float], floor_s: float = 0.0,
-                      iterations: int = 60) -> dict[int, float]:
+def least_shares(times: np.ndarray, grid: np.ndarray, t: float) -> np.ndarray:
+    """Each row's least share that finishes by `t`, log-log interpolated: `times` [m, G] holds round times at the
+    shares of `grid` (ascending, so each row is non-increasing); inf where even the whole band is slower."""
+    log_w, log_t, lt = np.log(grid), np.log(times), math.log(t)
+    fits = log_t <= lt  # [m, G]
+    hi = np.argmax(fits, axis=1)  # the least grid share that finishes by t
+    lo = np.maximum(hi - 1, 0)  # the one before it, which does not
+    rows = np.arange(times.shape[0])
+    t_lo, t_hi = log_t[rows, lo], log_t[rows, hi]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        frac = np.where(np.isfinite(t_lo) & (t_lo > t_hi), (t_lo - lt) / (t_lo - t_hi), 1.0)
+    shares = np.exp(log_w[lo] + np.clip(frac, 0.0, 1.0) * (log_w[hi] - log_w[lo]))
+    shares = np.where(hi == 0, grid[0], shares)  # even the least share on the grid finishes by t
+    return np.where(fits.any(axis=1), shares, np.inf)
+
+
+def slot_seconds(times: np.ndarray, grid: np.ndarray, *, floor_s: float = 0.0,
+                 iterations: int = 60) -> tuple[float, np.ndarray]:
+    """T* = min_w max_i times_i(w_i) with sum_i w_i = 1, and the shares: `times` [n, G] holds each sender's round
+    time at the shares of `grid` (ascending). Bisection on T: the senders' least shares for T must fit the band.
+    `floor_s` is a time the slot lasts anyway: no sender needs to finish before it. (inf, equal shares) when no
+    split of the band lets every sender finish."""
+    even = np.full(times.shape[0], 1.0 / times.shape[0])
+    low = high = max(floor_s, float(times[:, -1].max()))
+    if not math.isfinite(low):
+        return math.inf, even
+    while least_shares(times, grid, high).sum() > 1.0:  # grow until the band holds every sender's least share
+        high *= 2.0
+        if high > 1e9:
+            return math.inf, even
+    for _ in range(iterations):
+        mid = (low + high) / 2
+        if least_shares(times, grid, mid).sum() <= 1.0:
+            high = mid
+        else:
+            low = mid
+    shares = least_shares(times, grid, high)
+    return high, shares / shares.sum()
+
+
+def multi_spin_shares(senders: list[Sender], *, upload_s: Callable[[Sender, float], float],
+                      floor_s: float = 0.0) -> dict[int, float]:
     """Multi-SPIN-style bandwidth allocation (Multi-access speculative inference, arXiv 2606.04581, its
     homogeneous case): a slot's uploads are verified as one synchronised batch, so the slot lasts as long as its
     slowest round, and the sum goodput of the slot's fixed tokens is maximised by the FDMA shares that minimise it:
@@ -188,10 +228,9 @@ def multi_spin_shares(senders: list[Sender], *, upload_s: Callable[[Sender, floa
     with c_i the round's time besides its upload (`Sender.fixed_s`) and t_i(w) the upload's planned time on a
     share w of the band (`upload_s`: under eq. 3, o + b_i / (w W log2(1 + SNR_i h_i / w))). The optimum equalises
     the senders' finishing times, so weaker devices (far, in a fade, more bits, slower rounds) get more of the band,
-    the paper's finding for this case. Solved by bisection on the finishing time T, each sender's least share for
-    T read from t_i tabulated on `MULTI_SPIN_GRID` (interpolated in log-log), then scaled to fill the band; the
-    equal split is kept where the plan does not beat it (so it never plans a slower slot). `floor_s` is a time the
-    slot lasts anyway (a round without an upload): no sender needs to finish before it.
+    the paper's finding for this case. Solved by `slot_seconds` on t_i tabulated on `MULTI_SPIN_GRID`; the equal
+    split is kept where the plan does not beat it (so it never plans a slower slot). `floor_s` is a time the slot
+    lasts anyway (a round without an upload): no sender needs to finish before it.
     """
     if len(senders) == 1:
         return {senders[0].device: 1.0}
@@ -202,33 +241,11 @@ def multi_spin_shares(senders: list[Sender], *, upload_s: Callable[[Sender, floa
     equal = equal_shares(senders)
     grid = np.array(MULTI_SPIN_GRID)[::-1]  # ascending shares: descending times
     fixed = np.array([s.fixed_s for s in senders])
-    times = np.array([[upload_s(s, float(w)) for w in grid] for s in senders]) + fixed[:, None]
-    log_w = np.log(grid)
-
-    def least_shares(t: float) -> np.ndarray:
-        out = np.full(len(senders), np.inf)
-        for i, row in enumerate(times):
-            finite = np.isfinite(row)
-            if not finite.any() or t < row[-1]:
-                continue  # even the whole band is too slow for t
-            x, y = np.log(row[finite])[::-1], log_w[finite][::-1]  # ascending log time, its log share
-            out[i] = math.exp(np.interp(math.log(t), x, y))
-        return out
-
-    low = max(floor_s, float(times[:, -1].max()))
-    high = max(low, slot_time(equal))
-    if not math.isfinite(high):
+    times = np.array([[upload_s(s, float(w)) for w in grid] for s in senders]) + fixed[:, None]  # [n, G]
+    slot, shares = slot_seconds(times, grid, floor_s=floor_s)
+    if not math.isfinite(slot):
         return equal
-    for _ in range(iterations):
-        mid = (low + high) / 2
-        if least_shares(mid).sum() <= 1.0:
-            high = mid
-        else:
-            low = mid
-    shares = least_shares(high)
-    if not np.isfinite(shares).all() or shares.sum() <= 0:
-        return equal
-    plan = {s.device: float(w) for s, w in zip(senders, shares / shares.sum(), strict=True)}
+    plan = {s.device: float(w) for s, w in zip(senders, shares, strict=True)}
     return plan if slot_time(plan) <= slot_time(equal) else equal
 
 

@@ -17,7 +17,7 @@ for eq. 3). The cell's goodput for lengths L is
     G(L) = sum_i E_i(L_i) / T*(L),   T*(L) = min_w max_i R_i(L_i, w_i)  s.t.  sum_i w_i = 1,
 
 the inner problem being Multi-SPIN's homogeneous-case allocation (`uhlm_ray.cell.multi_spin_shares`, here on
-tabulated times and vectorised: `slot_seconds`). The slot couples every device, so `plan_draft_lengths` searches
+tabulated times: `uhlm_ray.cell.slot_seconds`). The slot couples every device, so `plan_draft_lengths` searches
 over slot lengths T (for each, the lengths whose least shares fit the band: `lengths_for_slot`), then improves one
 device's length at a time while G grows. A device far out, whose upload dominates its round, gets a short block; a
 near one, whose round is mostly drafting, the LLM's pass and the answer, a longer one. The uploads are then priced
@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from uhlm_ray.cell import device_channel, device_distances
+from uhlm_ray.cell import device_channel, device_distances, least_shares, slot_seconds
 from uhlm_ray.config import ChannelConfig, EvaluateConfig
 from uhlm_ray.link.channel import expected_upload_seconds
 from uhlm_ray.link.fading import DecodeClock
@@ -88,43 +88,6 @@ def round_fixed_seconds(*, drafts: np.ndarray, clock: DecodeClock, measure_s: fl
     the LLM's pass over the catch-up token and the drafts, and the answer on the downlink."""
     return np.array([d * (clock.tau_slm_s + measure_s) + clock.llm_pass_seconds(1 + d) + clock.block_answer_seconds(d)
                      for d in drafts])
-
-
-def least_shares(times: np.ndarray, grid: np.ndarray, t: float) -> np.ndarray:
-    """Each row's least share that finishes by `t`, log-log interpolated: `times` [m, G] holds round times at the
-    shares of `grid` (ascending, so each row is non-increasing); inf where even the whole band is slower."""
-    log_w, log_t, lt = np.log(grid), np.log(times), math.log(t)
-    fits = log_t <= lt  # [m, G]
-    hi = np.argmax(fits, axis=1)  # the least grid share that finishes by t
-    lo = np.maximum(hi - 1, 0)  # the one before it, which does not
-    rows = np.arange(times.shape[0])
-    t_lo, t_hi = log_t[rows, lo], log_t[rows, hi]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        frac = np.where(np.isfinite(t_lo) & (t_lo > t_hi), (t_lo - lt) / (t_lo - t_hi), 1.0)
-    shares = np.exp(log_w[lo] + np.clip(frac, 0.0, 1.0) * (log_w[hi] - log_w[lo]))
-    shares = np.where(hi == 0, grid[0], shares)  # even the least share on the grid finishes by t
-    return np.where(fits.any(axis=1), shares, np.inf)
-
-
-def slot_seconds(times: np.ndarray, grid: np.ndarray, *, iterations: int = 50) -> tuple[float, np.ndarray]:
-    """T* = min_w max_i times_i(w_i) with sum_i w_i = 1, and the shares: `times` [n, G] holds each device's round
-    time at the shares of `grid`. Bisection on T: the devices' least shares for T must fit the band."""
-    even = np.full(times.shape[0], 1.0 / times.shape[0])
-    low = high = float(times[:, -1].max())
-    if not math.isfinite(low):
-        return math.inf, even
-    while least_shares(times, grid, high).sum() > 1.0:  # grow until the band holds every device's least share
-        high *= 2.0
-        if high > 1e9:
-            return math.inf, even
-    for _ in range(iterations):
-        mid = (low + high) / 2
-        if least_shares(times, grid, mid).sum() <= 1.0:
-            high = mid
-        else:
-            low = mid
-    shares = least_shares(times, grid, high)
-    return high, shares / shares.sum()
 
 
 def lengths_for_slot(*, tokens: np.ndarray, needed: np.ndarray, iterations: int = 40) -> np.ndarray | None:

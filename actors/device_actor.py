@@ -56,7 +56,8 @@ class DeviceActor:
             torch.set_num_threads(self.cfg.model.num_threads)
         slm_source, _ = resolve_pair(self.cfg.model)
         self.slm = load_model(slm_source, dtype=resolve_dtype(self.cfg.model.dtype, device="cpu"), device="cpu",
-                              linear_backend=self.cfg.model.linear_backend)
+                              linear_backend=self.cfg.model.linear_backend,
+                              batch_invariant=self.cfg.model.batch_invariant)
         self.client = ServeVerifierClient()
         info = self.client.info()
         if info["vocab_size"] != self.slm.vocab_size:

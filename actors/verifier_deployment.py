@@ -105,7 +105,7 @@ class VerifierDeployment:
             torch.set_num_threads(cfg.model.num_threads)
         _, llm_source = resolve_pair(cfg.model)
         self.model = load_model(llm_source, dtype=resolve_dtype(cfg.model.dtype, device=device), device=device,
-                                linear_backend=cfg.model.linear_backend)
+                                linear_backend=cfg.model.linear_backend, batch_invariant=cfg.model.batch_invariant)
         self.device = device
         self.core = Verifier(model=self.model, max_sessions=cfg.runtime.max_sessions)
         self.replica = serve.get_replica_context().replica_tag

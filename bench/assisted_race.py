@@ -5,7 +5,13 @@
 
 Same prompts (chat-templated built-ins), same max new tokens, same machine, same process, plain sampling at
 temperature 1 everywhere (no top-k/top-p, no repetition penalty), measured in one run, every row `--repeats` times
-(round robin, so slow spells of a noisy machine spread over all rows); the table shows medians:
+(round robin, so slow spells of a noisy machine spread over all rows). Each repeat draws a fresh sample of every
+prompt's response (HF from torch's generator seeded by (repeat, prompt), ours with `decode.seed` = repeat): a row's
+speed depends on how predictable its sampled text happens to be, and with one sample of a few prompts that alone
+moved the ratio to HF by 10% (teacher-forced, HF's responses had a mean 1 - TV of 0.85 and ours 0.79 on the same 8
+prompts). Rates pool every repeat (tokens over seconds); the ratios carry 95% bootstrap intervals over prompts,
+paired (`clustered_ratio_vs`); `--tv` adds each row's mean 1 - TV(x, y) along its own responses (both models
+teacher-forced), the acceptance any exact method could expect on that text.
 
 - LLM alone: `llm.generate(do_sample=True)`.
 - HF assisted: `llm.generate(assistant_model=slm, do_sample=True)` (speculative sampling, lossless), with its
@@ -18,7 +24,8 @@ temperature 1 everywhere (no top-k/top-p, no repetition penalty), measured in on
   evaluation-mode scoring and no shared passes.
 
 Each time includes the prompt prefill. Prints tokens per second, the ratios to the LLM alone and to HF assisted's
-fastest setting, and for our methods the share of round time outside model forward passes (framework overhead).
+fastest setting (the fastest of the tuned ones run), and for our methods the share of round time outside model
+forward passes (framework overhead).
 Then a per-token breakdown of every run, measured the same way for HF and for us by hooks on each model's decoder
 and output head (so every forward counts, whoever calls it): SLM forwards and LLM passes per generated token and
 their mean cost, our uncertainty measure's time (from the records), and the rest (sampling, verification
@@ -32,7 +39,9 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 
+import numpy as np
 import torch
 from transformers import GenerationConfig
 
@@ -40,6 +49,7 @@ from uhlm_ray.config import load_config
 from uhlm_ray.decode import decode_prompt, make_policy
 from uhlm_ray.experiments.datasets import load_examples
 from uhlm_ray.measures.clock import overhead_share
+from uhlm_ray.measures.intervals import clustered_ratio_vs
 from uhlm_ray.models import load_pair
 from uhlm_ray.models.chat import chat_prompt_ids
 
@@ -100,8 +110,24 @@ class ForwardMeter:
         return out
 
 
-def hf_generate(*, pair, prompts: list[list[int]], tokens: int, assistant: dict | None) -> tuple[int, float, None]:
-    """Generated tokens and seconds over all prompts; `assistant` None is the LLM alone."""
+@dataclass
+class Run:
+    """One row's run over the prompts: per prompt, its generated tokens, seconds and response ids."""
+
+    tokens: list[int] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+    responses: list[list[int]] = field(default_factory=list)
+    overhead: float | None = None  # our methods: the share of round time outside forward passes
+    measure_s: float = 0.0  # our methods: the uncertainty measure's seconds
+
+    def add(self, *, response: list[int], seconds: float) -> None:
+        self.tokens.append(len(response))
+        self.seconds.append(seconds)
+        self.responses.append(response)
+
+
+def hf_generate(*, pair, prompts: list[list[int]], tokens: int, assistant: dict | None, seed: int) -> Run:
+    """HF's generate on every prompt; `assistant` None is the LLM alone."""
     eos = sorted(pair.eos_token_ids)
     sampling = {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "eos_token_id": eos,
                 "pad_token_id": eos[0]}
@@ -109,111 +135,146 @@ def hf_generate(*, pair, prompts: list[list[int]], tokens: int, assistant: dict 
     # HF reads the assistant's settings from the assistant model's own generation config (and the heuristic
     # schedule writes back to it), so each run sets it afresh; {} leaves HF's defaults
     pair.slm.model.generation_config = GenerationConfig(**sampling, **(assistant or {}))
-    produced, seconds = 0, 0.0
+    run = Run()
     for i, ids in enumerate(prompts):
-        torch.manual_seed(i)
+        torch.manual_seed(seed * 100_003 + i)
         input_ids = torch.tensor([ids])  # [1, n]
         start = time.perf_counter()
         with torch.inference_mode():
             out = pair.llm.model.generate(input_ids, attention_mask=torch.ones_like(input_ids),
                                           generation_config=config,
                                           assistant_model=pair.slm.model if assistant is not None else None)
-        seconds += time.perf_counter() - start
-        produced += out.shape[1] - input_ids.shape[1]
-    return produced, seconds, None, 0.0
+        run.add(response=out[0, input_ids.shape[1]:].tolist(), seconds=time.perf_counter() - start)
+    return run
 
 
-def ours(*, pair, prompts: list[list[int]], method: str, cfg) -> tuple[int, float, float, float]:
-    """Tokens, seconds, the share of round time outside forward passes and the uncertainty measure's seconds, for
-    one of our methods."""
-    produced, seconds, records = 0, 0.0, []
+def ours(*, pair, prompts: list[list[int]], method: str, cfg, seed: int) -> Run:
+    """One of our methods on every prompt, with `decode.seed` = seed."""
+    cfg = replace(cfg, decode=replace(cfg.decode, seed=seed))
     policy = make_policy(method=method, cfg=cfg)
+    run, records = Run(), []
     for i, ids in enumerate(prompts):
         start = time.perf_counter()
         tokens, prompt_records, _, _ = decode_prompt(pair=pair, prompt_ids=ids, prompt_index=i, method=method,
                                                      cfg=cfg, policy=policy)
-        seconds += time.perf_counter() - start
-        produced += len(tokens)
+        run.add(response=tokens, seconds=time.perf_counter() - start)
         records += prompt_records
-    return produced, seconds, overhead_share(records), sum(r.tau_uncertainty_s for r in records)
+    run.overhead, run.measure_s = overhead_share(records), sum(r.tau_uncertainty_s for r in records)
+    return run
+
+
+def overlap_along(*, pair, prompts: list[list[int]], responses: list[list[int]]) -> float:
+    """Mean 1 - TV(x, y) over the response positions, both models teacher-forced on prompt + response: the
+    acceptance of one full-distribution draft at each position, so how predictable the sampled text is."""
+    total, count = 0.0, 0
+    for ids, response in zip(prompts, responses, strict=True):
+        if not response:
+            continue
+        seq = torch.tensor([ids + response])  # [1, n + m]
+        with torch.inference_mode():
+            x = pair.slm.model(seq).logits[0, len(ids) - 1:-1].float().softmax(-1)  # [m, V]
+            y = pair.llm.model(seq).logits[0, len(ids) - 1:-1].float().softmax(-1)  # [m, V]
+        total += float(torch.minimum(x, y).sum(-1).sum())
+        count += len(response)
+    return total / max(count, 1)
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prompts", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--only", default="", help="'|'-separated label parts (labels hold commas): keep only our "
-                        "rows whose label contains one (the LLM alone and HF's rows always run)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of every row, each on a fresh sample")
+    parser.add_argument("--only", default="", help="'|'-separated label parts (labels hold commas): keep only the "
+                        "rows whose label contains one (the LLM alone and HF's default always run, and every tuned "
+                        "HF setting when none matches)")
+    parser.add_argument("--tv", action="store_true", help="teacher-force both models over every row's responses "
+                        "and print their mean 1 - TV (one prefill of each model per response)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
+    # one stream: the fast one-row kernel for every row, HF's included (batch invariance buys nothing at batch 1)
     base = [f"data.n_prompts={args.prompts}", f"decode.max_new_tokens={args.tokens}", "decode.evaluation_methods=[]",
-            "runtime.share_prefixes=false", *args.overrides]
+            "runtime.share_prefixes=false", "model.batch_invariant=false", *args.overrides]
     cfg = load_config(overrides=base)
     pair = load_pair(cfg.model)
     prompts = [chat_prompt_ids(tokenizer=pair.tokenizer, prompt=e.prompt) for e in load_examples(cfg.data)]
-    hf_generate(pair=pair, prompts=prompts[:1], tokens=4, assistant={})  # warm-up: first-call costs off the table
+    hf_generate(pair=pair, prompts=prompts[:1], tokens=4, assistant={}, seed=0)  # warm-up: first calls off the table
 
     defaults = GenerationConfig._get_default_generation_params()  # what HF fills in for unset settings
-    rows: list[tuple[str, str, Callable[[], tuple[int, float, float | None, float]]]] = [
+    rows: list[tuple[str, str, Callable[[int], Run]]] = [
         ("llm", "LLM alone (HF generate)",
-         lambda: hf_generate(pair=pair, prompts=prompts, tokens=args.tokens, assistant=None)),
+         lambda seed: hf_generate(pair=pair, prompts=prompts, tokens=args.tokens, assistant=None, seed=seed)),
         ("hf", f"HF assisted, default ({defaults['num_assistant_tokens']} tokens, "
                f"{defaults['num_assistant_tokens_schedule']}, confidence stop "
                f"{defaults['assistant_confidence_threshold']})",
-         lambda: hf_generate(pair=pair, prompts=prompts, tokens=args.tokens, assistant={})),
+         lambda seed: hf_generate(pair=pair, prompts=prompts, tokens=args.tokens, assistant={}, seed=seed)),
     ]
     for setting in TUNED:
-        rows.append(("hf", f"HF assisted, {setting['num_assistant_tokens']} tokens, "
-                           f"{setting['num_assistant_tokens_schedule']}",
-                     lambda s=setting: hf_generate(pair=pair, prompts=prompts, tokens=args.tokens, assistant=s)))
+        rows.append(("tuned", f"HF assisted, {setting['num_assistant_tokens']} tokens, "
+                              f"{setting['num_assistant_tokens_schedule']}",
+                     lambda seed, s=setting: hf_generate(pair=pair, prompts=prompts, tokens=args.tokens, assistant=s,
+                                                         seed=seed)))
     for method, label in (("hlm", "ours: HLM (lossless)"), ("u_hlm", f"ours: U-HLM (u_th {cfg.policy.u_th})"),
                           ("cu_hlm", f"ours: CU-HLM ({cfg.cu_hlm.measure} <= {cfg.cu_hlm.u_th}, "
                                      f"{cfg.cu_hlm.truncation} {cfg.cu_hlm.top_p})")):
-        rows.append(("ours", label, lambda m=method: ours(pair=pair, prompts=prompts, method=m, cfg=cfg)))
+        rows.append(("ours", label, lambda seed, m=method: ours(pair=pair, prompts=prompts, method=m, cfg=cfg,
+                                                                seed=seed)))
     for label, overrides in BLOCKS:
         block_cfg = load_config(overrides=[*base, *overrides])
-        rows.append(("block", f"ours: Block-HLM (lossless), {label}",
-                     lambda c=block_cfg: ours(pair=pair, prompts=prompts, method="block_hlm", cfg=c)))
+        rows.append(("ours", f"ours: Block-HLM (lossless), {label}",
+                     lambda seed, c=block_cfg: ours(pair=pair, prompts=prompts, method="block_hlm", cfg=c,
+                                                    seed=seed)))
 
     if args.only:
         wanted = [w.strip() for w in args.only.split("|") if w.strip()]
-        rows = [r for r in rows if r[0] in ("llm", "hf") or any(w in r[1] for w in wanted)]
+        picked = [r for r in rows if r[0] in ("llm", "hf") or any(w in r[1] for w in wanted)]
+        if not any(r[0] == "tuned" for r in picked):
+            picked = [r for r in rows if r in picked or r[0] == "tuned"]
+        rows = picked
     meters = {"slm": ForwardMeter(pair.slm.model), "llm": ForwardMeter(pair.llm.model)}
-    rates: dict[int, list[float]] = {i: [] for i in range(len(rows))}
-    shares: dict[int, list[float]] = {i: [] for i in range(len(rows))}
+    runs: dict[int, list[Run]] = {i: [] for i in range(len(rows))}
     per_token: dict[int, list[dict[str, float]]] = {i: [] for i in range(len(rows))}
-    produced: dict[int, int] = {}
     for repeat in range(args.repeats):
-        for i, (_, label, run) in enumerate(rows):
+        for i, (_, label, run_row) in enumerate(rows):
             for meter in meters.values():
                 meter.take()
-            n, seconds, share, measure_s = run()
+            run = run_row(repeat)
             (slm_calls, slm_s), (llm_calls, llm_s) = meters["slm"].take(), meters["llm"].take()
+            n, seconds = sum(run.tokens), sum(run.seconds)
             per_token[i].append({"slm_fwd": slm_calls / n, "slm_ms": 1e3 * slm_s / max(slm_calls, 1),
                                  "llm_fwd": llm_calls / n, "llm_ms": 1e3 * llm_s / max(llm_calls, 1),
-                                 "measure_ms": 1e3 * measure_s / n,
-                                 "rest_ms": 1e3 * (seconds - slm_s - llm_s - measure_s) / n,
+                                 "measure_ms": 1e3 * run.measure_s / n,
+                                 "rest_ms": 1e3 * (seconds - slm_s - llm_s - run.measure_s) / n,
                                  "total_ms": 1e3 * seconds / n})
-            rates[i].append(n / seconds)
-            produced[i] = n
-            if share is not None:
-                shares[i].append(share)
+            runs[i].append(run)
             print(f"[race] repeat {repeat + 1}/{args.repeats}: {label}: {n / seconds:.2f} tok/s", flush=True)
 
-    median = {i: statistics.median(r) for i, r in rates.items()}
-    llm = median[0]
-    hf = [i for i, (kind, _, _) in enumerate(rows) if kind == "hf"]
-    fastest = max(hf[1:], key=lambda i: median[i])  # the tuned settings
-    print(f"\n{len(prompts)} prompts x up to {args.tokens} new tokens, {torch.get_num_threads()} torch threads, "
-          f"{next(pair.llm.model.parameters()).dtype}, median of {args.repeats} repeats")
-    print("| run | tokens | tok/s (median) | x LLM alone | x HF assisted fastest | overhead share |")
-    print("|---|---:|---:|---:|---:|---:|")
+    # [prompt, repeat] tokens and seconds of every row: the units the paired bootstrap resamples by prompt
+    tokens = {i: np.array([r.tokens for r in rs]).T for i, rs in runs.items()}
+    seconds = {i: np.array([r.seconds for r in rs]).T for i, rs in runs.items()}
+    rate = {i: tokens[i].sum() / seconds[i].sum() for i in runs}
+    tuned = [i for i, (kind, _, _) in enumerate(rows) if kind == "tuned"]
+    fastest = max(tuned, key=lambda i: rate[i])
+
+    def versus(i: int, ref: int) -> str:
+        value, low, high = clustered_ratio_vs(num=tokens[i], den=seconds[i], ref_num=tokens[ref],
+                                              ref_den=seconds[ref])
+        return f"{value:.2f} [{low:.2f}, {high:.2f}]"
+
+    overlap = {i: overlap_along(pair=pair, prompts=prompts * args.repeats,
+                                responses=[resp for r in runs[i] for resp in r.responses])
+               for i, (kind, _, _) in enumerate(rows) if args.tv and kind != "llm"}
+    print(f"\n{len(prompts)} prompts x up to {args.tokens} new tokens x {args.repeats} samples, "
+          f"{torch.get_num_threads()} torch threads, {next(pair.llm.model.parameters()).dtype}; tok/s pools every "
+          "sample, ratios with 95% bootstrap intervals over prompts (paired)")
+    print("| run | tokens | tok/s | x LLM alone | x HF assisted fastest | overhead share | mean 1 - TV |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for i, (_, label, _) in enumerate(rows):
-        share = f"{statistics.median(shares[i]):.1%}" if shares[i] else "-"
+        shares = [r.overhead for r in runs[i] if r.overhead is not None]
+        share = f"{statistics.median(shares):.1%}" if shares else "-"
         mark = " (tuned: fastest)" if i == fastest else ""
-        print(f"| {label}{mark} | {produced[i]} | {median[i]:.2f} | {median[i] / llm:.2f} | "
-              f"{median[i] / median[fastest]:.2f} | {share} |")
+        tv = f"{overlap[i]:.3f}" if i in overlap else "-"
+        print(f"| {label}{mark} | {int(tokens[i].sum())} | {rate[i]:.2f} | {versus(i, 0)} | {versus(i, fastest)} | "
+              f"{share} | {tv} |")
 
     print("\nPer generated token (medians over the repeats; SLM / LLM: forward passes of each model and their mean "
           "cost, output head included; measure: our uncertainty measure; rest: sampling, verification arithmetic "

@@ -10,25 +10,44 @@ nothing is replayed from another batch size), no result store. A prompt's prefil
 the other methods; at batch 1 the methods also share their SLM passes while they draft the same tokens, which a
 padded batch cannot. Trial time is what `run_method` spends, prefill, verification and evaluation scoring included,
 the similarity encoder excluded (it is the same at any batch size).
-The tokens are the same at every batch size (every draw is keyed); the table checks it. Printed: tok/s per method
-and over all methods, the ratio to batch 1 of the same run (median of --repeats), and the time the paper's scale
-(4 data sets x 100 prompts x 128 tokens x 7 methods) would take at each batch size, at these tokens per second.
+The tokens and records are the same at every batch size (every draw is keyed, and the passes are batch-invariant:
+`model.batch_invariant`, uhlm_ray/models/batch_invariance.py); the table checks both, against the first batch size.
+Batch invariance runs a solo one-token step through the matrix-matrix kernel, which slows batch 1; so where it is on,
+a last row decodes at batch 1 with it off ("1, fast kernel", the fastest single stream, whose tokens may differ
+where two candidates nearly tie), and the ratios are also given against that row. Printed: tok/s per method and
+over all methods, the ratios to batch 1 of the same run (median of --repeats), and the time the paper's scale (4
+data sets x 100 prompts x 128 tokens x 7 methods) would take at each batch size, at these tokens per second.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import time
+from contextlib import nullcontext
 
 from uhlm_ray.config import load_config
 from uhlm_ray.experiments.datasets import load_examples
 from uhlm_ray.experiments.evaluate import METHOD_LABELS, matched_send_prob, ordered_methods, run_method
+from uhlm_ray.models.batch_invariance import single_stream
 from uhlm_ray.models.loading import load_pair
 from uhlm_ray.models.prefix_cache import prefix_cache
 
 PAPER_SCALE_TOKENS = 4 * 100 * 128 * 7
+# what a record holds that depends on the machine's timing or the batch it was decoded in, not on the draws
+TIMING_FIELDS = {"tau_slm_s", "tau_llm_s", "tau_uncertainty_s", "wall_s", "verify_wall_s", "verify_batch_size",
+                 "verify_replica"}
+
+
+def decoded(results: list) -> list:
+    """Every prompt's tokens and its records' other fields (NaN as a string, since NaN != NaN)."""
+    def same(value):
+        return "nan" if isinstance(value, float) and value != value else value
+
+    return [(r.tokens, [{k: same(v) for k, v in dataclasses.asdict(rec).items() if k not in TIMING_FIELDS}
+                        for rec in r.records]) for r in results]
 
 
 def main(argv: list[str]) -> int:
@@ -48,42 +67,45 @@ def main(argv: list[str]) -> int:
     print(f"[bench] {len(examples)} prompts x {args.tokens} tokens, methods {cfg.methods}, {dtype}, "
           f"batches {batches}, {args.repeats} repeat(s)", flush=True)
 
-    rates: dict[int, dict[str, list[float]]] = {b: {} for b in batches}
-    reference_tokens: dict[str, list[list[int]]] = {}
-    mismatched: set[tuple[int, str]] = set()
+    fast = pair.slm.batch_invariant or pair.llm.batch_invariant
+    runs = [str(b) for b in batches] + (["1, fast kernel"] if fast else [])
+    rates: dict[str, dict[str, list[float]]] = {run: {} for run in runs}
+    reference: dict[str, list] = {}
+    mismatched: dict[str, set[str]] = {run: set() for run in runs}
     for _ in range(args.repeats):
-        for b in batches:
+        for run in runs:
+            b = int(run.split(",")[0])
             run_cfg = load_config(overrides=[*base, f"runtime.batch_size={b}"])
             results: dict = {}
             prefixes = prefix_cache(run_cfg.runtime)  # this batch size's own: as evaluate_methods shares passes
             total_tokens = total_s = 0.0
-            for method in ordered_methods(run_cfg.methods):
-                start = time.perf_counter()
-                results[method] = run_method(pair=pair, examples=examples, method=method, cfg=run_cfg, encoder=None,
-                                             store=None, prefixes=prefixes,
-                                             send_prob=matched_send_prob(method=method, cfg=run_cfg, results=results))
-                seconds = time.perf_counter() - start
-                tokens = sum(len(r.tokens) for r in results[method])
-                rates[b].setdefault(method, []).append(tokens / seconds)
-                total_tokens, total_s = total_tokens + tokens, total_s + seconds
-                decoded = [r.tokens for r in results[method]]
-                if reference_tokens.setdefault(method, decoded) != decoded:
-                    mismatched.add((b, method))
-            rates[b].setdefault("all", []).append(total_tokens / total_s)
-            print(f"[bench] batch {b}: {total_tokens:.0f} tokens in {total_s:.1f} s", flush=True)
+            with single_stream(pair.slm.model, pair.llm.model) if run.endswith("fast kernel") else nullcontext():
+                for method in ordered_methods(run_cfg.methods):
+                    start = time.perf_counter()
+                    results[method] = run_method(
+                        pair=pair, examples=examples, method=method, cfg=run_cfg, encoder=None, store=None,
+                        prefixes=prefixes, send_prob=matched_send_prob(method=method, cfg=run_cfg, results=results))
+                    seconds = time.perf_counter() - start
+                    tokens = sum(len(r.tokens) for r in results[method])
+                    rates[run].setdefault(method, []).append(tokens / seconds)
+                    total_tokens, total_s = total_tokens + tokens, total_s + seconds
+                    if reference.setdefault(method, decoded(results[method])) != decoded(results[method]):
+                        mismatched[run].add(method)
+            rates[run].setdefault("all", []).append(total_tokens / total_s)
+            print(f"[bench] batch {run}: {total_tokens:.0f} tokens in {total_s:.1f} s", flush=True)
 
     columns = [*ordered_methods(cfg.methods), "all"]
-    one = statistics.median(rates[batches[0]]["all"])
-    print(f"\n| batch | {' | '.join(METHOD_LABELS.get(m, 'all methods') for m in columns)} | x batch {batches[0]} "
-          "| paper scale | same tokens |")
-    print("|---:|" + "---:|" * (len(columns) + 3))
-    for b in batches:
-        med = {m: statistics.median(rates[b][m]) for m in columns}
-        same = "yes" if not any(bb == b for bb, _ in mismatched) else \
-            "no: " + ", ".join(m for bb, m in sorted(mismatched) if bb == b)
+    one = statistics.median(rates[runs[0]]["all"])
+    base_fast = statistics.median(rates[runs[-1]]["all"]) if fast else one
+    print(f"\n| batch | {' | '.join(METHOD_LABELS.get(m, 'all methods') for m in columns)} | x batch {runs[0]} "
+          f"| x batch 1, fast kernel | paper scale | same tokens and records as batch {runs[0]} |")
+    print("|---:|" + "---:|" * (len(columns) + 4))
+    for run in runs:
+        med = {m: statistics.median(rates[run][m]) for m in columns}
+        same = "yes" if not mismatched[run] else "no: " + ", ".join(sorted(mismatched[run]))
         hours = PAPER_SCALE_TOKENS / med["all"] / 3600
-        print(f"| {b} | " + " | ".join(f"{med[m]:.2f}" for m in columns) +
-              f" | {med['all'] / one:.2f} | {hours:.1f} h | {same} |")
+        print(f"| {run} | " + " | ".join(f"{med[m]:.2f}" for m in columns) +
+              f" | {med['all'] / one:.2f} | {med['all'] / base_fast:.2f} | {hours:.1f} h | {same} |")
     print("\ntok/s: generated tokens per second of trial time (median of the repeats); paper scale: "
           f"{PAPER_SCALE_TOKENS:,} tokens at the all-methods rate (an upper bound on tokens: prompts that stop early "
           "take less).")

@@ -9,8 +9,11 @@ or on the number of devices, so the space's method is decoded once (the space's 
 (scheduler, number of devices) point of the space's grid, with every scheduler of `uhlm_ray.config.SCHEDULERS` the
 grid lacks added, makes those prompts into its cell (`virtual_cell`: device i's k-th prompt is prompt k N + i, modulo
 the prompts decoded, its uplink priced under device i's own fading draws at its own distance) and prices it, exactly
-as each trial of `jobs/sweep.py schedulers` does. Writes
-docs/wireless/schedulers.png (goodput and Jain's index against the number of devices, a line per scheduler) and
+as each trial of `jobs/sweep.py schedulers` does. Each cell is priced over `--realisations` R draws of placement and
+fading (realisation r: `cell.placement_seed` and the fading key's seed moved by r; the tokens stay those decoded
+once), so every figure is a mean over the R realisations with its 95% bootstrap interval, and each scheduler's goodput
+is compared with the equal split's on the same realisations (paired). Writes docs/wireless/schedulers.png (goodput,
+mean device throughput and Jain's index against the number of devices, a line per scheduler, error bars) and
 docs/wireless/schedulers.md (the table), unless --no-write.
 """
 
@@ -22,7 +25,10 @@ import sys
 import tempfile
 import textwrap
 import time
+from dataclasses import replace
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -32,6 +38,7 @@ from uhlm_ray.config import SCHEDULERS  # noqa: E402
 from uhlm_ray.experiments.datasets import load_examples  # noqa: E402
 from uhlm_ray.experiments.evaluate import ResultStore, run_clock, run_method  # noqa: E402
 from uhlm_ray.experiments.sweep import load_space, method_key, trial_config  # noqa: E402
+from uhlm_ray.measures.intervals import clustered_ratio, clustered_ratio_vs  # noqa: E402
 from uhlm_ray.models import load_pair  # noqa: E402
 from uhlm_ray.snr import mean_snr_db  # noqa: E402
 
@@ -77,9 +84,10 @@ def draw(rows: list[dict], path: Path, title: str) -> None:
     for scheduler in schedulers:
         points = sorted((r["n_devices"], r) for r in rows if r["scheduler"] == scheduler)
         n = [p for p, _ in points]
-        axes[0].plot(n, [r["cell_goodput"] for _, r in points], marker="o", label=scheduler)
-        axes[1].plot(n, [r["cell_mean_device_throughput"] for _, r in points], marker="o", label=scheduler)
-        axes[2].plot(n, [r["cell_jain_index"] for _, r in points], marker="o", label=scheduler)
+        for ax, figure in zip(axes, ("cell_goodput", "cell_mean_device_throughput", "cell_jain_index"), strict=True):
+            mean = np.array([r[figure][0] for _, r in points])
+            bars = np.abs(np.array([[r[figure][1] for _, r in points], [r[figure][2] for _, r in points]]) - mean)
+            ax.errorbar(n, mean, yerr=bars, marker="o", capsize=3, label=scheduler)
     labels = ("goodput (verified tok/s of the cell)", "mean per-device throughput (tok/s)",
               "Jain's fairness index (per-device throughput)")
     for ax, label in zip(axes, labels, strict=True):
@@ -96,6 +104,21 @@ def draw(rows: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def summarise(*, priced: dict[tuple[str, int], dict[str, np.ndarray]], key: tuple[str, int]) -> dict:
+    """One (scheduler, devices) row: every cell figure as (mean, low, high) over its realisations (bootstrap over
+    them), and its goodput over the equal split's on the same realisations (paired; NaN without an equal row)."""
+    draws = priced[key]
+    ones = np.ones((len(draws["cell_goodput"]), 1))
+    row: dict = {"scheduler": key[0], "n_devices": key[1]}
+    for figure, values in draws.items():
+        row[figure] = clustered_ratio(num=values[:, None], den=ones)
+    equal = priced.get(("equal", key[1]))
+    row["goodput_vs_equal"] = (clustered_ratio_vs(num=draws["cell_goodput"][:, None], den=ones,
+                                                  ref_num=equal["cell_goodput"][:, None], ref_den=ones)
+                               if equal is not None else (np.nan, np.nan, np.nan))
+    return row
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--space", default=str(ROOT / "tune_spaces" / "schedulers.yaml"))
@@ -104,8 +127,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--name", default="schedulers", help="docs/wireless/<name>.png and .md")
     parser.add_argument("--results", default=None, help="a folder keeping the decoded prompts: a later run with the "
                         "same decode settings reads them instead of decoding (e.g. to price another channel)")
+    parser.add_argument("--realisations", type=int, default=8, help="draws of placement and fading per cell")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_intermixed_args(argv)
+    if args.realisations < 1:
+        raise SystemExit(f"--realisations must be >= 1, got {args.realisations}")
     with tempfile.TemporaryDirectory() as tmp:
         # skipped rounds are not scored by the LLM: the cell's figures do not need it, and it is the slow part
         overrides = [*(tiny_overrides(Path(tmp)) if args.pair == "tiny" else []), "decode.evaluation_methods=[]",
@@ -128,13 +154,19 @@ def main(argv: list[str]) -> int:
         tokens = sum(len(res.tokens) for res in results)
         print(f"[schedulers] decoded {len(results)} prompts of {method} ({tokens} tokens) once in {decode_s:.0f} s; "
               f"pricing {len(configs)} cells", flush=True)
-        rows = []
+        priced: dict[tuple[str, int], dict[str, np.ndarray]] = {}
         for cfg in configs:
             start = time.perf_counter()
-            figures = virtual_cell_figures(results=results, cfg=cfg,
-                                           clock=run_clock(results={method: results}, cfg=cfg))
-            rows.append({"scheduler": cfg.cell.scheduler, "n_devices": cfg.cell.n_devices, **figures,
-                         "price_s": time.perf_counter() - start})
+            draws = []
+            for r in range(args.realisations):  # a new placement and new fades; the same tokens
+                moved = replace(cfg, decode=replace(cfg.decode, seed=cfg.decode.seed + r),
+                                cell=replace(cfg.cell, placement_seed=cfg.cell.placement_seed + r))
+                draws.append(virtual_cell_figures(results=results, cfg=moved,
+                                                  clock=run_clock(results={method: results}, cfg=moved)))
+            priced[cfg.cell.scheduler, cfg.cell.n_devices] = {k: np.array([d[k] for d in draws]) for k in draws[0]}
+            print(f"[schedulers] {cfg.cell.scheduler} x {cfg.cell.n_devices}: {args.realisations} realisations in "
+                  f"{time.perf_counter() - start:.1f} s", flush=True)
+    rows = [summarise(priced=priced, key=key) for key in priced]
     distances = device_distances(configs[-1].cell)
     snrs = [mean_snr_db(device_channel(channel=first.channel, distance_m=d)) for d in distances]
     cell = first.cell
@@ -145,12 +177,19 @@ def main(argv: list[str]) -> int:
                + ("priced alone" if cell.verify_deadline_ms is None else
                   f"batched per slot, deadline {cell.verify_deadline_ms:g} ms, at most {cell.verify_max_batch}")
                + f"; tau_SLM = {first.clock.tau_slm_ms} ms, tau_LLM = {first.clock.tau_llm_ms} ms")
-    lines = ["| scheduler | devices | goodput tok/s | cell tok/s | mean device tok/s | Jain's index | "
-             "mean verify wait ms |", "|---|---:|---:|---:|---:|---:|---:|"]
+    setting += (f"; {args.realisations} realisations of placement and fading per cell, means with 95% bootstrap "
+                "intervals over them; x equal: goodput over the equal split's on the same realisations")
+    lines = ["| scheduler | devices | goodput tok/s | x equal | cell tok/s | mean device tok/s | Jain's index | "
+             "mean verify wait ms |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+
+    def cell(figure: tuple[float, float, float], digits: int = 3) -> str:
+        return f"{figure[0]:.{digits}f} [{figure[1]:.{digits}f}, {figure[2]:.{digits}f}]"
+
     for r in sorted(rows, key=lambda r: (r["scheduler"] != "equal", r["scheduler"], r["n_devices"])):
-        lines.append(f"| {r['scheduler']} | {r['n_devices']} | {r['cell_goodput']:.3f} | {r['cell_throughput']:.3f} | "
-                     f"{r['cell_mean_device_throughput']:.3f} | {r['cell_jain_index']:.3f} | "
-                     f"{r['cell_mean_verify_wait_ms']:.1f} |")
+        lines.append(f"| {r['scheduler']} | {r['n_devices']} | {cell(r['cell_goodput'])} | "
+                     f"{cell(r['goodput_vs_equal'], 2)} | {r['cell_throughput'][0]:.3f} | "
+                     f"{cell(r['cell_mean_device_throughput'])} | {cell(r['cell_jain_index'])} | "
+                     f"{r['cell_mean_verify_wait_ms'][0]:.1f} |")
     table = "\n".join(lines)
     command = "bench/schedulers.py " + " ".join(argv)
     print(f"\n{setting}\n\n{table}")

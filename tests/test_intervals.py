@@ -178,3 +178,24 @@ def test_theorem_intervals_cover_the_line_that_made_the_rounds():
     assert spread_flat["a_ci_low"] < 0 < spread_flat["a_ci_high"]
     assert 0.05 < spread_flat["rising_share"] < 0.95
     assert spread_flat["bound_holds_share"] <= spread_flat["rising_share"]
+
+
+def test_a_prompt_whose_upload_never_ends_counts_as_the_summary_counts_it():
+    """Its modelled seconds are infinite: the run's throughput is 0 tok/s (summarize's tokens / inf), and so are the
+    point estimate and the interval's low end; dropping the prompt would report the other prompts' speed."""
+    from uhlm_ray.records import RoundRecord
+
+    def result(index: int, tau_up: float) -> PromptResult:
+        records = [RoundRecord(method="hlm", prompt_index=index, round=t, draft=5, token=5, uncertainty=0.5, sent=True,
+                               x_d=0.5, y_d=0.5, beta=0.0, accepted=True, resampled=False, payload_bits=100,
+                               catch_up_tokens=1, fading_gain=1.0, snr_db=0.0, tau_up_s=tau_up, tau_slm_s=0.02,
+                               tau_uncertainty_s=0.0, tau_llm_s=0.1, wall_s=0.2) for t in (1, 2)]
+        return dataclasses.replace(_result(index=index, similarity=0.5, method="hlm"), tokens=[5, 5],
+                                   records=records)
+
+    results = [result(0, math.inf), *(result(i, 0.05) for i in range(1, 6))]
+    assert point_estimate(results=results, clock=CLOCK, metric="throughput_modelled") == 0.0
+    s = method_intervals(results=results, clock=CLOCK)
+    assert s["throughput_modelled_ci_low"] == 0.0 < s["throughput_modelled_ci_high"]
+    finite = point_estimate(results=results[1:], clock=CLOCK, metric="throughput_modelled")
+    assert finite > 0 and method_intervals(results=results[1:], clock=CLOCK)["throughput_modelled_ci_low"] > 0

@@ -51,6 +51,10 @@ class ModelConfig:
     # who multiplies float32 matrices on a CPU: "auto" (oneDNN where torch has it), "onednn" or "torch" (MKL's
     # sgemm); uhlm_ray.models.linear_backend says why
     linear_backend: str = "auto"
+    # batch-invariant passes (uhlm_ray.models.batch_invariance): a prompt's logits, so its tokens, are the same bits
+    # at any runtime.batch_size. null: on where that holds (float32 CPU products through oneDNN); costs a single
+    # stream's one-token steps, not a lockstep batch
+    batch_invariant: bool | None = None
 
 
 @dataclass
@@ -500,6 +504,12 @@ def validate_config(cfg: EvaluateConfig) -> None:
         check_choice(method, field=f"decode.evaluation_methods[{i}]", allowed=METHODS)
     check_choice(cfg.model.dtype, field="model.dtype", allowed=("auto", "bfloat16", "float16", "float32"))
     check_choice(cfg.model.linear_backend, field="model.linear_backend", allowed=LINEAR_BACKENDS)
+    if cfg.model.batch_invariant and (cfg.model.device != "cpu" or cfg.model.dtype not in ("auto", "float32")
+                                      or cfg.model.linear_backend == "torch"):
+        raise ConfigError(f"model.batch_invariant=true needs float32 on the CPU through oneDNN (model.device=cpu, "
+                          f"model.dtype=auto or float32, model.linear_backend=auto or onednn); got device="
+                          f"{cfg.model.device!r}, dtype={cfg.model.dtype!r}, linear_backend="
+                          f"{cfg.model.linear_backend!r}; use model.batch_invariant=null (on where it holds) or false")
     if cfg.runtime.trial_resources.get("GPU", 0) > 0 and not str(cfg.model.device).startswith("cuda"):
         raise ConfigError(f"runtime.trial_resources={dict(cfg.runtime.trial_resources)} gives each trial a GPU "
                           f"share but model.device={cfg.model.device!r} decodes on the CPU; set model.device=cuda")

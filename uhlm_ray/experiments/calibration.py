@@ -26,6 +26,7 @@ from filelock import FileLock
 from uhlm_ray.config import EvaluateConfig
 from uhlm_ray.decode import perturbed_passes
 from uhlm_ray.device.decoder import measure_uncertainty, method_measure
+from uhlm_ray.models.batch_invariance import single_stream
 from uhlm_ray.models.chat import chat_prompt_ids
 from uhlm_ray.models.embedded import cache_root
 from uhlm_ray.models.loading import LoadedModel, ModelPair
@@ -131,16 +132,18 @@ def _measure_seconds(*, pair: ModelPair, prompt_ids: list[int], cfg: EvaluateCon
 
 def measure_calibration(*, pair: ModelPair, prompt_ids: list[int], cfg: EvaluateConfig, repeats: int = 5
                         ) -> Calibration:
-    """Time solo passes now (no prefix cache: every pass is computed, none replayed)."""
+    """Time solo passes now (no prefix cache: every pass is computed, none replayed), as one device runs them: with
+    the fast one-row kernel, whatever batch invariance the trial's lockstep uses (`single_stream`)."""
     key, machine = calibration_key(pair=pair, cfg=cfg)
     filler = list(prompt_ids[-max_pass_tokens(cfg):])  # real tokens, so that no pass meets an unusual input
-    slm = CausalSession(model=pair.slm, prompt_ids=prompt_ids)
-    tau_slm = _median_forward(slm, tokens=filler[:1], repeats=repeats)
-    llm = CausalSession(model=pair.llm, prompt_ids=prompt_ids)
-    passes = tuple(_median_forward(llm, tokens=(filler * max_pass_tokens(cfg))[:k], repeats=repeats)
-                   for k in range(1, max_pass_tokens(cfg) + 1))
-    measures = {m: _measure_seconds(pair=pair, prompt_ids=prompt_ids, cfg=cfg, measure=m, repeats=repeats)
-                for m in measures_used(cfg)}
+    with single_stream(pair.slm.model, pair.llm.model):
+        slm = CausalSession(model=pair.slm, prompt_ids=prompt_ids)
+        tau_slm = _median_forward(slm, tokens=filler[:1], repeats=repeats)
+        llm = CausalSession(model=pair.llm, prompt_ids=prompt_ids)
+        passes = tuple(_median_forward(llm, tokens=(filler * max_pass_tokens(cfg))[:k], repeats=repeats)
+                       for k in range(1, max_pass_tokens(cfg) + 1))
+        measures = {m: _measure_seconds(pair=pair, prompt_ids=prompt_ids, cfg=cfg, measure=m, repeats=repeats)
+                    for m in measures_used(cfg)}
     return Calibration(key=key, machine=machine, tau_slm_s=tau_slm, tau_llm_s=passes[0], llm_pass_s=passes,
                        tau_measure_s=measures)
 

@@ -130,7 +130,8 @@ def method_intervals(*, results: list[PromptResult], clock: ModelledClock, seed:
     parts = [prompt_parts(res=res, clock=clock) for res in results]
     out = {}
     for metric in sorted({m for p in parts for m in p}):
-        low, high = _interval(_arrays(parts, metric), _ratio, seed=seed)
+        # an infinite part (an upload that never ends) is kept, as the summary keeps it: 0 tok/s where it is drawn
+        low, high = _interval(_arrays(parts, metric), _ratio, seed=seed, keep_infinite=True)
         out[f"{metric}_ci_low"], out[f"{metric}_ci_high"] = low, high
     return out
 
@@ -149,7 +150,8 @@ def paired_intervals(*, results: list[PromptResult], reference: list[PromptResul
     theirs = [prompt_parts(res=b, clock=clock) for _, b in matched]
     out = {}
     for metric in PAIRED_METRICS:
-        low, high = _interval((*_arrays(mine, metric), *_arrays(theirs, metric)), _ratio_of_ratios, seed=seed)
+        low, high = _interval((*_arrays(mine, metric), *_arrays(theirs, metric)), _ratio_of_ratios, seed=seed,
+                              keep_infinite=True)
         out[f"{metric}_vs_{name}_ci_low"], out[f"{metric}_vs_{name}_ci_high"] = low, high
     return out
 
@@ -157,7 +159,7 @@ def paired_intervals(*, results: list[PromptResult], reference: list[PromptResul
 def point_estimate(*, results: list[PromptResult], clock: ModelledClock, metric: str) -> float:
     """The ratio of sums the interval is about (equal to the summary's value; the tests hold them together)."""
     num, den = _arrays([prompt_parts(res=res, clock=clock) for res in results], metric)
-    keep = np.isfinite(num) & np.isfinite(den)
+    keep = ~np.isnan(num) & ~np.isnan(den)  # infinite parts count, as in the summary (tokens / inf s = 0 tok/s)
     return float(_ratio(num[keep], den[keep])) if keep.any() and den[keep].sum() > 0 else math.nan
 
 

@@ -33,12 +33,20 @@ from uhlm_ray.validation import ConfigError
 
 class OneDnnLinear(torch.nn.Linear):
     """An nn.Linear whose float32 CPU product runs in oneDNN; installed by class swap, never constructed. A layer
-    later cast to another dtype (the tests' float64 pair) or asked for gradients falls back to torch's product."""
+    later cast to another dtype (the tests' float64 pair) or asked for gradients falls back to torch's product.
+    With `pad_single_row` (models.batch_invariance) a one-row input runs as two rows, through the kernel that gives
+    a row the same bits whatever the number of rows."""
+
+    pad_single_row: bool = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x [..., in] -> [..., out]
         if (x.dtype != torch.float32 or self.weight.dtype != torch.float32 or x.device.type != "cpu"
                 or (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))):
             return torch.nn.functional.linear(x, self.weight, self.bias)
+        if self.pad_single_row and x.numel() == x.shape[-1]:
+            rows = x.reshape(1, -1).expand(2, -1)  # [2, in]
+            out = torch.ops.mkldnn._linear_pointwise(rows, self.weight, self.bias, "none", [], "")  # [2, out]
+            return out[:1].reshape(*x.shape[:-1], out.shape[-1])
         return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from uhlm_ray.config import ModelConfig
+from uhlm_ray.models.batch_invariance import install_batch_invariance, resolve_batch_invariant
 from uhlm_ray.models.embedded import cache_root, convert_gguf, ensure_embedded
 from uhlm_ray.models.linear_backend import install_linear_backend, resolve_linear_backend
 from uhlm_ray.models.presets import resolve_pair
@@ -25,6 +26,7 @@ class LoadedModel:
     vocab_size: int  # rows of the output layer: the length of every distribution the model produces
     eos_token_ids: frozenset[int]
     linear_backend: str = "torch"  # who runs its float32 CPU products (uhlm_ray.models.linear_backend)
+    batch_invariant: bool = False  # its passes give a sequence the same bits alone or batched (models.batch_invariance)
 
 
 @dataclass
@@ -95,7 +97,8 @@ def hub_reference(where: str) -> tuple[str, str | None]:
     return where, None
 
 
-def load_model(source: str, *, dtype: torch.dtype, device: str = "cpu", linear_backend: str = "auto") -> LoadedModel:
+def load_model(source: str, *, dtype: torch.dtype, device: str = "cpu", linear_backend: str = "auto",
+               batch_invariant: bool | None = None) -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -113,6 +116,14 @@ def load_model(source: str, *, dtype: torch.dtype, device: str = "cpu", linear_b
     model.to(device).eval()
     backend = resolve_linear_backend(linear_backend, dtype=dtype, device=device)
     install_linear_backend(model, backend=backend)
+    invariant = resolve_batch_invariant(batch_invariant, dtype=dtype, device=device, linear_backend=backend)
+    if invariant:
+        try:
+            install_batch_invariance(model, on=True)
+        except ConfigError:
+            if batch_invariant:  # asked for: say why not; auto: decode without it
+                raise
+            invariant = False
     eos = model.generation_config.eos_token_id if model.generation_config is not None else None
     eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
     if tokenizer.eos_token_id is not None:
@@ -120,7 +131,7 @@ def load_model(source: str, *, dtype: torch.dtype, device: str = "cpu", linear_b
     vocab_size = model.get_output_embeddings().weight.shape[0]
     return LoadedModel(
         source=source, model=model, tokenizer=tokenizer, vocab_size=vocab_size, eos_token_ids=frozenset(eos_ids),
-        linear_backend=backend,
+        linear_backend=backend, batch_invariant=invariant,
     )
 
 
@@ -152,8 +163,10 @@ def load_pair(cfg: ModelConfig) -> ModelPair:
         torch.set_num_threads(cfg.num_threads)
     dtype = resolve_dtype(cfg.dtype, device=cfg.device)
     pair = ModelPair(
-        slm=load_model(slm_source, dtype=dtype, device=cfg.device, linear_backend=cfg.linear_backend),
-        llm=load_model(llm_source, dtype=dtype, device=cfg.device, linear_backend=cfg.linear_backend),
+        slm=load_model(slm_source, dtype=dtype, device=cfg.device, linear_backend=cfg.linear_backend,
+                       batch_invariant=cfg.batch_invariant),
+        llm=load_model(llm_source, dtype=dtype, device=cfg.device, linear_backend=cfg.linear_backend,
+                       batch_invariant=cfg.batch_invariant),
     )
     check_same_vocabulary(slm=pair.slm, llm=pair.llm)
     return pair

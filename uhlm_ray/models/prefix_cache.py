@@ -37,6 +37,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from uhlm_ray.config import RuntimeConfig
+from uhlm_ray.models.batch_invariance import batch_invariant_of
 from uhlm_ray.models.linear_backend import linear_backend_of
 from uhlm_ray.validation import check_range
 
@@ -58,10 +59,11 @@ class ChunkEntry:
 @torch.no_grad()
 def model_fingerprint(*, model: torch.nn.Module, source: str, device: str) -> str:
     """The root of a model's chunk chain: its source, dtype and device, a sample of its weights (each tensor's
-    shape and its first and last values) and the library that multiplies its matrices (oneDNN and MKL round a pass
-    differently). The source alone would let two models loaded from one folder, or a folder whose weights changed
-    since an on-disk cache was written, answer for each other."""
-    digest = hashlib.sha256(f"{source}|{device}|{linear_backend_of(model)}".encode())
+    shape and its first and last values), the library that multiplies its matrices (oneDNN and MKL round a pass
+    differently) and whether its passes are batch-invariant (a one-token pass then rounds differently). The source
+    alone would let two models loaded from one folder, or a folder whose weights changed since an on-disk cache was
+    written, answer for each other."""
+    digest = hashlib.sha256(f"{source}|{device}|{linear_backend_of(model)}|{batch_invariant_of(model)}".encode())
     for name, tensor in model.state_dict().items():
         flat = tensor.reshape(-1)
         ends = torch.cat([flat[:8], flat[-8:]]).to(torch.float64).cpu()

@@ -66,7 +66,10 @@ def residual_distribution(*, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     the result a distribution.
     """
     residual = torch.clamp(y.float() - x.float(), min=0.0)  # [B, V]
-    mass = residual.sum(dim=-1, keepdim=True)  # [B, 1]
+    # each row summed alone: torch splits one row's sum over |V| across threads but gives each of several rows one
+    # thread, which rounds differently, and a recovered token must not depend on how many rows were rejected with
+    # it (batch invariance, uhlm_ray/models/batch_invariance.py)
+    mass = torch.cat([residual[i:i + 1].sum(dim=-1, keepdim=True) for i in range(residual.shape[0])])  # [B, 1]
     return torch.where(mass > 0, residual / mass.clamp_min(torch.finfo(torch.float32).tiny), y.float())
 
 

@@ -55,7 +55,8 @@ def model_steps(rows: list[int], repeats: int, overrides: list[str]) -> None:
     from uhlm_ray.config import load_config
     from uhlm_ray.models.loading import load_pair
 
-    cfg = load_config(overrides=["model.dtype=float32", *overrides])
+    # the kernels as they are: batch invariance would run a one-row step as two rows (models.batch_invariance)
+    cfg = load_config(overrides=["model.dtype=float32", "model.batch_invariant=false", *overrides])
     llm = load_pair(cfg.model).llm.model
     print("\n| LLM step (100-token cache) | batch | torch ms | oneDNN ms | torch / oneDNN | oneDNN tok/s x batch 1 |"
           "\n|---|---:|---:|---:|---:|---:|")

@@ -22,7 +22,6 @@ data sets x 100 prompts x 128 tokens x 7 methods) would take at each batch size,
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import statistics
 import sys
 import time
@@ -34,20 +33,9 @@ from uhlm_ray.experiments.evaluate import METHOD_LABELS, matched_send_prob, orde
 from uhlm_ray.models.batch_invariance import single_stream
 from uhlm_ray.models.loading import load_pair
 from uhlm_ray.models.prefix_cache import prefix_cache
+from uhlm_ray.records import drawn_outcome
 
 PAPER_SCALE_TOKENS = 4 * 100 * 128 * 7
-# what a record holds that depends on the machine's timing or the batch it was decoded in, not on the draws
-TIMING_FIELDS = {"tau_slm_s", "tau_llm_s", "tau_uncertainty_s", "wall_s", "verify_wall_s", "verify_batch_size",
-                 "verify_replica"}
-
-
-def decoded(results: list) -> list:
-    """Every prompt's tokens and its records' other fields (NaN as a string, since NaN != NaN)."""
-    def same(value):
-        return "nan" if isinstance(value, float) and value != value else value
-
-    return [(r.tokens, [{k: same(v) for k, v in dataclasses.asdict(rec).items() if k not in TIMING_FIELDS}
-                        for rec in r.records]) for r in results]
 
 
 def main(argv: list[str]) -> int:
@@ -89,7 +77,8 @@ def main(argv: list[str]) -> int:
                     tokens = sum(len(r.tokens) for r in results[method])
                     rates[run].setdefault(method, []).append(tokens / seconds)
                     total_tokens, total_s = total_tokens + tokens, total_s + seconds
-                    if reference.setdefault(method, decoded(results[method])) != decoded(results[method]):
+                    outcome = drawn_outcome(results[method])
+                    if reference.setdefault(method, outcome) != outcome:
                         mismatched[run].add(method)
             rates[run].setdefault("all", []).append(total_tokens / total_s)
             print(f"[bench] batch {run}: {total_tokens:.0f} tokens in {total_s:.1f} s", flush=True)

@@ -4,9 +4,6 @@ batch size (the float64 twin of the lockstep test is tests/test_batched_decode.p
 
 from __future__ import annotations
 
-import dataclasses
-import math
-
 import pytest
 import torch
 
@@ -15,12 +12,11 @@ from uhlm_ray.experiments.datasets import Example
 from uhlm_ray.experiments.evaluate import run_method
 from uhlm_ray.models.batch_invariance import batch_invariant_of, resolve_batch_invariant, single_stream
 from uhlm_ray.models.session import CausalSession, forward_sessions
+from uhlm_ray.records import drawn_outcome
 from uhlm_ray.validation import ConfigError
 
 EXAMPLES = [Example(id=f"e{i}", prompt=p, reference="ref") for i, p in enumerate(
     ["the cat", "a dog runs", "one two three", "sun and moon", "red", "the river runs far"])]
-TIMING_FIELDS = {"tau_slm_s", "tau_llm_s", "tau_uncertainty_s", "wall_s", "verify_wall_s", "verify_batch_size",
-                 "verify_replica"}
 
 
 def _solo_and_batched(model, *, prompts: list[list[int]], news: list[list[int]]):
@@ -53,18 +49,10 @@ def test_a_padded_batch_gives_each_sequence_its_solo_bits(which, request):
     pair = request.getfixturevalue("tiny_pair" if which == "tiny" else "real_pair")
     for model in (pair.slm, pair.llm):
         assert model.batch_invariant and batch_invariant_of(model.model)  # auto: float32 through oneDNN
-        solo, batched = _solo_and_batched(model, prompts=_prompts(model.vocab_size)[0],
-                                          news=_prompts(model.vocab_size)[1])
+        prompts, news = _prompts(model.vocab_size)
+        solo, batched = _solo_and_batched(model, prompts=prompts, news=news)
         for one, many in zip(solo, batched, strict=True):
             assert torch.equal(one, many), float((one - many).abs().max())
-
-
-def _comparable(results):
-    def same(value):
-        return "nan" if isinstance(value, float) and math.isnan(value) else value
-
-    return [(res.tokens, [{k: same(v) for k, v in dataclasses.asdict(r).items() if k not in TIMING_FIELDS}
-                          for r in res.records]) for res in results]
 
 
 @pytest.mark.parametrize("method", ["llm", "slm", "hlm", "rand_hlm", "u_hlm", "cu_hlm", "block_hlm"])
@@ -80,7 +68,7 @@ def test_float32_lockstep_decodes_the_bits_of_batch_one(tiny_pair, method):
     batched = run_method(pair=tiny_pair, examples=EXAMPLES, method=method, cfg=cfg(4), encoder=None, store=None)
     assert [r.batch_size for r in batched] == [4] * 4 + [2] * 2
     assert sum(len(r.tokens) for r in solo) > 6 * 3
-    assert _comparable(batched) == _comparable(solo)
+    assert drawn_outcome(batched) == drawn_outcome(solo)
 
 
 def test_single_stream_turns_it_off_and_back(tiny_pair):

@@ -16,12 +16,11 @@ from uhlm_ray.experiments import calibration as calibration_module
 from uhlm_ray.experiments.calibration import calibrate
 from uhlm_ray.experiments.datasets import Example
 from uhlm_ray.experiments.evaluate import ResultStore, evaluate_methods, run_clock, run_method, summarize_methods
+from uhlm_ray.records import drawn_outcome
 from uhlm_ray.validation import ConfigError
 
 EXAMPLES = [Example(id=f"e{i}", prompt=p, reference="ref") for i, p in enumerate(
     ["the cat", "a dog runs", "one two three", "sun and moon", "red", "the river runs far"])]
-TIMING_FIELDS = {"tau_slm_s", "tau_llm_s", "tau_uncertainty_s", "wall_s", "verify_wall_s", "verify_batch_size",
-                 "verify_replica"}
 
 
 @pytest.fixture(scope="module")
@@ -34,15 +33,6 @@ def _cfg(*overrides: str):
                                   "decode.evaluation_methods=[u_hlm,rand_hlm,cu_hlm,block_hlm]", *overrides])
 
 
-def _same_nan(value):
-    return "nan" if isinstance(value, float) and math.isnan(value) else value  # NaN read back from JSON is not NaN
-
-
-def _comparable(results):
-    return [(res.tokens, res.stop_reason, [{k: _same_nan(v) for k, v in dataclasses.asdict(r).items()
-                                            if k not in TIMING_FIELDS} for r in res.records]) for res in results]
-
-
 @pytest.mark.parametrize("method", ["llm", "slm", "hlm", "rand_hlm", "u_hlm", "cu_hlm", "block_hlm"])
 def test_lockstep_batches_decode_what_batch_one_decodes(pair64, method):
     solo = run_method(pair=pair64, examples=EXAMPLES, method=method, cfg=_cfg("runtime.batch_size=1"),
@@ -52,7 +42,7 @@ def test_lockstep_batches_decode_what_batch_one_decodes(pair64, method):
     assert [r.batch_size for r in solo] == [1] * 6
     assert [r.batch_size for r in batched] == [4] * 4 + [2] * 2  # a full batch, then the rest
     assert sum(len(r.tokens) for r in solo) > 6 * 3  # the prompts really generated
-    assert _comparable(batched) == _comparable(solo)
+    assert drawn_outcome(batched) == drawn_outcome(solo)
 
 
 def test_batched_results_are_stored_as_they_finish_and_resume(pair64, tmp_path):
@@ -70,7 +60,7 @@ def test_batched_results_are_stored_as_they_finish_and_resume(pair64, tmp_path):
     lines = (tmp_path / "store" / "u_hlm.jsonl").read_text().splitlines()
     assert sorted(int(line.split('"prompt_index": ')[1].split(",")[0]) for line in lines) == [0, 1, 2, 3, 4, 5]
     fresh = run_method(pair=pair64, examples=EXAMPLES, method="u_hlm", cfg=cfg, encoder=None, store=None)
-    assert _comparable(resumed) == _comparable(first + fresh[3:]) == _comparable(fresh)
+    assert drawn_outcome(resumed) == drawn_outcome(first + fresh[3:]) == drawn_outcome(fresh)
 
 
 def test_decode_shares_add_up_to_the_experiment_time(pair64):

@@ -147,3 +147,19 @@ class PromptResult:
         data = dict(data)
         data["records"] = [record_from_dict(r) for r in data["records"]]
         return cls(**data)
+
+
+# what a record holds that depends on the machine's clock or on the batch it was decoded in, not on its draws
+TIMING_FIELDS = frozenset({"tau_slm_s", "tau_llm_s", "tau_uncertainty_s", "wall_s", "verify_wall_s",
+                           "verify_batch_size", "verify_replica"})
+
+
+def drawn_outcome(results: list[PromptResult]) -> list[tuple]:
+    """What each prompt's keyed draws decided: its tokens, stop reason and records without `TIMING_FIELDS`, so equal
+    at any batch size (NaN written as "nan", since NaN != NaN, also after a round trip through JSON)."""
+
+    def same(value: object) -> object:
+        return "nan" if isinstance(value, float) and math.isnan(value) else value
+
+    return [(res.tokens, res.stop_reason, [{k: same(v) for k, v in asdict(r).items() if k not in TIMING_FIELDS}
+                                           for r in res.records]) for res in results]

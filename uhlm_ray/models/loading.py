@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from uhlm_ray.config import ModelConfig
-from uhlm_ray.models.batch_invariance import install_batch_invariance, resolve_batch_invariant
+from uhlm_ray.models.batch_invariance import batch_invariant_of, install_batch_invariance, resolve_batch_invariant
 from uhlm_ray.models.embedded import cache_root, convert_gguf, ensure_embedded
 from uhlm_ray.models.linear_backend import install_linear_backend, resolve_linear_backend
 from uhlm_ray.models.presets import resolve_pair
@@ -26,7 +26,12 @@ class LoadedModel:
     vocab_size: int  # rows of the output layer: the length of every distribution the model produces
     eos_token_ids: frozenset[int]
     linear_backend: str = "torch"  # who runs its float32 CPU products (uhlm_ray.models.linear_backend)
-    batch_invariant: bool = False  # its passes give a sequence the same bits alone or batched (models.batch_invariance)
+
+    @property
+    def batch_invariant(self) -> bool:
+        """Its passes give a sequence the same bits alone or batched now (models.batch_invariance; read off the
+        model, since `single_stream` turns it off for a while)."""
+        return batch_invariant_of(self.model)
 
 
 @dataclass
@@ -116,14 +121,12 @@ def load_model(source: str, *, dtype: torch.dtype, device: str = "cpu", linear_b
     model.to(device).eval()
     backend = resolve_linear_backend(linear_backend, dtype=dtype, device=device)
     install_linear_backend(model, backend=backend)
-    invariant = resolve_batch_invariant(batch_invariant, dtype=dtype, device=device, linear_backend=backend)
-    if invariant:
+    if resolve_batch_invariant(batch_invariant, dtype=dtype, device=device, linear_backend=backend):
         try:
             install_batch_invariance(model, on=True)
         except ConfigError:
             if batch_invariant:  # asked for: say why not; auto: decode without it
                 raise
-            invariant = False
     eos = model.generation_config.eos_token_id if model.generation_config is not None else None
     eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
     if tokenizer.eos_token_id is not None:
@@ -131,7 +134,7 @@ def load_model(source: str, *, dtype: torch.dtype, device: str = "cpu", linear_b
     vocab_size = model.get_output_embeddings().weight.shape[0]
     return LoadedModel(
         source=source, model=model, tokenizer=tokenizer, vocab_size=vocab_size, eos_token_ids=frozenset(eos_ids),
-        linear_backend=backend, batch_invariant=invariant,
+        linear_backend=backend,
     )
 
 

@@ -148,3 +148,29 @@ def test_block_metrics_by_hand():
                                                                                      pytest.approx(2 / 3), 0.0)
     assert s["throughput_modelled"] == pytest.approx(8 / (0.21 + 0.19 + 0.33))
     assert s["throughput_wall"] == pytest.approx(8 / 3.0)
+
+
+@pytest.mark.parametrize("overrides", [
+    ("block.payload=full", "block.stop=confidence"),
+    ("block.payload=ids", "block.stop=fixed", "block.fixed_drafts=4"),
+    ("decode.sampling=coupled", "block.payload=ids", "block.stop=fixed", "block.fixed_drafts=4"),
+])
+def test_every_judged_draft_is_drawn_from_the_slm_on_the_decoded_prefix(tiny_pair, overrides):
+    """Speculative sampling is exact whatever the drafter conditions on, so the exactness tests cannot see a drafter
+    out of step with the response (a cache not rolled back, a recovered or bonus token not caught up): it would only
+    accept less. Each draft the verifier judged (the kept ones and the first rejected one) must carry the SLM's and
+    the LLM's probabilities of it on the response prefix before it, from one cache-free forward over the response."""
+    judged = 0
+    for seed in range(4):
+        _, (tokens, records, _, _) = _decode(tiny_pair, *overrides, tokens=24, seed=seed)
+        ids = torch.tensor([PROMPT + tokens])  # [1, n + m]
+        with torch.inference_mode():
+            x = tiny_pair.slm.model(input_ids=ids, use_cache=False).logits[0, len(PROMPT) - 1:].float().softmax(-1)
+            y = tiny_pair.llm.model(input_ids=ids, use_cache=False).logits[0, len(PROMPT) - 1:].float().softmax(-1)
+        for r in records:  # x, y: [m + 1, V], row j predicts response token j (0-based)
+            for k, draft in enumerate(r.drafts[:r.num_accepted + 1]):
+                j = r.position - 1 + k
+                assert r.x_d[k] == pytest.approx(float(x[j, draft]), abs=1e-5), (seed, r.round, k)
+                assert r.y_d[k] == pytest.approx(float(y[j, draft]), abs=1e-5), (seed, r.round, k)
+                judged += 1
+    assert judged >= 24  # enough drafts, rejected ones included, to have looked

@@ -53,7 +53,7 @@ from uhlm_ray.decode import decode_prompt, make_policy
 from uhlm_ray.experiments.datasets import load_examples
 from uhlm_ray.measures.clock import overhead_share
 from uhlm_ray.measures.intervals import clustered_ratio_vs
-from uhlm_ray.models import load_pair
+from uhlm_ray.models import load_pair, response_logits
 from uhlm_ray.models.chat import chat_prompt_ids
 
 TUNED = [{"num_assistant_tokens": 3, "num_assistant_tokens_schedule": "constant"},
@@ -173,10 +173,8 @@ def overlap_along(*, pair, prompts: list[list[int]], responses: list[list[int]])
     for ids, response in zip(prompts, responses, strict=True):
         if not response:
             continue
-        seq = torch.tensor([ids + response])  # [1, n + m]
-        with torch.inference_mode():
-            x = pair.slm.model(seq).logits[0, len(ids) - 1:-1].float().softmax(-1)  # [m, V]
-            y = pair.llm.model(seq).logits[0, len(ids) - 1:-1].float().softmax(-1)  # [m, V]
+        x = response_logits(model=pair.slm, prompt_ids=ids, response=response).softmax(-1)  # [m, V]
+        y = response_logits(model=pair.llm, prompt_ids=ids, response=response).softmax(-1)  # [m, V]
         total += float(torch.minimum(x, y).sum(-1).sum())
         count += len(response)
     return total / max(count, 1)

@@ -27,7 +27,7 @@ from uhlm_ray.config import EvaluateConfig, load_config
 from uhlm_ray.experiments.datasets import load_examples
 from uhlm_ray.experiments.evaluate import run_method
 from uhlm_ray.link.payload import truncate
-from uhlm_ray.models import load_pair
+from uhlm_ray.models import LoadedModel, load_pair, response_logits
 from uhlm_ray.models.chat import chat_prompt_ids
 from uhlm_ray.records import BlockRecord, PromptResult
 
@@ -38,12 +38,9 @@ UPLOADS = {  # label: overrides
 }
 
 
-@torch.inference_mode()
-def next_token_probs(*, model, prompt: list[int], response: list[int]) -> torch.Tensor:
+def next_token_probs(*, model: LoadedModel, prompt: list[int], response: list[int]) -> torch.Tensor:
     """[len(response), V] float64: row j is the model's distribution of response token j given what precedes it."""
-    ids = torch.tensor([prompt + response], dtype=torch.long)  # [1, L]
-    logits = model(input_ids=ids, use_cache=False).logits[0, len(prompt) - 1:-1]  # [len(response), V]
-    return torch.softmax(logits.double(), dim=-1)
+    return torch.softmax(response_logits(model=model, prompt_ids=prompt, response=response).double(), dim=-1)
 
 
 def judged(record: BlockRecord) -> list[tuple[int, int, bool]]:
@@ -58,8 +55,8 @@ def position_rows(*, results: list[PromptResult], cfg: EvaluateConfig, pair, exa
     for res in results:
         prompt = chat_prompt_ids(tokenizer=pair.tokenizer, prompt=examples[res.prompt_index].prompt)
         assert len(prompt) == res.prompt_tokens, "the prompt is not the one decoded"
-        x_all = next_token_probs(model=pair.slm.model, prompt=prompt, response=res.tokens)  # [T, V]
-        y_all = next_token_probs(model=pair.llm.model, prompt=prompt, response=res.tokens)  # [T, V]
+        x_all = next_token_probs(model=pair.slm, prompt=prompt, response=res.tokens)  # [T, V]
+        y_all = next_token_probs(model=pair.llm, prompt=prompt, response=res.tokens)  # [T, V]
         for record in res.records:
             for k, position, kept in judged(record):
                 if position > len(res.tokens):  # cut at the token budget

@@ -47,7 +47,7 @@ from uhlm_ray.link.channel import expected_upload_seconds
 from uhlm_ray.link.fading import DecodeClock
 from uhlm_ray.link.payload import index_bits
 from uhlm_ray.measures.intervals import clustered_ratio_vs
-from uhlm_ray.models import load_pair
+from uhlm_ray.models import load_pair, response_logits
 from uhlm_ray.models.chat import chat_prompt_ids
 from uhlm_ray.sampling.coupling import race_winner
 from uhlm_ray.sampling.rng import Purpose, SessionKey
@@ -76,9 +76,7 @@ class Position:
 def positions(*, pair, prompt_ids: list[int], response: list[int], key: SessionKey,
               cfg: EvaluateConfig) -> list[Position]:
     """The SLM teacher-forced over the LLM's response: each position's race winner, its x_d and its u."""
-    ids = torch.tensor([prompt_ids + response])  # [1, P + R]
-    with torch.no_grad():
-        logits = pair.slm.model(ids).logits[0, len(prompt_ids) - 1:-1].float()  # [R, V]: position j's x
+    logits = response_logits(model=pair.slm, prompt_ids=prompt_ids, response=response)  # [R, V]: position j's x
     probs = torch.softmax(logits.double(), dim=-1)  # [R, V]
     out = []
     for j, token in enumerate(response):

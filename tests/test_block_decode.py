@@ -14,7 +14,7 @@ from uhlm_ray.decode import decode_prompt
 from uhlm_ray.link.payload import index_bits
 from uhlm_ray.measures.block_metrics import BlockStats, summarize_blocks
 from uhlm_ray.measures.clock import ModelledClock, modelled_seconds
-from uhlm_ray.models import CausalSession, full_recompute_logits
+from uhlm_ray.models import CausalSession, full_recompute_logits, response_logits
 from uhlm_ray.protocol import BlockRequest
 from uhlm_ray.records import BlockRecord, PromptResult
 from uhlm_ray.sampling.rng import SessionKey
@@ -53,6 +53,15 @@ def test_block_records_are_consistent(tiny_pair, overrides):
         emitted += r.tokens
         position += len(r.tokens)
     assert tokens == emitted[:len(tokens)] and stop_reason in ("eos", "max_new_tokens")
+
+
+def test_response_logits_score_each_token_on_the_prefix_before_it(tiny_pair):
+    response = [7, 8, 9, 4]
+    rows = response_logits(model=tiny_pair.slm, prompt_ids=PROMPT, response=response)  # [4, V]
+    assert rows.shape == (len(response), tiny_pair.vocab_size)
+    for j in range(len(response)):
+        assert torch.allclose(rows[j], full_recompute_logits(model=tiny_pair.slm, token_ids=PROMPT + response[:j]),
+                              atol=1e-5), j
 
 
 def test_slm_and_llm_caches_roll_back_to_the_kept_prefix(tiny_pair):
@@ -163,11 +172,9 @@ def test_every_judged_draft_is_drawn_from_the_slm_on_the_decoded_prefix(tiny_pai
     judged = 0
     for seed in range(4):
         _, (tokens, records, _, _) = _decode(tiny_pair, *overrides, tokens=24, seed=seed)
-        ids = torch.tensor([PROMPT + tokens])  # [1, n + m]
-        with torch.inference_mode():
-            x = tiny_pair.slm.model(input_ids=ids, use_cache=False).logits[0, len(PROMPT) - 1:].float().softmax(-1)
-            y = tiny_pair.llm.model(input_ids=ids, use_cache=False).logits[0, len(PROMPT) - 1:].float().softmax(-1)
-        for r in records:  # x, y: [m + 1, V], row j predicts response token j (0-based)
+        x = response_logits(model=tiny_pair.slm, prompt_ids=PROMPT, response=tokens).softmax(-1)  # [m, V]
+        y = response_logits(model=tiny_pair.llm, prompt_ids=PROMPT, response=tokens).softmax(-1)  # [m, V]
+        for r in records:  # row j of x, y scores response token j (0-based)
             for k, draft in enumerate(r.drafts[:r.num_accepted + 1]):
                 j = r.position - 1 + k
                 assert r.x_d[k] == pytest.approx(float(x[j, draft]), abs=1e-5), (seed, r.round, k)

@@ -1,7 +1,7 @@
 """Model loading (hub id, folder, GGUF, embedded part packages) and the KV-cache step API."""
 
 from uhlm_ray.models.loading import LoadedModel, ModelPair, check_same_vocabulary, load_model, load_pair
-from uhlm_ray.models.session import CausalSession, full_recompute_logits
+from uhlm_ray.models.session import CausalSession, full_recompute_logits, response_logits
 
 __all__ = [
     "CausalSession",
@@ -11,4 +11,5 @@ __all__ = [
     "full_recompute_logits",
     "load_model",
     "load_pair",
+    "response_logits",
 ]

@@ -374,3 +374,12 @@ def full_recompute_logits(*, model: LoadedModel, token_ids: list[int]) -> torch.
     device = next(model.model.parameters()).device
     ids = torch.tensor([token_ids], dtype=torch.long, device=device)  # [1, n]
     return model.model(input_ids=ids, use_cache=False).logits[0, -1].float().cpu()
+
+
+@torch.inference_mode()
+def response_logits(*, model: LoadedModel, prompt_ids: list[int], response: list[int]) -> torch.Tensor:
+    """The model teacher-forced over a response: logits [len(response), V] (float32) from one cache-free forward
+    over prompt + response, row j scoring response token j given everything before it."""
+    device = next(model.model.parameters()).device
+    ids = torch.tensor([prompt_ids + response], dtype=torch.long, device=device)  # [1, P + R]
+    return model.model(input_ids=ids, use_cache=False).logits[0, len(prompt_ids) - 1:-1].float().cpu()  # [R, V]

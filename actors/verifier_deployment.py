@@ -107,7 +107,8 @@ class VerifierDeployment:
         self.model = load_model(llm_source, dtype=resolve_dtype(cfg.model.dtype, device=device), device=device,
                                 linear_backend=cfg.model.linear_backend, batch_invariant=cfg.model.batch_invariant)
         self.device = device
-        self.core = Verifier(model=self.model, max_sessions=cfg.runtime.max_sessions)
+        self.core = Verifier(model=self.model, max_sessions=cfg.runtime.max_sessions,
+                             fuse_prefill=cfg.runtime.fuse_llm_prefill)
         self.replica = serve.get_replica_context().replica_tag
         self.max_batch_size = cfg.runtime.max_batch_size
         for batched in (self._verify_batch, self._block_batch):

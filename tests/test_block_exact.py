@@ -69,7 +69,9 @@ def block_samples(pair, overrides: list[str], *, blocks: bool = True):
     """SEEDS decodes of the first LENGTH tokens with the block method, batched in lockstep (one job per seed): the
     tokens, and with `blocks=False` (overrides choose the blocks) the outcomes too."""
     fixed = ["block.stop=fixed", "block.fixed_drafts=3", "block.max_drafts=3"] if blocks else []
-    cfg = load_config(overrides=["model.pair=custom", f"decode.max_new_tokens={LENGTH}", *fixed,
+    # a block leaves the budget's last token to its verdict: one token more lets the first block hold three drafts
+    budget = LENGTH + 1 if blocks else LENGTH
+    cfg = load_config(overrides=["model.pair=custom", f"decode.max_new_tokens={budget}", *fixed,
                                  "channel.fading=none", *overrides])
     jobs = [DeviceJob(session_id=f"s{seed}", key=SessionKey(seed=seed, device=0, prompt=0), prompt_ids=PROMPT,
                       method="block_hlm", policy=None, mean_snr=1.0) for seed in range(SEEDS)]
@@ -79,9 +81,9 @@ def block_samples(pair, overrides: list[str], *, blocks: bool = True):
     outcomes = decode_lockstep(slm=pair.slm, verifier=verifier, jobs=jobs, cfg=cfg, eos_token_ids=frozenset(),
                                prefixes=prefixes)
     for outcome in outcomes:
-        assert len(outcome.tokens) == LENGTH
+        assert len(outcome.tokens) == budget
         assert not blocks or len(outcome.records[0].drafts) == 3  # the first round really drafts a block of three
-    samples = [tuple(o.tokens) for o in outcomes]
+    samples = [tuple(o.tokens[:LENGTH]) for o in outcomes]
     return samples if blocks else (samples, outcomes)
 
 

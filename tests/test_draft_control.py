@@ -152,7 +152,8 @@ def test_plan_settings_are_checked_before_work_starts():
 
 def test_each_device_decodes_at_its_planned_length(tiny_pair):
     """Two devices in one lockstep with lengths 1 and 4: every block holds exactly its device's length, or what is
-    left of max_new_tokens when less (the stop rule takes the job's own length over block.fixed_drafts)."""
+    left of max_new_tokens less the verdict's own token when less (at least one draft; the stop rule takes the job's
+    own length over block.fixed_drafts)."""
     cfg = load_config(overrides=["model.pair=custom", "decode.max_new_tokens=12", "block.stop=fixed",
                                  "block.fixed_drafts=2", "block.max_drafts=4", "channel.fading=none"])
     assert make_stop_rule(cfg=cfg, vocab_size=tiny_pair.vocab_size, fixed_drafts=4) == FixedLength(drafts=4)
@@ -163,7 +164,8 @@ def test_each_device_decodes_at_its_planned_length(tiny_pair):
     for outcome, n in zip(outcomes, (1, 4), strict=True):
         assert len(outcome.tokens) == 12
         for record in outcome.records:
-            assert len(record.drafts) == min(n, 12 - (record.position - 1)), (n, record.position, record.drafts)
+            left = 12 - (record.position - 1)
+            assert len(record.drafts) == min(n, max(left - 1, 1)), (n, record.position, record.drafts)
 
 
 def test_the_sweeps_virtual_cell_does_not_claim_planned_lengths():

@@ -366,6 +366,10 @@ class RuntimeConfig:
     # with their measured time (models/prefix_cache.py): a sweep's trials share them through files; results and
     # clocks are the same either way, off costs only time
     share_prefixes: bool = True
+    # the LLM processes a prompt in its first verification pass, with the first drafts, as Hugging Face assisted
+    # generation does: one LLM forward fewer per prompt on the wall clock (the single-stream race); the prompt's time
+    # then lands in the first round's tau_llm_s instead of prefill_s. Needs share_prefixes=false (that pass is unique)
+    fuse_llm_prefill: bool = False
     prefix_cache_mb: float = 1024.0  # in-memory bound per process (least recently used out)
     # a node's own folder for what may stay on it (a sweep's shared forward passes); None: the system temp folder
     scratch_dir: str | None = None
@@ -682,6 +686,9 @@ def validate_cell(cfg: EvaluateConfig) -> None:
     check_range(runtime.verifier_num_gpus, field="runtime.verifier_num_gpus", low=0.0)
     check_range(runtime.verifier_replicas, field="runtime.verifier_replicas", low=1, high=1024)
     check_range(runtime.max_queued_requests, field="runtime.max_queued_requests", low=1)
+    if runtime.fuse_llm_prefill and runtime.share_prefixes:
+        raise ConfigError("runtime.fuse_llm_prefill=true needs runtime.share_prefixes=false: a prompt fused into the "
+                          "first verification pass is a pass no other run shares")
     for name in runtime.verifier_autoscaling:
         check_choice(name, field="runtime.verifier_autoscaling", allowed=AUTOSCALING_KEYS)
     check_range(runtime.device_actor_num_cpus, field="runtime.device_actor_num_cpus", low=0.0)

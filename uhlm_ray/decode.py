@@ -369,7 +369,7 @@ def decode_batch(*, pair: ModelPair, jobs: list[DeviceJob], cfg: EvaluateConfig,
                                    prefixes=prefixes, on_done=on_done)
     if any(job.method == "llm" for job in jobs):
         raise ConfigError("decode_batch: the LLM alone cannot share a lockstep with hybrid methods")
-    verifier = verifier or Verifier(model=pair.llm, prefixes=prefixes)
+    verifier = verifier or Verifier(model=pair.llm, prefixes=prefixes, fuse_prefill=cfg.runtime.fuse_llm_prefill)
     return decode_lockstep(slm=pair.slm, verifier=verifier, jobs=jobs, cfg=cfg, eos_token_ids=pair.eos_token_ids,
                            prefixes=prefixes, on_done=on_done)
 

@@ -68,9 +68,12 @@ def _check_unique(ids: list[str]) -> None:
 class Verifier:
     """LLM sessions by id, opened with a prompt, verified in batches, closed when the device is done."""
 
-    def __init__(self, *, model: LoadedModel, max_sessions: int = 1024, prefixes: PrefixCache | None = None) -> None:
+    def __init__(self, *, model: LoadedModel, max_sessions: int = 1024, prefixes: PrefixCache | None = None,
+                 fuse_prefill: bool = False) -> None:
         self.model = model
         self.prefixes = prefixes  # forward passes shared with other runs of the same prompts
+        # the prompt waits for the first verification pass (runtime.fuse_llm_prefill): one LLM forward fewer
+        self.fuse_prefill = fuse_prefill
         self.vocab_size = model.vocab_size
         self.max_sessions = max_sessions
         self._sessions: dict[str, tuple[CausalSession, SessionKey]] = {}
@@ -83,14 +86,16 @@ class Verifier:
         return len(self._sessions)
 
     def open(self, *, session_id: str, prompt_ids: list[int], key: SessionKey) -> float:
-        """Prefill the prompt; returns its seconds. Reopening an id replaces it (a retried device restarts)."""
+        """Prefill the prompt (or, fusing, leave it to the first verification pass); returns its seconds. Reopening
+        an id replaces it (a retried device restarts)."""
         with self._lock:
             self._sessions.pop(session_id, None)
             self._session_rounds.pop(session_id, None)
             if len(self._sessions) >= self.max_sessions:
                 raise SessionError(f"session {session_id!r}: the verifier already holds max_sessions="
                                    f"{self.max_sessions} sessions; close finished ones")
-            session = CausalSession(model=self.model, prompt_ids=prompt_ids, prefixes=self.prefixes)
+            session = CausalSession(model=self.model, prompt_ids=prompt_ids, prefixes=self.prefixes,
+                                    eager=not self.fuse_prefill)
             self._sessions[session_id] = (session, key)
             self._session_rounds[session_id] = 0
             return session.prefill_s
@@ -127,9 +132,10 @@ class Verifier:
             for (session, _), request in zip(entries, requests, strict=True):
                 for token in request.new_tokens:
                     session.append(token)
+            ran = [not session.ready for session, _ in entries]  # a pass: tokens to catch up, or a fused prompt
             forward_sessions([s for s, _ in entries], score=any(r.score for r in requests))
             results = []
-            for (session, key), request in zip(entries, requests, strict=True):
+            for (session, key), request, passed in zip(entries, requests, ran, strict=True):
                 y = torch.softmax(session.next_logits(), dim=-1)  # [V] float32
                 if request.coupled:  # the LLM's own race winner at this position; beta is the device's to compute
                     winner = race_winner(probs=y, key=key, position=request.round_index)
@@ -150,12 +156,12 @@ class Verifier:
                                           ) if request.coupled and request.score and caught_up else []
                 results.append(VerifyResult(
                     token=token, accepted=accepted, resampled=resampled, y_d=float(y[request.draft]), beta=beta,
-                    tau_llm_s=session.timing.forward_s if caught_up else 0.0,
+                    tau_llm_s=session.timing.forward_s if passed else 0.0,
                     catch_up_tokens=len(request.new_tokens), batch_size=len(requests),
                     new_token_probs=session.pending_probs if request.score and caught_up else [],
                     new_token_winners=winners,
-                    scoring_s=session.timing.scoring_s if caught_up else 0.0,
-                    replayed_s=session.timing.replayed_s if caught_up else 0.0,
+                    scoring_s=session.timing.scoring_s if passed else 0.0,
+                    replayed_s=session.timing.replayed_s if passed else 0.0,
                 ))
             return results
 

@@ -6,7 +6,7 @@ A round r of `block_hlm`:
    x~ (`truncated`), each as rounded to `payload.prob_dtype` (link/payload.py `quantise`), or x or its argmax when
    only ids go up (`ids`, verified as point masses). After each draft the
    stopping rule (uhlm_ray/device/stopping.py) decides whether to draft another; a block never exceeds
-   `block.max_drafts`, the token budget, or an end-of-sequence draft.
+   `block.max_drafts` or the token budget less the verdict's own token, nor goes past an end-of-sequence draft.
 2. The block is priced on the channel (uhlm_ray/link/channel.py) and uploaded with the ids of any tokens the LLM has not
    seen. With `block.skip_u_th` set (lossy), drafts with u <= skip_u_th are committed without a test, and a block
    of such drafts only is not uploaded at all (U-HLM's skip): its tokens ride to the LLM as sync ids later.
@@ -166,7 +166,9 @@ class BlockDecoder:
                          tau_uncertainty_s=spent, verified=verified)
         self.block.append(BlockDraft(token=token, logits=logits, probs=probs, kept=kept, step=step,
                                      verified=verified, tau_slm_s=tau_slm_s, tau_uncertainty_s=spent))
-        budget = self.cfg.decode.max_new_tokens - len(self.tokens)
+        # the verdict adds a token of its own, so b tokens left take b - 1 drafts (as Hugging Face caps its assistant):
+        # a b-th draft could only displace the bonus token, at the cost of an SLM step
+        budget = max(self.cfg.decode.max_new_tokens - len(self.tokens) - 1, 1)
         if token in self.eos_token_ids or len(self.block) >= min(block.max_drafts, budget):
             return False
         return self.rule.go_on(step=step, block=[d.step for d in self.block])

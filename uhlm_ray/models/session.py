@@ -45,11 +45,18 @@ class StepTiming:
 
 
 class CausalSession:
-    """Created with its prompt already processed (the prefill), timed in `prefill_s`."""
+    """Created with its prompt already processed (the prefill), timed in `prefill_s`; or, with `eager=False`, with
+    the prompt pending: the first pass then processes it with whatever was appended since (Hugging Face assisted
+    generation's first verification pass, one forward fewer per prompt), its time lands in that pass and
+    `prefill_s` is 0. The prompt's own tokens are never scored."""
 
-    def __init__(self, *, model: LoadedModel, prompt_ids: list[int], prefixes: PrefixCache | None = None) -> None:
+    def __init__(self, *, model: LoadedModel, prompt_ids: list[int], prefixes: PrefixCache | None = None,
+                 eager: bool = True) -> None:
         if not prompt_ids:
             raise ConfigError("prompt_ids is empty: a session needs at least one prompt token")
+        if not eager and prefixes is not None:
+            raise ConfigError("a session that defers its prefill (runtime.fuse_llm_prefill=true) cannot share its "
+                              "passes (runtime.share_prefixes=true): its first pass is its own; turn one off")
         _check_plain_output_head(model.model)
         self._model = model.model
         self._device = next(model.model.parameters()).device
@@ -68,8 +75,11 @@ class CausalSession:
                                     if prefixes is not None else None)
         self._rows = 1  # next-token logits wanted from the next pass: its last `_rows` positions (a block's y)
         self.row_logits: torch.Tensor | None = None  # [rows, V] float32 after a pass that asked for several
-        self.next_logits()
-        self.prefill_s = self.timing.forward_s  # the prompt's pass, measured or replayed
+        self._unscored = 0 if eager else len(prompt_ids)  # leading pending tokens no pass scores (a deferred prompt)
+        self.timing = StepTiming(tokens=0)
+        if eager:
+            self.next_logits()
+        self.prefill_s = self.timing.forward_s  # the prompt's pass, measured or replayed (0: deferred)
         self.timing = StepTiming(tokens=0)  # the prefill is reported in prefill_s, never as a round's forward
 
     @property
@@ -157,15 +167,17 @@ class CausalSession:
                 earlier = head(hidden[:-1]).float().cpu() if hidden.shape[0] > 1 else hidden.new_zeros(0)  # [n-1, V]
             predictors = [self._last_logits] if self._last_logits is not None else [None]
             predictors += list(earlier)
+            skip = self._unscored  # a deferred prompt: only what was appended after it is scored
             self.pending_probs = [
                 float(torch.softmax(z, dim=-1)[tok]) if z is not None else float("nan")
-                for z, tok in zip(predictors, self._pending, strict=True)
+                for z, tok in zip(predictors[skip:], self._pending[skip:], strict=True)
             ]
-            self.pending_rows = predictors
+            self.pending_rows = predictors[skip:]
             self.timing.scoring_s = scoring_s + time.perf_counter() - start
         self.processed += len(self._pending)
         self._last_token = self._pending[-1]
         self._pending = []
+        self._unscored = 0
 
 
 def _check_plain_output_head(model: torch.nn.Module) -> None:

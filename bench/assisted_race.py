@@ -55,6 +55,7 @@ from uhlm_ray.measures.clock import overhead_share
 from uhlm_ray.measures.intervals import clustered_ratio_vs
 from uhlm_ray.models import load_pair, response_logits
 from uhlm_ray.models.chat import chat_prompt_ids
+from uhlm_ray.models.forward_meter import ForwardMeter
 
 TUNED = [{"num_assistant_tokens": 3, "num_assistant_tokens_schedule": "constant"},
          {"num_assistant_tokens": 6, "num_assistant_tokens_schedule": "constant"},
@@ -87,30 +88,6 @@ BLOCKS = [
     ("coupled ids, confidence stop 0.4, up to 20 drafts", ["decode.sampling=coupled", "block.payload=ids",
                                                           "block.stop=confidence", "block.max_drafts=20"]),
 ]
-
-
-class ForwardMeter:
-    """Counts the forward passes of one model's decoder and times them with its output head, by module hooks."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.calls, self.seconds = 0, 0.0
-        self._started: float | None = None
-        for module, counts in ((model.get_decoder(), True), (model.get_output_embeddings(), False)):
-            module.register_forward_pre_hook(self._start)
-            module.register_forward_hook(lambda *_, counts=counts: self._stop(counts=counts))
-
-    def _start(self, *_) -> None:
-        self._started = time.perf_counter()
-
-    def _stop(self, *, counts: bool) -> None:
-        self.seconds += time.perf_counter() - self._started
-        self.calls += counts
-
-    def take(self) -> tuple[int, float]:
-        """(forward passes, seconds) since the last take."""
-        out = (self.calls, self.seconds)
-        self.calls, self.seconds = 0, 0.0
-        return out
 
 
 @dataclass

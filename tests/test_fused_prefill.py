@@ -15,31 +15,20 @@ import pytest
 from uhlm_ray.base_station.verifier import Verifier
 from uhlm_ray.config import EvaluateConfig, load_config
 from uhlm_ray.decode import decode_prompt, make_policy
+from uhlm_ray.models.forward_meter import ForwardMeter
+from uhlm_ray.models.prefix_cache import PrefixCache
+from uhlm_ray.models.session import CausalSession
+from uhlm_ray.records import record_outcome
 from uhlm_ray.sampling.rng import SessionKey
 from uhlm_ray.validation import ConfigError
 
 PROMPTS = [[2, 3, 4, 5, 6], [7, 8, 9]]
-MEASURED = {"tau_slm_s", "tau_llm_s", "tau_uncertainty_s", "wall_s", "verify_wall_s"}  # clocks, not outcomes
 RUNS = [  # (method, overrides): per-token methods (U-HLM skips, so it catches up and scores) and blocks
     ("hlm", {}),
     ("u_hlm", {}),
     ("block_hlm", {"payload": "full", "stop": "confidence", "max_drafts": 6}),
     ("block_hlm", {"payload": "ids", "stop": "fixed", "fixed_drafts": 3}),
 ]
-
-
-class ForwardCount:
-    """Forward passes of one model's decoder, by a hook."""
-
-    def __init__(self, model) -> None:
-        self.calls = 0
-        self._handle = model.get_decoder().register_forward_hook(lambda *_: self._count())
-
-    def _count(self) -> None:
-        self.calls += 1
-
-    def remove(self) -> None:
-        self._handle.remove()
 
 
 def _run(pair, *, method: str, block: dict, prompt_index: int, fuse: bool, coupled: bool = False):
@@ -54,22 +43,18 @@ def _run(pair, *, method: str, block: dict, prompt_index: int, fuse: bool, coupl
                          cfg=cfg, policy=policy)
 
 
-def _outcome(records) -> list[dict]:
-    return [{k: v for k, v in dataclasses.asdict(r).items() if k not in MEASURED} for r in records]
-
-
 @pytest.mark.parametrize("coupled", [False, True])
 def test_a_fused_prompt_saves_one_llm_pass_and_changes_nothing_else(tiny_pair64, coupled):
-    counter = ForwardCount(tiny_pair64.llm.model)
+    counter = ForwardMeter(tiny_pair64.llm.model)
     try:
         for method, block in RUNS:
             for index in range(len(PROMPTS)):
-                counter.calls = 0
+                counter.take()
                 apart = _run(tiny_pair64, method=method, block=block, prompt_index=index, fuse=False, coupled=coupled)
-                passes_apart, counter.calls = counter.calls, 0
+                passes_apart = counter.take()[0]
                 fused = _run(tiny_pair64, method=method, block=block, prompt_index=index, fuse=True, coupled=coupled)
                 assert fused[0] == apart[0], (method, block, index)
-                assert _outcome(fused[1]) == _outcome(apart[1]), (method, block, index)
+                assert record_outcome(fused[1]) == record_outcome(apart[1]), (method, block, index)
                 first_read_prefill = method == "hlm" or (method == "u_hlm" and fused[1][0].sent)
                 assert counter.calls == passes_apart - (0 if first_read_prefill else 1), (method, block, index)
                 assert fused[1][0].tau_llm_s > 0 or not fused[1][0].sent  # the first round's pass holds the prompt
@@ -81,7 +66,7 @@ def test_a_fused_prompt_saves_one_llm_pass_and_changes_nothing_else(tiny_pair64,
 
 def test_a_fused_session_has_no_prefill_pass(tiny_pair64):
     key = SessionKey(seed=0, device=0, prompt=0)
-    counter = ForwardCount(tiny_pair64.llm.model)
+    counter = ForwardMeter(tiny_pair64.llm.model)
     try:
         fused = Verifier(model=tiny_pair64.llm, fuse_prefill=True).open(session_id="s", prompt_ids=PROMPTS[0], key=key)
         assert (fused, counter.calls) == (0.0, 0)
@@ -103,8 +88,10 @@ def test_a_block_leaves_the_last_token_to_the_verdict(tiny_pair64):
         assert any(len(r.drafts) == 6 for r in records)  # the cap binds only near the end
 
 
-def test_fusing_needs_unshared_passes():
+def test_fusing_needs_unshared_passes(tiny_pair64):
     with pytest.raises(ConfigError, match="runtime.fuse_llm_prefill.*runtime.share_prefixes=false"):
         load_config(overrides=["runtime.fuse_llm_prefill=true"])
+    with pytest.raises(ConfigError, match="runtime.fuse_llm_prefill.*runtime.share_prefixes=false"):
+        CausalSession(model=tiny_pair64.llm, prompt_ids=PROMPTS[0], prefixes=PrefixCache(), eager=False)
     assert load_config(overrides=["runtime.fuse_llm_prefill=true", "runtime.share_prefixes=false"]).runtime \
         .fuse_llm_prefill

@@ -14,11 +14,11 @@ import torch
 from uhlm_ray.config import EvaluateConfig, ModelConfig
 from uhlm_ray.decode import decode_prompt, make_policy
 from uhlm_ray.models import load_pair
-from uhlm_ray.models.prefix_cache import PrefixCache
+from uhlm_ray.models.prefix_cache import PrefixCache, model_fingerprint
 from uhlm_ray.models.session import CausalSession, forward_sessions
+from uhlm_ray.records import record_outcome
 
 PROMPTS = [[2, 3, 4, 5, 6], [7, 8, 9]]
-MEASURED = {"tau_slm_s", "tau_llm_s", "tau_uncertainty_s", "wall_s", "verify_wall_s"}  # clocks, not outcomes
 RUNS = [("slm", None), ("hlm", None), ("u_hlm", 0.2), ("u_hlm", 0.4), ("u_hlm", 0.6), ("rand_hlm", None),
         ("llm", None)]
 
@@ -38,10 +38,6 @@ def _run(pair, *, method: str, u_th: float | None, prompt_index: int, prefixes: 
                          cfg=cfg, policy=policy, prefixes=prefixes)
 
 
-def _outcome(records) -> list[dict]:
-    return [{k: v for k, v in dataclasses.asdict(r).items() if k not in MEASURED} for r in records]
-
-
 def test_shared_passes_give_the_same_tokens_and_records(bf16_pair):
     prefixes = PrefixCache()
     for method, u_th in RUNS:
@@ -49,7 +45,7 @@ def test_shared_passes_give_the_same_tokens_and_records(bf16_pair):
             alone = _run(bf16_pair, method=method, u_th=u_th, prompt_index=index, prefixes=None)
             shared = _run(bf16_pair, method=method, u_th=u_th, prompt_index=index, prefixes=prefixes)
             assert shared[0] == alone[0], (method, u_th, index)
-            assert _outcome(shared[1]) == _outcome(alone[1])
+            assert record_outcome(shared[1]) == record_outcome(alone[1])
     # drafts repeat across methods and thresholds until the first resample: most SLM passes were shared
     assert prefixes.hits > 0.3 * (prefixes.hits + prefixes.misses)
 
@@ -73,7 +69,7 @@ def test_entries_in_a_folder_serve_another_process(bf16_pair, tmp_path):
     reader = PrefixCache(directory=tmp_path)  # another process: nothing in memory, the same folder
     replayed = _run(bf16_pair, method="u_hlm", u_th=0.4, prompt_index=1, prefixes=reader)
     assert reader.misses == 0 and reader.hits > 0
-    assert replayed[0] == computed[0] and _outcome(replayed[1]) == _outcome(computed[1])
+    assert replayed[0] == computed[0] and record_outcome(replayed[1]) == record_outcome(computed[1])
 
 
 def test_two_models_from_one_folder_do_not_share_entries(bf16_pair, tiny_pair_dirs):
@@ -114,3 +110,20 @@ def test_bad_memory_bound_names_the_field():
 
     with pytest.raises(ConfigError, match="runtime.prefix_cache_mb"):
         PrefixCache(max_memory_mb=-1)
+
+
+def test_a_fingerprint_follows_in_place_edits(tiny_pair_dirs):
+    """The weight sample is kept per model between sessions, and taken again once a tensor changed in place."""
+    slm, llm = tiny_pair_dirs
+    model = load_pair(ModelConfig(pair="custom", slm=slm, llm=llm, dtype="bfloat16")).llm.model
+    before = model_fingerprint(model=model, source="x", device="cpu")
+    assert model_fingerprint(model=model, source="x", device="cpu") == before
+    head = model.get_output_embeddings().weight
+    last = head.view(-1)[-1].item()
+    with torch.no_grad():
+        head.view(-1)[-1] = last + 1.0  # the last value of one tensor: inside the sample
+    edited = model_fingerprint(model=model, source="x", device="cpu")
+    assert edited != before
+    with torch.no_grad():
+        head.view(-1)[-1] = last  # the same values again, after another in-place write
+    assert model_fingerprint(model=model, source="x", device="cpu") == before

@@ -293,6 +293,11 @@ class TrackingConfig:
     experiment: str | None = None  # None: the job's own, uhlm-<job> (uhlm-evaluate, uhlm-cell, uhlm-sweep, ...)
 
 
+# refused by validate_cell and by a session asked for both (uhlm_ray.models.session.CausalSession)
+FUSED_AND_SHARED = ("runtime.fuse_llm_prefill=true needs runtime.share_prefixes=false: a prompt fused into the first "
+                    "verification pass is a pass no other run shares; turn one off")
+
+
 # uhlm_ray/cell.py, one function each
 SCHEDULERS = ("equal", "round_robin", "proportional_fair", "proportional_fair_tdma", "multi_spin")
 AUTOSCALING_KEYS = ("min_replicas", "max_replicas", "initial_replicas", "target_ongoing_requests",
@@ -687,8 +692,7 @@ def validate_cell(cfg: EvaluateConfig) -> None:
     check_range(runtime.verifier_replicas, field="runtime.verifier_replicas", low=1, high=1024)
     check_range(runtime.max_queued_requests, field="runtime.max_queued_requests", low=1)
     if runtime.fuse_llm_prefill and runtime.share_prefixes:
-        raise ConfigError("runtime.fuse_llm_prefill=true needs runtime.share_prefixes=false: a prompt fused into the "
-                          "first verification pass is a pass no other run shares")
+        raise ConfigError(FUSED_AND_SHARED)
     for name in runtime.verifier_autoscaling:
         check_choice(name, field="runtime.verifier_autoscaling", allowed=AUTOSCALING_KEYS)
     check_range(runtime.device_actor_num_cpus, field="runtime.device_actor_num_cpus", low=0.0)

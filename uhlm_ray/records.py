@@ -154,12 +154,16 @@ TIMING_FIELDS = frozenset({"tau_slm_s", "tau_llm_s", "tau_uncertainty_s", "wall_
                            "verify_batch_size", "verify_replica"})
 
 
-def drawn_outcome(results: list[PromptResult]) -> list[tuple]:
-    """What each prompt's keyed draws decided: its tokens, stop reason and records without `TIMING_FIELDS`, so equal
-    at any batch size (NaN written as "nan", since NaN != NaN, also after a round trip through JSON)."""
+def record_outcome(records: list[RoundRecord] | list[BlockRecord]) -> list[dict]:
+    """What a prompt's keyed draws decided, round by round: its records without `TIMING_FIELDS` (NaN written as
+    "nan", since NaN != NaN, also after a round trip through JSON)."""
 
     def same(value: object) -> object:
         return "nan" if isinstance(value, float) and math.isnan(value) else value
 
-    return [(res.tokens, res.stop_reason, [{k: same(v) for k, v in asdict(r).items() if k not in TIMING_FIELDS}
-                                           for r in res.records]) for res in results]
+    return [{k: same(v) for k, v in asdict(r).items() if k not in TIMING_FIELDS} for r in records]
+
+
+def drawn_outcome(results: list[PromptResult]) -> list[tuple]:
+    """Each prompt's tokens, stop reason and `record_outcome`: equal at any batch size."""
+    return [(res.tokens, res.stop_reason, record_outcome(res.records)) for res in results]

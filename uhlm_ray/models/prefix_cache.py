@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,19 +57,37 @@ class ChunkEntry:
         return sum(t.numel() * t.element_size() for t in tensors)
 
 
+# model -> (its tensors' in-place version counters, the digest of its weight sample): sampling every tensor costs
+# ~20 ms on a GPU (a device-to-host copy each), and a session asks at every prompt
+_WEIGHT_DIGESTS: weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple[int, ...], str]] = weakref.WeakKeyDictionary()
+
+
 @torch.no_grad()
+def _weight_digest(model: torch.nn.Module) -> str:
+    """Each tensor's name, shape, dtype and first and last values, hashed; recomputed only after a tensor changed
+    in place (its version counter moved)."""
+    state = model.state_dict(keep_vars=True)
+    versions = tuple(t._version for t in state.values())
+    cached = _WEIGHT_DIGESTS.get(model)
+    if cached is not None and cached[0] == versions:
+        return cached[1]
+    digest = hashlib.sha256()
+    for name, tensor in state.items():
+        flat = tensor.detach().reshape(-1)
+        ends = torch.cat([flat[:8], flat[-8:]]).to(torch.float64).cpu()
+        digest.update(f"|{name}:{tuple(tensor.shape)}:{tensor.dtype}:".encode() + ends.numpy().tobytes())
+    _WEIGHT_DIGESTS[model] = (versions, digest.hexdigest())
+    return digest.hexdigest()
+
+
 def model_fingerprint(*, model: torch.nn.Module, source: str, device: str) -> str:
     """The root of a model's chunk chain: its source, dtype and device, a sample of its weights (each tensor's
     shape and its first and last values), the library that multiplies its matrices (oneDNN and MKL round a pass
     differently) and whether its passes are batch-invariant (a one-token pass then rounds differently). The source
     alone would let two models loaded from one folder, or a folder whose weights changed since an on-disk cache was
     written, answer for each other."""
-    digest = hashlib.sha256(f"{source}|{device}|{linear_backend_of(model)}|{batch_invariant_of(model)}".encode())
-    for name, tensor in model.state_dict().items():
-        flat = tensor.reshape(-1)
-        ends = torch.cat([flat[:8], flat[-8:]]).to(torch.float64).cpu()
-        digest.update(f"|{name}:{tuple(tensor.shape)}:{tensor.dtype}:".encode() + ends.numpy().tobytes())
-    return digest.hexdigest()
+    return hashlib.sha256(f"{source}|{device}|{linear_backend_of(model)}|{batch_invariant_of(model)}|"
+                          f"{_weight_digest(model)}".encode()).hexdigest()
 
 
 def chunk_key(*, parent: str, tokens: list[int]) -> str:

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
+from uhlm_ray.config import FUSED_AND_SHARED
 from uhlm_ray.models.loading import LoadedModel
 from uhlm_ray.models.prefix_cache import ChunkEntry, PrefixCache, chunk_key, model_fingerprint
 from uhlm_ray.validation import ConfigError
@@ -55,8 +56,7 @@ class CausalSession:
         if not prompt_ids:
             raise ConfigError("prompt_ids is empty: a session needs at least one prompt token")
         if not eager and prefixes is not None:
-            raise ConfigError("a session that defers its prefill (runtime.fuse_llm_prefill=true) cannot share its "
-                              "passes (runtime.share_prefixes=true): its first pass is its own; turn one off")
+            raise ConfigError(FUSED_AND_SHARED)
         _check_plain_output_head(model.model)
         self._model = model.model
         self._device = next(model.model.parameters()).device
@@ -76,10 +76,10 @@ class CausalSession:
         self._rows = 1  # next-token logits wanted from the next pass: its last `_rows` positions (a block's y)
         self.row_logits: torch.Tensor | None = None  # [rows, V] float32 after a pass that asked for several
         self._unscored = 0 if eager else len(prompt_ids)  # leading pending tokens no pass scores (a deferred prompt)
-        self.timing = StepTiming(tokens=0)
+        self.prefill_s = 0.0  # the prompt's pass, measured or replayed (0: deferred)
         if eager:
             self.next_logits()
-        self.prefill_s = self.timing.forward_s  # the prompt's pass, measured or replayed (0: deferred)
+            self.prefill_s = self.timing.forward_s
         self.timing = StepTiming(tokens=0)  # the prefill is reported in prefill_s, never as a round's forward
 
     @property

@@ -6,8 +6,6 @@ On the tiny pair in bfloat16, where a pass computed differently (other chunks, a
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 

@@ -220,7 +220,7 @@ def test_block_payload_bits_by_hand():
 
 
 def test_top_p_from_a_partial_sort_equals_the_full_sort():
-    """The truncation grows a topk until it holds mass p: the kept set and mass are those of a full sort."""
+    """On a CPU the truncation grows a topk until it holds mass p: the kept set and mass are those of a full sort."""
     rng = np.random.default_rng(8)
     x = torch.from_numpy(rng.dirichlet(np.full(5000, 0.05))).float()
     for p in (0.5, 0.9, 0.999, 1.0):
@@ -229,3 +229,6 @@ def test_top_p_from_a_partial_sort_equals_the_full_sort():
         kept = int(torch.searchsorted(torch.cumsum(ordered, 0), torch.tensor([p * float(x.sum())]))[0]) + 1
         assert got.kept == min(kept, 5000)
         assert got.kept_mass == pytest.approx(float(ordered[:got.kept].sum() / x.sum()), rel=1e-5)
+        # the GPU's way (one full sort) keeps the same tokens at the same probabilities
+        full = truncate(probs=x, truncation="top_p", top_k=1, top_p=p, full_sort=True)
+        assert (full.kept, full.kept_mass) == (got.kept, got.kept_mass) and torch.equal(full.probs, got.probs)

@@ -93,8 +93,13 @@ class Truncated:
     kept_mass: float  # m = sum of x over the kept tokens; TV(x~, x) = 1 - m
 
 
-def truncate(*, probs: torch.Tensor, truncation: str, top_k: int, top_p: float) -> Truncated:
-    """x [V] -> x~ [V] by top-k or top-p truncation; "none" keeps every token with non-zero probability."""
+def truncate(*, probs: torch.Tensor, truncation: str, top_k: int, top_p: float,
+             full_sort: bool | None = None) -> Truncated:
+    """x [V] -> x~ [V] by top-k or top-p truncation; "none" keeps every token with non-zero probability.
+
+    Top-p finds its tokens by one full sort (`full_sort`; None: on a GPU, where a sort of |V| is cheap and a topk of
+    most of |V| is not, docs/gpu_h200.md) or by a partial sort grown until it holds the mass (on a CPU, where a
+    full sort costs ~40x a small topk). Both keep the same tokens, ties at the cut aside."""
     x = probs.float()  # [V]
     if truncation not in TRUNCATIONS:
         raise ConfigError(f"truncation={truncation!r} is not one of {list(TRUNCATIONS)}")
@@ -105,9 +110,10 @@ def truncate(*, probs: torch.Tensor, truncation: str, top_k: int, top_p: float) 
         kept = min(top_k, vocab)
         sorted_probs, order = torch.topk(x, kept)  # [k] each, most probable first
     else:  # the fewest tokens whose mass reaches p: the first index where the running mass is >= p
-        width = 64  # a partial sort (topk) grown until it holds that mass: a full sort of |V| costs ~40x more
-        while True:
-            sorted_probs, order = torch.topk(x, min(width, vocab))  # [w] each
+        full = x.is_cuda if full_sort is None else full_sort
+        width = vocab if full else 64
+        while True:  # [w] each, most probable first
+            sorted_probs, order = torch.sort(x, descending=True) if full else torch.topk(x, min(width, vocab))
             running = torch.cumsum(sorted_probs, dim=-1)  # [w]
             if float(running[-1]) >= top_p * total or width >= vocab:
                 break

@@ -5,7 +5,7 @@ on the text (acceptance, skips, how many tokens top-p keeps) is not the real pai
 
 Two steps, so that only a few MB travel:
 
-    .venv/bin/python bench/random_pair.py configs --out .gpu/pair            # here: configs and tokenizers (24 MB)
+    .venv/bin/python bench/random_pair.py configs --out .gpu/pair            # here: configs and tokenizers (22 MB)
     python3 bench/random_pair.py weights --out .gpu/pair --device cuda      # there: bf16 weights beside them
 
 then any bench takes `model.pair=custom model.slm=.gpu/pair/slm model.llm=.gpu/pair/llm`. The `configs` step

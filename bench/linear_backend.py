@@ -6,7 +6,8 @@
 Printed: the median milliseconds of one product per shape of Qwen2.5 1.5B (attention projection, MLP up and down,
 output head over 151,936 tokens) and number of rows, for each backend, with the ratio torch / oneDNN. With
 `--model`, also one decoder step of the configured LLM (the embedded 1.5B by default) at those batch sizes against a
-100-token cache, per backend, with tokens per second and the ratio to batch 1 of the same backend.
+100-token cache, and a 45-token prefill, per float32 backend and in bf16 (which `model.dtype=auto` picks on a CPU
+with bf16 units), with the tokens per second of each batch size against the smallest one of the same kernel.
 """
 
 from __future__ import annotations
@@ -53,31 +54,45 @@ def model_steps(rows: list[int], repeats: int, overrides: list[str]) -> None:
     from transformers import DynamicCache
 
     from uhlm_ray.config import load_config
-    from uhlm_ray.models.loading import load_pair
+    from uhlm_ray.models.loading import cpu_has_bf16_units, load_pair
 
     # the kernels as they are: batch invariance would run a one-row step as two rows (models.batch_invariance)
     cfg = load_config(overrides=["model.dtype=float32", "model.batch_invariant=false", *overrides])
     llm = load_pair(cfg.model).llm.model
-    print("\n| LLM step (100-token cache) | batch | torch ms | oneDNN ms | torch / oneDNN | oneDNN tok/s x batch 1 |"
-          "\n|---|---:|---:|---:|---:|---:|")
-    base = {}
-    for b in rows:
-        prompt = torch.randint(0, 1000, (b, 100))
-        step = {}
-        for backend in ("torch", "onednn"):
-            install_linear_backend(llm, backend=backend)
-            cache = DynamicCache(config=llm.config)
-            llm(input_ids=prompt, cache=cache, use_cache=True)
 
-            def one_step(prompt=prompt, cache=cache):
-                llm(input_ids=prompt[:, -1:], cache=cache, use_cache=True)
-                cache.crop(100)  # the same 100-token cache every step
+    def step_ms(batch: int) -> float:
+        prompt = torch.randint(0, 1000, (batch, 100))
+        cache = DynamicCache(config=llm.config)
+        llm(input_ids=prompt, cache=cache, use_cache=True)
 
-            step[backend] = _median_ms(one_step, repeats)
-        base.setdefault("onednn", step["onednn"])
-        gain = b * base["onednn"] / step["onednn"]
-        print(f"| {cfg.model.pair} LLM | {b} | {step['torch']:.0f} | {step['onednn']:.0f} | "
-              f"{step['torch'] / step['onednn']:.2f}x | {gain:.1f}x |", flush=True)
+        def one_step():
+            llm(input_ids=prompt[:, -1:], cache=cache, use_cache=True)
+            cache.crop(-1)  # the same 100-token cache every step
+
+        return _median_ms(one_step, repeats)
+
+    # the prefill of a 45-token prompt (an Alpaca prompt's size) and one step per batch size, per kernel and dtype
+    prefill = torch.randint(0, 1000, (1, 45))
+    kernels = {"torch": ("torch", torch.float32), "onednn": ("onednn", torch.float32),
+               "bf16": ("torch", torch.bfloat16)}
+    ms: dict[str, dict[int | str, float]] = {}
+    for name, (backend, dtype) in kernels.items():
+        install_linear_backend(llm, backend=backend)
+        llm.to(dtype)
+        ms[name] = {b: step_ms(b) for b in rows}
+        ms[name]["prefill"] = _median_ms(lambda: llm(input_ids=prefill), repeats)
+    print(f"\n(bf16 units on this CPU: {cpu_has_bf16_units()}; model.dtype=auto picks "
+          f"{'bf16' if cpu_has_bf16_units() else 'float32'})")
+    print("\n| LLM pass (100-token cache) | batch | torch fp32 ms | oneDNN fp32 ms | bf16 ms | torch / oneDNN "
+          "| oneDNN / bf16 | oneDNN tok/s x batch 1 | bf16 tok/s x batch 1 |"
+          "\n|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for b in [*rows, "prefill"]:
+        gains = ("", "") if b == "prefill" else (f"{b * ms['onednn'][rows[0]] / ms['onednn'][b] / rows[0]:.1f}x",
+                                                 f"{b * ms['bf16'][rows[0]] / ms['bf16'][b] / rows[0]:.1f}x")
+        label = "45-token prefill" if b == "prefill" else "one step"
+        print(f"| {cfg.model.pair} LLM, {label} | {'1' if b == 'prefill' else b} | {ms['torch'][b]:.0f} | "
+              f"{ms['onednn'][b]:.0f} | {ms['bf16'][b]:.0f} | {ms['torch'][b] / ms['onednn'][b]:.2f}x | "
+              f"{ms['onednn'][b] / ms['bf16'][b]:.2f}x | {gains[0]} | {gains[1]} |", flush=True)
 
 
 def main(argv: list[str]) -> int:

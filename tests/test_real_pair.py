@@ -29,13 +29,26 @@ def test_embedded_pair_loads_in_the_auto_dtype_with_one_vocabulary(real_pair):
         assert (ensure_embedded(name) / "model.safetensors").is_file()
 
 
+@pytest.mark.parametrize(("units", "dtype"), [((False, False), torch.float32), ((True, False), torch.bfloat16),
+                                               ((False, True), torch.bfloat16)])
+def test_auto_dtype_follows_the_cpus_bf16_units(units, dtype, monkeypatch):
+    """The units, not the level torch's own kernels dispatch at: an EPYC with AVX512-BF16 reports "AVX512"."""
+    avx512_bf16, amx = units
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    assert resolve_dtype("auto", device="cpu") == dtype
+    assert resolve_dtype("bfloat16", device="cpu") == torch.bfloat16  # an explicit dtype is kept
+    assert resolve_dtype("float32", device="cpu") == torch.float32
+
+
 @pytest.mark.parametrize(("capability", "dtype"), [("AVX512", torch.float32), ("AVX2", torch.float32),
                                                     ("AVX512_BF16", torch.bfloat16), ("AMX_BF16", torch.bfloat16),
                                                     ("DEFAULT", torch.float32)])
-def test_auto_dtype_follows_the_cpus_bf16_units(capability, dtype, monkeypatch):
+def test_auto_dtype_falls_back_on_the_kernel_level_without_the_units_query(capability, dtype, monkeypatch):
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
     assert resolve_dtype("auto", device="cpu") == dtype
-    assert resolve_dtype("bfloat16", device="cpu") == torch.bfloat16  # an explicit dtype is kept
 
 
 def test_catch_up_matches_full_recompute_on_the_real_llm(real_pair):

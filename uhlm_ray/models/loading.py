@@ -61,10 +61,23 @@ def resolve_dtype(name: str, *, device: str) -> torch.dtype:
     # Trials decode in lockstep batches, so most passes are multi-token GEMMs (prefill, batched rounds), which bf16
     # runs slowly on CPUs without bf16 units. Measured on a 2-core AVX-512 CPU without them (alpaca, 8 prompts x 32
     # tokens, the embedded pair): prefill 3.1x faster in fp32, one-token LLM steps 344 -> 293 ms, and batch 8 makes
-    # 5.7 tok/s of trial time for the LLM alone against 3.9 in bf16. A one-token bf16 step was faster on AVX2
-    # (memory-bound), but batches are the common case now: bf16 only where the CPU computes in it.
+    # 5.7 tok/s of trial time for the LLM alone against 3.9 in bf16. On a 2-core EPYC with AVX512-BF16 units bf16 is
+    # the faster one (bench/linear_backend.py --model: an LLM step 243 against 284 ms through oneDNN at batch 1, 390
+    # against 602 at batch 16, a 45-token prefill 559 against 984; a batch-16 trial 1.8x, docs/reproduction.md).
+    # oneDNN uses the units whatever level ATen's own kernels dispatch at (torch reports "AVX512" on that CPU), so
+    # ask for the units themselves.
+    return torch.bfloat16 if cpu_has_bf16_units() else torch.float32
+
+
+def cpu_has_bf16_units() -> bool:
+    """Whether this CPU computes in bf16 (AVX512-BF16 or AMX tiles), from torch's cpuinfo where this torch has the
+    query, else from the level of torch's own kernels."""
+    bf16 = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    if bf16 is not None and amx is not None:
+        return bool(bf16() or amx())
     capability = torch.backends.cpu.get_cpu_capability()
-    return torch.bfloat16 if capability == "AVX512_BF16" or "AMX" in capability else torch.float32
+    return capability == "AVX512_BF16" or "AMX" in capability
 
 
 def _gguf_cache_folder(gguf: Path) -> Path:

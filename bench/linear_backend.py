@@ -54,7 +54,7 @@ def model_steps(rows: list[int], repeats: int, overrides: list[str]) -> None:
     from transformers import DynamicCache
 
     from uhlm_ray.config import load_config
-    from uhlm_ray.models.loading import cpu_has_bf16_units, load_pair
+    from uhlm_ray.models.loading import cpu_has_bf16_units, load_pair, resolve_dtype
 
     # the kernels as they are: batch invariance would run a one-row step as two rows (models.batch_invariance)
     cfg = load_config(overrides=["model.dtype=float32", "model.batch_invariant=false", *overrides])
@@ -82,13 +82,14 @@ def model_steps(rows: list[int], repeats: int, overrides: list[str]) -> None:
         ms[name] = {b: step_ms(b) for b in rows}
         ms[name]["prefill"] = _median_ms(lambda: llm(input_ids=prefill), repeats)
     print(f"\n(bf16 units on this CPU: {cpu_has_bf16_units()}; model.dtype=auto picks "
-          f"{'bf16' if cpu_has_bf16_units() else 'float32'})")
+          f"{resolve_dtype('auto', device='cpu')})")
     print("\n| LLM pass (100-token cache) | batch | torch fp32 ms | oneDNN fp32 ms | bf16 ms | torch / oneDNN "
           "| oneDNN / bf16 | oneDNN tok/s x batch 1 | bf16 tok/s x batch 1 |"
           "\n|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for b in [*rows, "prefill"]:
-        gains = ("", "") if b == "prefill" else (f"{b * ms['onednn'][rows[0]] / ms['onednn'][b] / rows[0]:.1f}x",
-                                                 f"{b * ms['bf16'][rows[0]] / ms['bf16'][b] / rows[0]:.1f}x")
+        # tokens per second of this batch size over the smallest one's, per kernel
+        gains = [""] * 2 if b == "prefill" else [f"{b * ms[k][rows[0]] / ms[k][b] / rows[0]:.1f}x"
+                                                 for k in ("onednn", "bf16")]
         label = "45-token prefill" if b == "prefill" else "one step"
         print(f"| {cfg.model.pair} LLM, {label} | {'1' if b == 'prefill' else b} | {ms['torch'][b]:.0f} | "
               f"{ms['onednn'][b]:.0f} | {ms['bf16'][b]:.0f} | {ms['torch'][b] / ms['onednn'][b]:.2f}x | "

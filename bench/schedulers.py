@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import multiprocessing
 import sys
 import tempfile
 import textwrap
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import replace
 from pathlib import Path
 
@@ -104,6 +106,51 @@ def draw(rows: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+_PRICING: dict = {}  # what a forked worker reads: the decoded prompts and their method
+
+
+def _price(cfg, realisation: int) -> tuple[dict[str, float], float]:
+    """One realisation of one cell: a new placement and new fades (`cell.placement_seed` and the fading key's seed
+    moved by r), the same tokens; (its figures, seconds to price it)."""
+    start = time.perf_counter()
+    results, method = _PRICING["results"], _PRICING["method"]
+    moved = replace(cfg, decode=replace(cfg.decode, seed=cfg.decode.seed + realisation),
+                    cell=replace(cfg.cell, placement_seed=cfg.cell.placement_seed + realisation))
+    figures = virtual_cell_figures(results=results, cfg=moved, clock=run_clock(results={method: results}, cfg=moved))
+    return figures, time.perf_counter() - start
+
+
+def price_cells(*, configs: list, results: list, method: str, realisations: int, workers: int
+                ) -> dict[tuple[str, int], dict[str, np.ndarray]]:
+    """Every cell's figures over its realisations [R] each, priced in `workers` forked processes (1: in this one);
+    the figures do not depend on which process prices them."""
+    _PRICING.update(results=results, method=method)
+    jobs = [(cfg, r) for cfg in configs for r in range(realisations)]
+    done: dict[int, tuple[dict[str, float], float]] = {}
+
+    def report(j: int, outcome: tuple[dict[str, float], float]) -> None:
+        done[j] = outcome
+        cfg, r = jobs[j]
+        print(f"[schedulers] {len(done)}/{len(jobs)}: {cfg.cell.scheduler} x {cfg.cell.n_devices}, realisation {r} "
+              f"in {outcome[1]:.1f} s", flush=True)
+
+    if workers == 1:
+        for j, (cfg, r) in enumerate(jobs):
+            report(j, _price(cfg, r))
+    else:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            # the largest cells first, so that no worker is left with one long cell at the end
+            order = sorted(range(len(jobs)), key=lambda j: -jobs[j][0].cell.n_devices)
+            futures = {pool.submit(_price, *jobs[j]): j for j in order}
+            for future in as_completed(futures):
+                report(futures[future], future.result())
+    priced = {}
+    for i, cfg in enumerate(configs):
+        draws = [done[i * realisations + r][0] for r in range(realisations)]
+        priced[cfg.cell.scheduler, cfg.cell.n_devices] = {k: np.array([d[k] for d in draws]) for k in draws[0]}
+    return priced
+
+
 def summarise(*, priced: dict[tuple[str, int], dict[str, np.ndarray]], key: tuple[str, int]) -> dict:
     """One (scheduler, devices) row: every cell figure as (mean, low, high) over its realisations (bootstrap over
     them), and its goodput over the equal split's on the same realisations (paired; NaN without an equal row)."""
@@ -128,10 +175,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--results", default=None, help="a folder keeping the decoded prompts: a later run with the "
                         "same decode settings reads them instead of decoding (e.g. to price another channel)")
     parser.add_argument("--realisations", type=int, default=8, help="draws of placement and fading per cell")
+    parser.add_argument("--workers", type=int, default=1, help="processes pricing cells at once (forked after the "
+                        "decoding; each holds its own reference bank, about 1.7 GB on the default process in time)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_intermixed_args(argv)
     if args.realisations < 1:
         raise SystemExit(f"--realisations must be >= 1, got {args.realisations}")
+    if args.workers < 1:
+        raise SystemExit(f"--workers must be >= 1, got {args.workers}")
     with tempfile.TemporaryDirectory() as tmp:
         # skipped rounds are not scored by the LLM: the cell's figures do not need it, and it is the slow part
         overrides = [*(tiny_overrides(Path(tmp)) if args.pair == "tiny" else []), "decode.evaluation_methods=[]",
@@ -154,18 +205,8 @@ def main(argv: list[str]) -> int:
         tokens = sum(len(res.tokens) for res in results)
         print(f"[schedulers] decoded {len(results)} prompts of {method} ({tokens} tokens) once in {decode_s:.0f} s; "
               f"pricing {len(configs)} cells", flush=True)
-        priced: dict[tuple[str, int], dict[str, np.ndarray]] = {}
-        for cfg in configs:
-            start = time.perf_counter()
-            draws = []
-            for r in range(args.realisations):  # a new placement and new fades; the same tokens
-                moved = replace(cfg, decode=replace(cfg.decode, seed=cfg.decode.seed + r),
-                                cell=replace(cfg.cell, placement_seed=cfg.cell.placement_seed + r))
-                draws.append(virtual_cell_figures(results=results, cfg=moved,
-                                                  clock=run_clock(results={method: results}, cfg=moved)))
-            priced[cfg.cell.scheduler, cfg.cell.n_devices] = {k: np.array([d[k] for d in draws]) for k in draws[0]}
-            print(f"[schedulers] {cfg.cell.scheduler} x {cfg.cell.n_devices}: {args.realisations} realisations in "
-                  f"{time.perf_counter() - start:.1f} s", flush=True)
+        priced = price_cells(configs=configs, results=results, method=method, realisations=args.realisations,
+                             workers=args.workers)
     rows = [summarise(priced=priced, key=key) for key in priced]
     distances = device_distances(configs[-1].cell)
     snrs = [mean_snr_db(device_channel(channel=first.channel, distance_m=d)) for d in distances]

@@ -9,11 +9,14 @@ import numpy as np
 import pytest
 
 from uhlm_ray.cell import (
+    MULTI_SPIN_GRID,
+    PlannedTimes,
     Sender,
     cell_figures,
     eq3_upload_seconds,
     equal_shares,
     jain_index,
+    min_max_slot,
     multi_spin_shares,
     proportional_fair_average,
     proportional_fair_pick,
@@ -21,6 +24,7 @@ from uhlm_ray.cell import (
     round_robin_order,
     schedule_uplink,
     shared_rate,
+    slot_seconds,
     summarize_cell,
     verified_tokens,
     verify_batches,
@@ -169,6 +173,28 @@ def test_multi_spin_equalises_finishing_times_and_gives_the_weak_more():
     assert times[0] == pytest.approx(times[1], rel=0.02)  # the plan is interpolated between tabulated shares
     assert max(times) < 1e6 / shared_rate(bandwidth_hz=1e6, share=0.5, snr=0.1)  # the equal split's slower one
     assert equal_shares(senders) == {0: 0.5, 1: 0.5}
+
+
+def test_multi_spin_prices_a_few_shares_and_plans_as_the_full_table():
+    """multi_spin's plan reads its senders' times where the min-max solver looks (`PlannedTimes`): on 40 random
+    cells of 2-64 senders under eq. 3 (times non-increasing in the share) it gives the slot and shares of the whole
+    table solved by `slot_seconds`, bit for bit, while pricing under 40% of the table once a cell has 8 senders."""
+    rng = np.random.default_rng(11)
+    grid = np.array(MULTI_SPIN_GRID)[::-1]
+    upload = partial(eq3_upload_seconds, bandwidth_hz=1e6, overhead_s=0.005)
+    for n in rng.choice([2, 3, 5, 8, 16, 64], size=40):
+        senders = [Sender(device=i, bits=float(rng.uniform(1e3, 1e6)), mean_snr=float(10 ** rng.uniform(-1.5, 2)),
+                          gain=float(rng.exponential()), fixed_s=float(rng.uniform(0.0, 0.3))) for i in range(n)]
+        floor = float(rng.choice([0.0, 0.5]))
+        full = np.array([[s.fixed_s + upload(s, float(w)) for w in grid] for s in senders])
+        slot, shares = slot_seconds(full, grid, floor_s=floor)
+        table = PlannedTimes(senders=senders, grid=grid, upload_s=upload)
+        lazy_slot, lazy_shares = min_max_slot(least=table.least, n=n, low=max(floor, float(full[:, -1].max())))
+        assert lazy_slot == slot and np.array_equal(lazy_shares, shares)
+        priced = np.isfinite(table.times)
+        assert np.array_equal(table.times[priced], full[priced])
+        if n >= 8:
+            assert priced.mean() < 0.4, (n, priced.mean())
 
 
 def test_multi_spin_goodput_at_least_equal_on_the_same_records():

@@ -180,41 +180,91 @@ MULTI_SPIN_GRID = tuple(2.0 ** (-k / 2) for k in range(25))  # shares 1 .. 1/409
 def least_shares(times: np.ndarray, grid: np.ndarray, t: float) -> np.ndarray:
     """Each row's least share that finishes by `t`, log-log interpolated: `times` [m, G] holds round times at the
     shares of `grid` (ascending, so each row is non-increasing); inf where even the whole band is slower."""
-    log_w, log_t, lt = np.log(grid), np.log(times), math.log(t)
-    fits = log_t <= lt  # [m, G]
+    fits = times <= t  # [m, G]
     hi = np.argmax(fits, axis=1)  # the least grid share that finishes by t
-    lo = np.maximum(hi - 1, 0)  # the one before it, which does not
     rows = np.arange(times.shape[0])
-    t_lo, t_hi = log_t[rows, lo], log_t[rows, hi]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        frac = np.where(np.isfinite(t_lo) & (t_lo > t_hi), (t_lo - lt) / (t_lo - t_hi), 1.0)
-    shares = np.exp(log_w[lo] + np.clip(frac, 0.0, 1.0) * (log_w[hi] - log_w[lo]))
-    shares = np.where(hi == 0, grid[0], shares)  # even the least share on the grid finishes by t
+    shares = interpolated_shares(grid=grid, hi=hi, t_lo=times[rows, np.maximum(hi - 1, 0)], t_hi=times[rows, hi], t=t)
     return np.where(fits.any(axis=1), shares, np.inf)
+
+
+def interpolated_shares(*, grid: np.ndarray, hi: np.ndarray, t_lo: np.ndarray, t_hi: np.ndarray, t: float
+                        ) -> np.ndarray:
+    """The share that finishes by `t` between grid points hi - 1 (time t_lo, slower than t) and hi (t_hi, by t)
+    [m], interpolated in log share against log time; grid[0] where even the least grid share finishes by t."""
+    log_w, lt = np.log(grid), math.log(t)
+    lo = np.maximum(hi - 1, 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        l_lo, l_hi = np.log(t_lo), np.log(t_hi)
+        frac = np.where(np.isfinite(l_lo) & (l_lo > l_hi), (l_lo - lt) / (l_lo - l_hi), 1.0)
+    shares = np.exp(log_w[lo] + np.clip(frac, 0.0, 1.0) * (log_w[hi] - log_w[lo]))
+    return np.where(hi == 0, grid[0], shares)
 
 
 def slot_seconds(times: np.ndarray, grid: np.ndarray, *, floor_s: float = 0.0,
                  iterations: int = 60) -> tuple[float, np.ndarray]:
     """T* = min_w max_i times_i(w_i) with sum_i w_i = 1, and the shares: `times` [n, G] holds each sender's round
-    time at the shares of `grid` (ascending). Bisection on T: the senders' least shares for T must fit the band.
-    `floor_s` is a time the slot lasts anyway: no sender needs to finish before it. (inf, equal shares) when no
-    split of the band lets every sender finish."""
-    even = np.full(times.shape[0], 1.0 / times.shape[0])
-    low = high = max(floor_s, float(times[:, -1].max()))
+    time at the shares of `grid` (ascending). See `min_max_slot`."""
+    return min_max_slot(least=lambda t: least_shares(times, grid, t), n=times.shape[0],
+                        low=max(floor_s, float(times[:, -1].max())), iterations=iterations)
+
+
+def min_max_slot(*, least: Callable[[float], np.ndarray], n: int, low: float,
+                 iterations: int = 60) -> tuple[float, np.ndarray]:
+    """T* = min_w max_i t_i(w_i) with sum_i w_i = 1, and the shares, by bisection on T: the senders' least shares
+    for T (`least`: [n], inf where a sender cannot finish by T) must fit the band. `low` is a time the slot lasts
+    anyway: the slowest sender on the whole band, or longer (a round without an upload). (inf, equal shares) when
+    no split of the band lets every sender finish."""
+    even = np.full(n, 1.0 / n)
+    high = low
     if not math.isfinite(low):
         return math.inf, even
-    while least_shares(times, grid, high).sum() > 1.0:  # grow until the band holds every sender's least share
+    while least(high).sum() > 1.0:  # grow until the band holds every sender's least share
         high *= 2.0
         if high > 1e9:
             return math.inf, even
     for _ in range(iterations):
         mid = (low + high) / 2
-        if least_shares(times, grid, mid).sum() <= 1.0:
+        if least(mid).sum() <= 1.0:
             high = mid
         else:
             low = mid
-    shares = least_shares(times, grid, high)
+    shares = least(high)
     return high, shares / shares.sum()
+
+
+class PlannedTimes:
+    """Round times t_i(w) of senders at the shares of a grid (ascending) [n, G], priced only where the min-max
+    solver looks: each sender's time is non-increasing in its share, so its least grid share that finishes by T is
+    found by a binary search that prices about log2(G) of the G shares, and the bisection on T keeps reading the
+    same few. The plans are those of the full table (`least_shares`) at a fraction of the pricing."""
+
+    def __init__(self, *, senders: list[Sender], grid: np.ndarray, upload_s: Callable[[Sender, float], float]) -> None:
+        self.senders, self.grid, self.upload_s = senders, grid, upload_s
+        self.times = np.full((len(senders), len(grid)), np.nan)  # [n, G]: NaN until priced
+
+    def at(self, i: int, j: int) -> float:
+        if math.isnan(self.times[i, j]):
+            sender = self.senders[i]
+            self.times[i, j] = sender.fixed_s + self.upload_s(sender, float(self.grid[j]))
+        return float(self.times[i, j])
+
+    def least(self, t: float) -> np.ndarray:
+        """`least_shares` of the full table at `t` [n]."""
+        last = len(self.grid) - 1
+        hi = np.full(len(self.senders), last)
+        fits = np.zeros(len(self.senders), dtype=bool)
+        for i in range(len(self.senders)):
+            if self.at(i, last) > t:
+                continue
+            fits[i] = True
+            lo, up = -1, last  # at(lo) > t (or before the grid), at(up) <= t
+            while up - lo > 1:
+                mid = (lo + up) // 2
+                lo, up = (lo, mid) if self.at(i, mid) <= t else (mid, up)
+            hi[i] = up
+        t_lo = np.array([self.at(i, max(int(hi[i]) - 1, 0)) if fits[i] else math.inf for i in range(len(hi))])
+        t_hi = np.array([self.at(i, int(hi[i])) for i in range(len(hi))])
+        return np.where(fits, interpolated_shares(grid=self.grid, hi=hi, t_lo=t_lo, t_hi=t_hi, t=t), np.inf)
 
 
 def multi_spin_shares(senders: list[Sender], *, upload_s: Callable[[Sender, float], float],
@@ -228,9 +278,10 @@ def multi_spin_shares(senders: list[Sender], *, upload_s: Callable[[Sender, floa
     with c_i the round's time besides its upload (`Sender.fixed_s`) and t_i(w) the upload's planned time on a
     share w of the band (`upload_s`: under eq. 3, o + b_i / (w W log2(1 + SNR_i h_i / w))). The optimum equalises
     the senders' finishing times, so weaker devices (far, in a fade, more bits, slower rounds) get more of the band,
-    the paper's finding for this case. Solved by `slot_seconds` on t_i tabulated on `MULTI_SPIN_GRID`; the equal
-    split is kept where the plan does not beat it (so it never plans a slower slot). `floor_s` is a time the slot
-    lasts anyway (a round without an upload): no sender needs to finish before it.
+    the paper's finding for this case. Solved by `min_max_slot` on t_i tabulated on `MULTI_SPIN_GRID` (priced where
+    the solver looks: `PlannedTimes`); the equal split is kept where the plan does not beat it (so it never plans a
+    slower slot). `floor_s` is a time the slot lasts anyway (a round without an upload): no sender needs to finish
+    before it.
     """
     if len(senders) == 1:
         return {senders[0].device: 1.0}
@@ -239,10 +290,9 @@ def multi_spin_shares(senders: list[Sender], *, upload_s: Callable[[Sender, floa
         return max(s.fixed_s + upload_s(s, w[s.device]) for s in senders)
 
     equal = equal_shares(senders)
-    grid = np.array(MULTI_SPIN_GRID)[::-1]  # ascending shares: descending times
-    fixed = np.array([s.fixed_s for s in senders])
-    times = np.array([[upload_s(s, float(w)) for w in grid] for s in senders]) + fixed[:, None]  # [n, G]
-    slot, shares = slot_seconds(times, grid, floor_s=floor_s)
+    table = PlannedTimes(senders=senders, grid=np.array(MULTI_SPIN_GRID)[::-1], upload_s=upload_s)  # ascending
+    whole_band = max(table.at(i, len(MULTI_SPIN_GRID) - 1) for i in range(len(senders)))
+    slot, shares = min_max_slot(least=table.least, n=len(senders), low=max(floor_s, whole_band))
     if not math.isfinite(slot):
         return equal
     plan = {s.device: float(w) for s, w in zip(senders, shares, strict=True)}

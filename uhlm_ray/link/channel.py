@@ -166,6 +166,7 @@ def _arq_rate_in_time(kind: str, step_s: float, doppler: float, feedback_s: floa
     independent = latency_optimal_rate(bits=bits, bandwidth_hz=1.0, mean_snr=mean_snr, feedback_s=feedback_s)
     paths = _bank(kind, step_s, doppler).paths(gain=None, start_s=None)
     means: dict[int, float] = {}
+    memo: dict[str, np.ndarray] = {}  # every rate reads the same capacity on the same paths
 
     def mean_at(k: int) -> float:
         if k not in means:
@@ -173,7 +174,7 @@ def _arq_rate_in_time(kind: str, step_s: float, doppler: float, feedback_s: floa
             tail = arq_expected_seconds(bits=bits, rate=rate, bandwidth_hz=1.0, mean_snr=mean_snr,
                                         feedback_s=feedback_s)
             seconds, _ = _arq(paths, bits=bits, begin_s=0.0, rate=rate, air_s=bits / rate, feedback_s=feedback_s,
-                              capacity=lambda h: np.log2(1.0 + mean_snr * h), tail_s=tail)
+                              capacity=lambda h: np.log2(1.0 + mean_snr * h), tail_s=tail, memo=memo)
             means[k] = float(seconds.mean())
         return means[k]
 
@@ -193,6 +194,7 @@ def _inversion_cutoff(*, channel: ChannelConfig, mean_snr: float) -> float:
         optimal_inversion_cutoff(mean_snr=mean_snr)
 
 
+ARQ_FIRST_ATTEMPTS = 1.0  # attempts read at first (most paths succeed at once); the rest are read 4x further
 MAX_ATTEMPTS = 100_000  # a link that cannot deliver (no fading and a rate above capacity) is infinitely slow
 MAX_PATH_STEPS = 2**20  # one upload reads at most this many samples (17 min at 1 ms), then the long-run rate
 BANK_ENTROPY = 0xFAD1  # the key of the reference paths behind expected_upload_seconds, apart from every run's
@@ -276,16 +278,14 @@ class _Paths:
     def step_start(self, k: np.ndarray) -> np.ndarray:
         return np.where(k == 0, 0.0, self.first_s[:, None] + (k - 1) * self.step_s)
 
-    def durations(self, n_steps: int) -> np.ndarray:
-        d = np.full((len(self.first_s), n_steps), self.step_s)
-        d[:, 0] = self.first_s
-        return d
-
 
 def _integral(paths: _Paths, values: np.ndarray) -> np.ndarray:
     """Cumulative integral of a per-step value [N, K] at the step starts and the horizon: [N, K + 1]."""
-    cum = np.cumsum(values * paths.durations(values.shape[1]), axis=1)
-    return np.concatenate([np.zeros((values.shape[0], 1)), cum], axis=1)
+    weighted = values * paths.step_s
+    weighted[:, 0] = values[:, 0] * paths.first_s
+    cum = np.zeros((values.shape[0], values.shape[1] + 1))
+    np.cumsum(weighted, axis=1, out=cum[:, 1:])
+    return cum
 
 
 def _integral_at(paths: _Paths, cum: np.ndarray, values: np.ndarray, t: np.ndarray) -> np.ndarray:
@@ -330,15 +330,19 @@ def _fill(paths: _Paths, *, bits: float, begin_s: float, rate: Callable[[np.ndar
 
 
 def _arq(paths: _Paths, *, bits: float, begin_s: float, rate: float, air_s: float, feedback_s: float,
-         capacity: Callable[[np.ndarray], np.ndarray], tail_s: float) -> tuple[np.ndarray, np.ndarray]:
+         capacity: Callable[[np.ndarray], np.ndarray], tail_s: float,
+         memo: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(seconds from the decision, attempts) per path [N] of fixed-rate ARQ in time: attempt j starts at
     begin + j (A + f) on every path and succeeds when int log2(1 + s h) dt over it >= R A. A path still failing at
-    the horizon: its attempts so far, then `tail_s`, the expected time of independent attempts (never, when static)."""
+    the horizon: its attempts so far, then `tail_s`, the expected time of independent attempts (never, when static).
+    `memo` keeps the capacity and its integral over every path between calls on the same paths and capacity (the
+    rates of one search): a shorter horizon reads their prefix, since a prefix of a cumulative sum is the cumulative
+    sum of the prefix."""
     need = rate * air_s * (1.0 - 1e-9)
     n = len(paths.first_s)
     seconds, attempts = np.full(n, np.nan), np.zeros(n, dtype=np.int64)
     rows = np.arange(n)
-    k_steps = _horizon_steps(paths, begin_s + 4.0 * (air_s + feedback_s))
+    k_steps = _horizon_steps(paths, begin_s + ARQ_FIRST_ATTEMPTS * (air_s + feedback_s))
     while rows.size:
         sub = paths.subset(rows)
         k_steps = min(k_steps, sub.cap_steps)
@@ -349,8 +353,14 @@ def _arq(paths: _Paths, *, bits: float, begin_s: float, rate: float, air_s: floa
         last = k_steps >= sub.cap_steps or n_attempts >= MAX_ATTEMPTS or (paths.static and n_attempts >= 1)
         found = np.zeros(len(rows), dtype=bool)
         if n_attempts >= 1:
-            c = capacity(sub.all_gains(k_steps))
-            cum = _integral(sub, c)
+            if memo is not None and len(rows) == n:
+                if memo.get("c", np.empty((n, 0))).shape[1] < k_steps:
+                    memo["c"] = capacity(sub.all_gains(k_steps))
+                    memo["cum"] = _integral(sub, memo["c"])
+                c, cum = memo["c"][:, :k_steps], memo["cum"][:, :k_steps + 1]
+            else:
+                c = capacity(sub.all_gains(k_steps))
+                cum = _integral(sub, c)
             starts = np.broadcast_to(begin_s + np.arange(n_attempts) * (air_s + feedback_s), (len(rows), n_attempts))
             ok = _integral_at(sub, cum, c, starts + air_s) - _integral_at(sub, cum, c, starts) >= need
             found = ok.any(axis=1)
@@ -481,6 +491,7 @@ class _Bank:
                                      chunk_rng=lambda c, i=i: np.random.default_rng(
                                          np.random.SeedSequence([BANK_ENTROPY, 1, i, c])))
                        for i in range(self.n)]
+        self._raw = self._held = np.empty((self.n, 0))
 
     def paths(self, *, gain: float | None, start_s: float | None) -> _Paths:
         if start_s is None:
@@ -493,19 +504,41 @@ class _Bank:
 
     def gains(self, k_steps: int, rows: np.ndarray, *, gain: float | None) -> np.ndarray:
         """h [rows, K] of the paths `rows`, conditioned on h at step 0 = `gain` when given."""
-        if self.kind == "block":
-            h = np.stack([self.paths_[i].gains(0, k_steps) for i in rows])
-            if gain is not None:
-                h[:, 0] = gain
-            return h
-        g = np.stack([self.paths_[i].complex_gains(0, k_steps) for i in rows])
+        raw, h = self._samples(k_steps, rows)  # g [rows, K] complex (h for `block`), |g|^2 [rows, K]
         if gain is None:
-            return np.abs(g) ** 2
+            return h
+        if self.kind == "block":
+            h = h.copy()
+            h[:, 0] = gain
+            return h
         k = np.arange(k_steps)
         if self.kind == "gauss_markov":
-            return np.abs(g + (self.rho ** k)[None, :] * (math.sqrt(gain) - g[:, :1])) ** 2
+            # rho^k (sqrt(h) - g_0) falls below float64's resolution of g after `fade` steps: |g|^2 from there on
+            fade = k_steps if abs(self.rho) >= 1.0 else \
+                1 if self.rho == 0.0 else min(k_steps, 1 + math.ceil(-69.1 / math.log(abs(self.rho))))  # 1e-30
+            h = h.copy()
+            h[:, :fade] = np.abs(raw[:, :fade] + (self.rho ** k[:fade])[None, :] * (math.sqrt(gain) - raw[:, :1])) ** 2
+            return h
         corr = j0(2.0 * math.pi * self.doppler * k * self.step_s)[None, :]
-        return np.abs(corr * math.sqrt(gain) + np.sqrt(np.maximum(1.0 - corr**2, 0.0)) * g) ** 2
+        return np.abs(corr * math.sqrt(gain) + np.sqrt(np.maximum(1.0 - corr**2, 0.0)) * raw) ** 2
+
+    def _samples(self, k_steps: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(g, |g|^2) [rows, K] unconditioned (h twice for `block`). The first BANK_MAX_ELEMENTS samples of the bank are
+        held as one matrix, grown as far as asked, so that the many questions a plan asks of the same paths do not
+        gather them path by path again; a few paths read further are gathered alone. Read-only views where all rows
+        are asked."""
+        limit = BANK_MAX_ELEMENTS // self.n
+        if k_steps > limit:
+            raw = np.stack([self.paths_[i]._samples(0, k_steps) for i in rows])
+            return raw, (raw if self.kind == "block" else np.abs(raw) ** 2)
+        if k_steps > self._held.shape[1]:
+            count = min(max(k_steps, 2 * self._held.shape[1]), limit)
+            self._raw = np.stack([p._samples(0, count) for p in self.paths_])
+            self._held = self._raw if self.kind == "block" else np.abs(self._raw) ** 2
+            self._raw.flags.writeable = self._held.flags.writeable = False
+        if len(rows) == self.n:  # every path, in order (`rows` is always ascending)
+            return self._raw[:, :k_steps], self._held[:, :k_steps]
+        return self._raw[rows, :k_steps], self._held[rows, :k_steps]
 
 
 @lru_cache(maxsize=32)

@@ -522,6 +522,10 @@ class _Bank:
         corr = j0(2.0 * math.pi * self.doppler * k * self.step_s)[None, :]
         return np.abs(corr * math.sqrt(gain) + np.sqrt(np.maximum(1.0 - corr**2, 0.0)) * raw) ** 2
 
+    def _path(self, i: int, count: int) -> np.ndarray:
+        """Path i's first `count` samples: g (h for `block`, which draws the power gain alone)."""
+        return self.paths_[i].gains(0, count) if self.kind == "block" else self.paths_[i].complex_gains(0, count)
+
     def _samples(self, k_steps: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(g, |g|^2) [rows, K] unconditioned (h twice for `block`). The first BANK_MAX_ELEMENTS samples of the bank are
         held as one matrix, grown as far as asked, so that the many questions a plan asks of the same paths do not
@@ -529,11 +533,11 @@ class _Bank:
         are asked."""
         limit = BANK_MAX_ELEMENTS // self.n
         if k_steps > limit:
-            raw = np.stack([self.paths_[i]._samples(0, k_steps) for i in rows])
+            raw = np.stack([self._path(i, k_steps) for i in rows])
             return raw, (raw if self.kind == "block" else np.abs(raw) ** 2)
         if k_steps > self._held.shape[1]:
             count = min(max(k_steps, 2 * self._held.shape[1]), limit)
-            self._raw = np.stack([p._samples(0, count) for p in self.paths_])
+            self._raw = np.stack([self._path(i, count) for i in range(self.n)])
             self._held = self._raw if self.kind == "block" else np.abs(self._raw) ** 2
             self._raw.flags.writeable = self._held.flags.writeable = False
         if len(rows) == self.n:  # every path, in order (`rows` is always ascending)

@@ -1,7 +1,8 @@
-"""Goodput and fairness against the number of devices, per cell scheduler: tune_spaces/schedulers.yaml in one process.
+"""Goodput and fairness against the number of devices, per cell scheduler: tune_spaces/schedulers.yaml in one process (or --workers forked ones).
 
     .venv/bin/python bench/schedulers.py                          # embedded pair, the space's grid
     .venv/bin/python bench/schedulers.py --pair tiny              # the tiny random pair (mechanics only: |V| = 18)
+    .venv/bin/python bench/schedulers.py --workers 2              # cells priced in two forked processes
     .venv/bin/python bench/schedulers.py cell.verify_deadline_ms=null channel.model=shannon   # any override
 
 The schedulers are pure functions of the per-round records (uhlm_ray/cell.py), and no token depends on the scheduler
@@ -40,6 +41,7 @@ from uhlm_ray.config import SCHEDULERS  # noqa: E402
 from uhlm_ray.experiments.datasets import load_examples  # noqa: E402
 from uhlm_ray.experiments.evaluate import ResultStore, run_clock, run_method  # noqa: E402
 from uhlm_ray.experiments.sweep import load_space, method_key, trial_config  # noqa: E402
+from uhlm_ray.link.channel import has_time_axis  # noqa: E402
 from uhlm_ray.measures.intervals import clustered_ratio, clustered_ratio_vs  # noqa: E402
 from uhlm_ray.models import load_pair  # noqa: E402
 from uhlm_ray.snr import mean_snr_db  # noqa: E402
@@ -212,8 +214,11 @@ def main(argv: list[str]) -> int:
     snrs = [mean_snr_db(device_channel(channel=first.channel, distance_m=d)) for d in distances]
     cell = first.cell
     setting = (f"{method}, {len(results)} prompts x <= {first.decode.max_new_tokens} tokens decoded once "
-               f"({args.pair} pair, |V| = {pair.vocab_size}); channel.model={first.channel.model}, W = "
-               f"{first.channel.bandwidth_hz / 1e6:g} MHz, devices over {cell.min_distance_m:g}-{cell.radius_m:g} m "
+               f"({args.pair} pair, |V| = {pair.vocab_size}); channel.model={first.channel.model}, "
+               f"channel.process={first.channel.process}"
+               + (f" at {first.channel.speed_kmh:g} km/h" if has_time_axis(first.channel) else "")
+               + f", W = {first.channel.bandwidth_hz / 1e6:g} MHz, devices over "
+               f"{cell.min_distance_m:g}-{cell.radius_m:g} m "
                f"(average SNR {min(snrs):.1f} to {max(snrs):.1f} dB at 64 devices); verification "
                + ("priced alone" if cell.verify_deadline_ms is None else
                   f"batched per slot, deadline {cell.verify_deadline_ms:g} ms, at most {cell.verify_max_batch}")

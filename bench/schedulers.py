@@ -1,4 +1,4 @@
-"""Goodput and fairness against the number of devices, per cell scheduler: tune_spaces/schedulers.yaml in one process (or --workers forked ones).
+"""Goodput and fairness against the number of devices, per cell scheduler: tune_spaces/schedulers.yaml in one process.
 
     .venv/bin/python bench/schedulers.py                          # embedded pair, the space's grid
     .venv/bin/python bench/schedulers.py --pair tiny              # the tiny random pair (mechanics only: |V| = 18)
@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from uhlm_ray.cell import CELL_FIGURES, device_channel, device_distances, virtual_cell_figures  # noqa: E402
 from uhlm_ray.config import SCHEDULERS  # noqa: E402
+from uhlm_ray.experiments.calibration import Calibration, run_calibration  # noqa: E402
 from uhlm_ray.experiments.datasets import load_examples  # noqa: E402
 from uhlm_ray.experiments.evaluate import ResultStore, run_clock, run_method  # noqa: E402
 from uhlm_ray.experiments.sweep import load_space, method_key, trial_config  # noqa: E402
@@ -118,15 +119,18 @@ def _price(cfg, realisation: int) -> tuple[dict[str, float], float]:
     results, method = _PRICING["results"], _PRICING["method"]
     moved = replace(cfg, decode=replace(cfg.decode, seed=cfg.decode.seed + realisation),
                     cell=replace(cfg.cell, placement_seed=cfg.cell.placement_seed + realisation))
-    figures = virtual_cell_figures(results=results, cfg=moved, clock=run_clock(results={method: results}, cfg=moved))
+    clock = run_clock(results={method: results}, cfg=moved, calibration=_PRICING["calibration"])
+    figures = virtual_cell_figures(results=results, cfg=moved, clock=clock)
     return figures, time.perf_counter() - start
 
 
-def price_cells(*, configs: list, results: list, method: str, realisations: int, workers: int
-                ) -> dict[tuple[str, int], dict[str, np.ndarray]]:
+def price_cells(*, configs: list, results: list, method: str, realisations: int, workers: int,
+                calibration: Calibration | None = None) -> dict[tuple[str, int], dict[str, np.ndarray]]:
     """Every cell's figures over its realisations [R] each, priced in `workers` forked processes (1: in this one);
-    the figures do not depend on which process prices them."""
-    _PRICING.update(results=results, method=method)
+    the figures do not depend on which process prices them. `calibration` prices what the configuration leaves
+    unset (the uncertainty measure's time, as the sweep's trials do); None: the records' own measured times, which
+    differ from one decoding to the next."""
+    _PRICING.update(results=results, method=method, calibration=calibration)
     jobs = [(cfg, r) for cfg in configs for r in range(realisations)]
     done: dict[int, tuple[dict[str, float], float]] = {}
 
@@ -203,12 +207,15 @@ def main(argv: list[str]) -> int:
         store = ResultStore(Path(args.results) / method_key(cfg=first, method=method, send_prob=None)) \
             if args.results else None
         results = run_method(pair=pair, examples=examples, method=method, cfg=first, encoder=None, store=store)
+        # the clock's solo passes, cached per model and machine: what the configuration leaves unset (the
+        # uncertainty measure's time) is priced the same in every run, so a rerun gives the same figures
+        calibration = run_calibration(pair=pair, prompt=examples[0].prompt, cfg=first)
         decode_s = time.perf_counter() - start
         tokens = sum(len(res.tokens) for res in results)
         print(f"[schedulers] decoded {len(results)} prompts of {method} ({tokens} tokens) once in {decode_s:.0f} s; "
               f"pricing {len(configs)} cells", flush=True)
         priced = price_cells(configs=configs, results=results, method=method, realisations=args.realisations,
-                             workers=args.workers)
+                             workers=args.workers, calibration=calibration)
     rows = [summarise(priced=priced, key=key) for key in priced]
     distances = device_distances(configs[-1].cell)
     snrs = [mean_snr_db(device_channel(channel=first.channel, distance_m=d)) for d in distances]

@@ -10,6 +10,7 @@ group, then every process whose command line names that temp dir. (`ray stop` wo
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -33,9 +34,19 @@ SERVE_CONFIG = ROOT / "serve_config.yaml"
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port below the kernel's ephemeral range and above Ray's worker ports (10002-19999). A port the
+    kernel hands out for port 0 is an ephemeral one, which any outgoing connection (Ray opens many) can take as its
+    local end before `serve run` binds it: that failed once as "Failed to bind to address '127.0.0.1:52639'"."""
+    bounds = Path("/proc/sys/net/ipv4/ip_local_port_range")
+    ephemeral = int(bounds.read_text().split()[0]) if bounds.exists() else 32768
+    for port in random.Random().sample(range(20000, ephemeral), 200):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in 20000-{ephemeral - 1}")
 
 
 def _repo_config() -> dict:

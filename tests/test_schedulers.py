@@ -191,7 +191,7 @@ def test_multi_spin_prices_a_few_shares_and_plans_as_the_full_table():
         table = PlannedTimes(senders=senders, grid=grid, upload_s=upload)
         lazy_slot, lazy_shares = min_max_slot(least=table.least, n=n, low=max(floor, float(full[:, -1].max())))
         assert lazy_slot == slot and np.array_equal(lazy_shares, shares)
-        priced = np.isfinite(table.times)
+        priced = table.priced
         assert np.array_equal(table.times[priced], full[priced])
         if n >= 8:
             assert priced.mean() < 0.4, (n, priced.mean())

@@ -241,11 +241,13 @@ class PlannedTimes:
     def __init__(self, *, senders: list[Sender], grid: np.ndarray, upload_s: Callable[[Sender, float], float]) -> None:
         self.senders, self.grid, self.upload_s = senders, grid, upload_s
         self.times = np.full((len(senders), len(grid)), np.nan)  # [n, G]: NaN until priced
+        self.priced = np.zeros(self.times.shape, dtype=bool)  # [n, G]
 
     def at(self, i: int, j: int) -> float:
-        if math.isnan(self.times[i, j]):
+        if not self.priced[i, j]:
             sender = self.senders[i]
             self.times[i, j] = sender.fixed_s + self.upload_s(sender, float(self.grid[j]))
+            self.priced[i, j] = True
         return float(self.times[i, j])
 
     def least(self, t: float) -> np.ndarray:
@@ -254,7 +256,7 @@ class PlannedTimes:
         hi = np.full(len(self.senders), last)
         fits = np.zeros(len(self.senders), dtype=bool)
         for i in range(len(self.senders)):
-            if self.at(i, last) > t:
+            if not self.at(i, last) <= t:  # slower than t (or not a number), as `least_shares` reads it
                 continue
             fits[i] = True
             lo, up = -1, last  # at(lo) > t (or before the grid), at(up) <= t

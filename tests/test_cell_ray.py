@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import copy
 import json
-import socket
 
 import pytest
 import requests
 
+from tests.ports import free_port
 from uhlm_ray.cell import device_channel, device_distances, summarize_cell
 from uhlm_ray.config import EvaluateConfig, ModelConfig
 from uhlm_ray.decode import decode_prompt, make_policy
@@ -38,12 +38,6 @@ def test_the_prompts_are_the_word_ids_they_spell(tiny_pair):
     assert all(0 <= t < tiny_pair.vocab_size for i in ids for t in i)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _cfg(tiny_pair_dirs, **cell) -> EvaluateConfig:
     slm, llm = tiny_pair_dirs
     cfg = EvaluateConfig(model=ModelConfig(pair="custom", slm=slm, llm=llm, dtype="float32", num_threads=1))
@@ -64,7 +58,7 @@ def verifier(tiny_pair_dirs):
 
     ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     cfg = _cfg(tiny_pair_dirs)
-    cfg.runtime.http_port = _free_port()
+    cfg.runtime.http_port = free_port()
     start_verifier(cfg)
     yield cfg
     serve.shutdown()
@@ -344,7 +338,7 @@ def test_the_printed_verifier_address_is_the_one_serve_runs(verifier):
 
     from actors.verifier_deployment import verifier_url
 
-    serve.start(http_options={"host": "127.0.0.1", "port": _free_port()})  # ignored: Serve is already running
+    serve.start(http_options={"host": "127.0.0.1", "port": free_port()})  # ignored: Serve is already running
     url = verifier_url()
     assert url == f"http://127.0.0.1:{verifier.runtime.http_port}/verifier"
     assert requests.get(f"{url}/v1/health", timeout=30).ok

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.ports import free_port
 from uhlm_ray.config import EvaluateConfig, ModelConfig
 
 ray = pytest.importorskip("ray")
@@ -29,14 +30,6 @@ def cluster():
     cluster.shutdown()
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_verifier_on_the_gpu_node_devices_on_cpu_nodes(cluster, tiny_pair_dirs):
     from actors.device_actor import DeviceActor
     from actors.verifier_deployment import ServeVerifierClient, start_verifier
@@ -47,7 +40,7 @@ def test_verifier_on_the_gpu_node_devices_on_cpu_nodes(cluster, tiny_pair_dirs):
     cfg = EvaluateConfig(model=ModelConfig(pair="custom", slm=slm, llm=llm, dtype="float32"))
     cfg.runtime.verifier_num_gpus = 1
     cfg.runtime.verifier_resources = {"verifier": 1}
-    cfg.runtime.http_port = _free_port()
+    cfg.runtime.http_port = free_port()
     start_verifier(cfg)
     info = ServeVerifierClient().info()
     assert info["node_id"] == gpu_node.node_id

@@ -10,10 +10,8 @@ group, then every process whose command line names that temp dir. (`ray stop` wo
 from __future__ import annotations
 
 import os
-import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,6 +22,7 @@ import pytest
 import requests
 import yaml
 
+from tests.ports import free_port
 from uhlm_ray.validation import ConfigError
 
 ray = pytest.importorskip("ray")
@@ -31,22 +30,6 @@ ray = pytest.importorskip("ray")
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's `ray` and `serve` CLIs
 SERVE_CONFIG = ROOT / "serve_config.yaml"
-
-
-def _free_port() -> int:
-    """A free port below the kernel's ephemeral range and above Ray's worker ports (10002-19999). A port the
-    kernel hands out for port 0 is an ephemeral one, which any outgoing connection (Ray opens many) can take as its
-    local end before `serve run` binds it: that failed once as "Failed to bind to address '127.0.0.1:52639'"."""
-    bounds = Path("/proc/sys/net/ipv4/ip_local_port_range")
-    ephemeral = int(bounds.read_text().split()[0]) if bounds.exists() else 32768
-    for port in random.Random().sample(range(20000, ephemeral), 200):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError(f"no free port in 20000-{ephemeral - 1}")
 
 
 def _repo_config() -> dict:
@@ -151,7 +134,7 @@ def _stop(process: subprocess.Popen | None, *, temp_dir: str) -> None:
 def _config_for_tiny_pair(*, tiny_pair_dirs, tmp_path: Path) -> tuple[Path, int, dict]:
     """serve_config.yaml switched to the tiny pair on a free HTTP port: (its path, the port, the verifier's args)."""
     slm, llm = tiny_pair_dirs
-    http_port = _free_port()
+    http_port = free_port()
     config = _repo_config()
     config["http_options"]["port"] = http_port
     (verifier,) = config["applications"]
@@ -165,15 +148,15 @@ def _config_for_tiny_pair(*, tiny_pair_dirs, tmp_path: Path) -> tuple[Path, int,
 def _start_head(*, temp_dir: str, env: dict, dashboard_port: int | None = None) -> int:
     """`ray start --head` in `temp_dir`, every fixed port replaced by a free one; the dashboard (which `serve deploy`
     talks to) only when a port is given. Returns the GCS port."""
-    gcs_port = _free_port()
+    gcs_port = free_port()
     dashboard = ["--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}"] \
         if dashboard_port is not None else ["--include-dashboard=false"]
     started = subprocess.run(
         [str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs_port}", "--num-cpus=2",
          *dashboard, f"--temp-dir={temp_dir}", "--object-store-memory=100000000", "--disable-usage-stats",
-         f"--ray-client-server-port={_free_port()}", f"--dashboard-agent-listen-port={_free_port()}",
-         f"--dashboard-agent-grpc-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}",
-         f"--metrics-export-port={_free_port()}"],
+         f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
+         f"--dashboard-agent-grpc-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
+         f"--metrics-export-port={free_port()}"],
         env=env, cwd=ROOT, capture_output=True, text=True, timeout=180, start_new_session=True)
     assert started.returncode == 0, started.stdout[-3000:] + started.stderr[-3000:]
     return gcs_port
@@ -267,7 +250,7 @@ def test_serve_deploy_of_the_config_onto_a_running_cluster_verifies_a_block(tiny
     config_path, http_port, args = _config_for_tiny_pair(tiny_pair_dirs=tiny_pair_dirs, tmp_path=tmp_path)
     temp_dir = tempfile.mkdtemp(prefix="uhlm-sdep-", dir="/tmp")
     env = _ray_env()
-    dashboard = f"http://127.0.0.1:{_free_port()}"
+    dashboard = f"http://127.0.0.1:{free_port()}"
     serve = [str(BIN / "serve")]
     try:
         _start_head(temp_dir=temp_dir, env=env, dashboard_port=int(dashboard.rsplit(":", 1)[1]))

@@ -9,7 +9,6 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.ports import free_port
 from uhlm_ray.experiments.sweep import load_space, pareto_front
 from uhlm_ray.validation import ConfigError
 
@@ -52,12 +52,6 @@ def test_space_files_are_checked(tmp_path):
     bad.write_text(SPACE.replace("mode: max}", "mode: up}", 1))
     with pytest.raises(ConfigError, match=r"objectives\[0\].mode"):
         load_space(bad)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _sweep_command(space: Path, tiny_pair_dirs, tmp_path: Path) -> tuple[list[str], dict[str, str]]:
@@ -125,7 +119,7 @@ def test_sweep_logs_parent_and_trials_and_resumes(tiny_pair_dirs, tmp_path):
             "frontier/risk.png"} <= frontier
 
     # a real MLflow server on loopback serves the frontier back over its REST API
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", "127.0.0.1",
          "--port", str(port), "--workers", "1"],

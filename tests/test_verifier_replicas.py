@@ -4,13 +4,13 @@ rebuilt by their devices and their rounds retried)."""
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from types import SimpleNamespace
 
 import pytest
 
+from tests.ports import free_port
 from uhlm_ray.config import EvaluateConfig, ModelConfig
 from uhlm_ray.decode import decode_prompt, make_policy
 from uhlm_ray.experiments.datasets import Example
@@ -22,12 +22,6 @@ ray = pytest.importorskip("ray")
 
 EXAMPLES = [Example(id=f"ex{i}", prompt=p, reference="the cat sat on the mat")
             for i, p in enumerate(["the cat sat", "a dog is big", "red and blue", "the mat is small", "the dog sat"])]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _cfg(tiny_pair_dirs, *, method: str, devices: int, prompts: int) -> EvaluateConfig:
@@ -50,7 +44,7 @@ def two_replicas(tiny_pair_dirs):
 
     ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     cfg = _cfg(tiny_pair_dirs, method="hlm", devices=1, prompts=1)
-    cfg.runtime.http_port = _free_port()
+    cfg.runtime.http_port = free_port()
     start_verifier(cfg)
     yield cfg
     serve.shutdown()

@@ -23,6 +23,7 @@ from uhlm_ray.models.chat import chat_prompt_ids
 from uhlm_ray.models.loading import load_model, resolve_dtype
 from uhlm_ray.models.prefix_cache import prefix_cache
 from uhlm_ray.models.presets import resolve_pair
+from uhlm_ray.models.trimmed_head import trim_output_head
 from uhlm_ray.records import PromptResult
 from uhlm_ray.sampling.rng import SessionKey
 from uhlm_ray.snr import mean_snr
@@ -63,6 +64,8 @@ class DeviceActor:
         if info["vocab_size"] != self.slm.vocab_size:
             raise ConfigError(f"vocabulary size differs: SLM {slm_source!r} has {self.slm.vocab_size} output rows, "
                               f"the verifier's LLM {info['vocab_size']}")
+        if self.cfg.model.slm_head_vocab is not None:
+            trim_output_head(self.slm, keep=self.cfg.model.slm_head_vocab)
         self.eos_token_ids = self.slm.eos_token_ids | frozenset(info["eos_token_ids"])
         self.policy = make_policy(method=self.cfg.cell.method, cfg=self.cfg)
         self.prefixes = prefix_cache(self.cfg.runtime)  # prompt prefills of the prompts this actor meets again

@@ -26,6 +26,10 @@ row samples the LLM's law, so their figures differ by sampling noise only.
   does (`runtime.fuse_llm_prefill`), the channel at zero latency (the uplink is modelled, never slept, so it is not
   on the wall clock), no evaluation-mode scoring and no shared passes.
 
+With `--slm-head-vocab N`, every picked tuned-HF and ours row runs a second time with the SLM's output head over its
+first N token ids and the special tokens (`model.slm_head_vocab`, FR-Spec's frequency-ranked draft vocabulary):
+HF's assistant too, so the trim is credited to whoever uses it; the reference stays HF's fastest untrimmed setting.
+
 Each time includes the prompt prefill. Prints tokens per second, the ratios to the LLM alone and to HF assisted's
 fastest setting (the fastest of the tuned ones run), and for our methods the share of round time outside model
 forward passes (framework overhead).
@@ -56,6 +60,7 @@ from uhlm_ray.measures.intervals import clustered_ratio_vs
 from uhlm_ray.models import load_pair, response_logits
 from uhlm_ray.models.chat import chat_prompt_ids
 from uhlm_ray.models.forward_meter import ForwardMeter
+from uhlm_ray.models.trimmed_head import swapped_head, trimmed_head_of
 
 TUNED = [{"num_assistant_tokens": 3, "num_assistant_tokens_schedule": "constant"},
          {"num_assistant_tokens": 6, "num_assistant_tokens_schedule": "constant"},
@@ -157,6 +162,14 @@ def overlap_along(*, pair, prompts: list[list[int]], responses: list[list[int]])
     return total / max(count, 1)
 
 
+def _through(model, *, head: torch.nn.Module | None, run: Callable[[], Run | float]) -> Run | float:
+    """`run()` with the model's output head swapped for `head` (None: its own)."""
+    if head is None:
+        return run()
+    with swapped_head(model, head=head):
+        return run()
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prompts", type=int, default=3)
@@ -167,6 +180,9 @@ def main(argv: list[str]) -> int:
                         "HF setting when none matches)")
     parser.add_argument("--tv", action="store_true", help="teacher-force both models over every row's responses "
                         "and print their mean 1 - TV (one prefill of each model per response)")
+    parser.add_argument("--slm-head-vocab", type=int, default=None, metavar="N",
+                        help="also run every picked HF-tuned and ours row with the SLM's head over its first N ids "
+                        "(model.slm_head_vocab, uhlm_ray.models.trimmed_head); HF's fastest stays the untrimmed one")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
     # one stream: the fast one-row kernel for every row, HF's included (batch invariance buys nothing at batch 1)
@@ -210,7 +226,16 @@ def main(argv: list[str]) -> int:
         if not any(r[0] == "tuned" for r in picked):
             picked = [r for r in rows if r in picked or r[0] == "tuned"]
         rows = picked
-    meters = {"slm": ForwardMeter(pair.slm.model), "llm": ForwardMeter(pair.llm.model)}
+    trimmed: set[int] = set()  # rows decoded through the trimmed head
+    head = trimmed_head_of(pair.slm, keep=args.slm_head_vocab) if args.slm_head_vocab is not None else None
+    if head is not None:
+        for kind, label, run_row in list(rows):
+            if kind in ("tuned", "ours"):
+                trimmed.add(len(rows))
+                rows.append((f"{kind}_trimmed", f"{label}, SLM head {args.slm_head_vocab}",
+                             lambda seed, f=run_row: _through(pair.slm, head=head, run=lambda: f(seed))))
+    meters = {"slm": ForwardMeter(pair.slm.model, heads=(head,) if head is not None else ()),
+              "llm": ForwardMeter(pair.llm.model)}
     runs: dict[int, list[Run]] = {i: [] for i in range(len(rows))}
     per_token: dict[int, list[dict[str, float]]] = {i: [] for i in range(len(rows))}
     for repeat in range(args.repeats):
@@ -241,9 +266,12 @@ def main(argv: list[str]) -> int:
         return f"{value:.2f} [{low:.2f}, {high:.2f}]"
 
     # the LLM alone's row is the reference: every exact row samples the LLM's law, so its texts are as predictable
-    overlap = {i: overlap_along(pair=pair, prompts=prompts * args.repeats,
-                                responses=[resp for r in runs[i] for resp in r.responses])
-               for i in range(len(rows)) if args.tv}
+    def overlap_of(i: int) -> float:
+        responses = [resp for r in runs[i] for resp in r.responses]
+        return _through(pair.slm, head=head if i in trimmed else None,
+                        run=lambda: overlap_along(pair=pair, prompts=prompts * args.repeats, responses=responses))
+
+    overlap = {i: overlap_of(i) for i in range(len(rows)) if args.tv}
     print(f"\n{len(prompts)} prompts x up to {args.tokens} new tokens x {args.repeats} samples, "
           f"{torch.get_num_threads()} torch threads, {next(pair.llm.model.parameters()).dtype}; tok/s pools every "
           "sample, ratios with 95% bootstrap intervals over prompts (paired)")

@@ -55,6 +55,10 @@ class ModelConfig:
     # at any runtime.batch_size. null: on where that holds (float32 CPU products through oneDNN); costs a single
     # stream's one-token steps, not a lockstep batch
     batch_invariant: bool | None = None
+    # the SLM's output head over its first N token ids (BPE merge order: a frequency rank) and the special tokens
+    # only (uhlm_ray.models.trimmed_head, FR-Spec): a cheaper draft step; exact methods stay exact, at some
+    # acceptance. null: the whole vocabulary, the SLM as published
+    slm_head_vocab: int | None = None
 
 
 @dataclass
@@ -513,6 +517,8 @@ def validate_config(cfg: EvaluateConfig) -> None:
         check_choice(method, field=f"decode.evaluation_methods[{i}]", allowed=METHODS)
     check_choice(cfg.model.dtype, field="model.dtype", allowed=("auto", "bfloat16", "float16", "float32"))
     check_choice(cfg.model.linear_backend, field="model.linear_backend", allowed=LINEAR_BACKENDS)
+    if cfg.model.slm_head_vocab is not None:  # its upper bound, the SLM's output rows, is checked at load
+        check_range(cfg.model.slm_head_vocab, field="model.slm_head_vocab", low=1)
     if cfg.model.batch_invariant and (cfg.model.device != "cpu" or cfg.model.dtype not in ("auto", "float32")
                                       or cfg.model.linear_backend == "torch"):
         raise ConfigError(f"model.batch_invariant=true needs float32 on the CPU through oneDNN (model.device=cpu, "

@@ -92,6 +92,8 @@ def calibration_key(*, pair: ModelPair, cfg: EvaluateConfig) -> tuple[str, str]:
     parts = {"version": CALIBRATION_VERSION, "slm": _model_identity(pair.slm), "llm": _model_identity(pair.llm),
              "machine": machine, "torch": torch.__version__, "measures": measures_used(cfg),
              "k": cfg.uncertainty.k, "max_pass": max_pass_tokens(cfg)}
+    if cfg.model.slm_head_vocab is not None:  # a trimmed head is a cheaper SLM step (absent: the keys made before)
+        parts["slm_head_vocab"] = cfg.model.slm_head_vocab
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16], machine
 
 

@@ -10,13 +10,15 @@ import torch
 class ForwardMeter:
     """Forward passes of a causal LM's decoder, timed from the decoder's start to the output head's end.
 
-    A pass that stops at the decoder (no output head) is counted and timed to the decoder's end."""
+    A pass that stops at the decoder (no output head) is counted and timed to the decoder's end. `heads`: other
+    output heads the model may be given while metered (a TrimmedHead), timed as its own."""
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: torch.nn.Module, *, heads: tuple[torch.nn.Module, ...] = ()) -> None:
         self.calls, self.seconds = 0, 0.0
         self._started: float | None = None
         self._handles = []
-        for module, counts in ((model.get_decoder(), True), (model.get_output_embeddings(), False)):
+        watched = [(model.get_decoder(), True), (model.get_output_embeddings(), False), *((h, False) for h in heads)]
+        for module, counts in watched:
             self._handles.append(module.register_forward_pre_hook(self._start))
             self._handles.append(module.register_forward_hook(lambda *_, counts=counts: self._stop(counts=counts)))
 

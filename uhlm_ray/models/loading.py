@@ -13,6 +13,7 @@ from uhlm_ray.models.batch_invariance import batch_invariant_of, install_batch_i
 from uhlm_ray.models.embedded import cache_root, convert_gguf, ensure_embedded
 from uhlm_ray.models.linear_backend import install_linear_backend, resolve_linear_backend
 from uhlm_ray.models.presets import resolve_pair
+from uhlm_ray.models.trimmed_head import trim_output_head
 from uhlm_ray.validation import ConfigError
 
 EMBEDDED_PREFIX = "embedded:"
@@ -185,4 +186,6 @@ def load_pair(cfg: ModelConfig) -> ModelPair:
                        batch_invariant=cfg.batch_invariant),
     )
     check_same_vocabulary(slm=pair.slm, llm=pair.llm)
+    if cfg.slm_head_vocab is not None:
+        trim_output_head(pair.slm, keep=cfg.slm_head_vocab)
     return pair

@@ -57,17 +57,17 @@ class ChunkEntry:
         return sum(t.numel() * t.element_size() for t in tensors)
 
 
-# model -> (its tensors' in-place version counters, the digest of its weight sample): sampling every tensor costs
-# ~20 ms on a GPU (a device-to-host copy each), and a session asks at every prompt
-_WEIGHT_DIGESTS: weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple[int, ...], str]] = weakref.WeakKeyDictionary()
+# model -> (its tensors' names, shapes, storage and in-place version counters, the digest of its weight sample):
+# sampling every tensor costs ~20 ms on a GPU (a device-to-host copy each), and a session asks at every prompt
+_WEIGHT_DIGESTS: weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple, str]] = weakref.WeakKeyDictionary()
 
 
 @torch.no_grad()
 def _weight_digest(model: torch.nn.Module) -> str:
     """Each tensor's name, shape, dtype and first and last values, hashed; recomputed only after a tensor changed
-    in place (its version counter moved)."""
+    in place (its version counter moved) or was replaced (a module swapped in: a trimmed output head)."""
     state = model.state_dict(keep_vars=True)
-    versions = tuple(t._version for t in state.values())
+    versions = tuple((name, tuple(t.shape), t.data_ptr(), t._version) for name, t in state.items())
     cached = _WEIGHT_DIGESTS.get(model)
     if cached is not None and cached[0] == versions:
         return cached[1]

@@ -68,6 +68,9 @@ def check_model_sources(cfg: ModelConfig) -> tuple[str, str]:
     if len(rows) == 2 and None not in rows.values() and rows["slm"] != rows["llm"]:
         raise ConfigError(f"model.slm={slm!r} has {rows['slm']} output rows but model.llm={llm!r} has "
                           f"{rows['llm']} (config.json vocab_size): the pair must share its vocabulary")
+    if cfg.slm_head_vocab is not None and rows.get("slm") is not None and cfg.slm_head_vocab > rows["slm"]:
+        raise ConfigError(f"model.slm_head_vocab={cfg.slm_head_vocab} is outside 1..{rows['slm']} (the SLM's output "
+                          "rows, config.json vocab_size)")
     return slm, llm
 
 

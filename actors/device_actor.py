@@ -20,10 +20,8 @@ from uhlm_ray.config import config_from_dict
 from uhlm_ray.decode import DeviceJob, decode_lockstep, make_policy
 from uhlm_ray.device.paraphrase import paraphrase_prompt_ids
 from uhlm_ray.models.chat import chat_prompt_ids
-from uhlm_ray.models.loading import load_model, resolve_dtype
+from uhlm_ray.models.loading import load_slm
 from uhlm_ray.models.prefix_cache import prefix_cache
-from uhlm_ray.models.presets import resolve_pair
-from uhlm_ray.models.trimmed_head import trim_output_head
 from uhlm_ray.records import PromptResult
 from uhlm_ray.sampling.rng import SessionKey
 from uhlm_ray.snr import mean_snr
@@ -55,17 +53,12 @@ class DeviceActor:
         self.run = run
         if self.cfg.model.num_threads is not None:
             torch.set_num_threads(self.cfg.model.num_threads)
-        slm_source, _ = resolve_pair(self.cfg.model)
-        self.slm = load_model(slm_source, dtype=resolve_dtype(self.cfg.model.dtype, device="cpu"), device="cpu",
-                              linear_backend=self.cfg.model.linear_backend,
-                              batch_invariant=self.cfg.model.batch_invariant)
+        self.slm = load_slm(self.cfg.model, device="cpu")
         self.client = ServeVerifierClient()
         info = self.client.info()
         if info["vocab_size"] != self.slm.vocab_size:
-            raise ConfigError(f"vocabulary size differs: SLM {slm_source!r} has {self.slm.vocab_size} output rows, "
-                              f"the verifier's LLM {info['vocab_size']}")
-        if self.cfg.model.slm_head_vocab is not None:
-            trim_output_head(self.slm, keep=self.cfg.model.slm_head_vocab)
+            raise ConfigError(f"vocabulary size differs: SLM {self.slm.source!r} has {self.slm.vocab_size} output "
+                              f"rows, the verifier's LLM {info['vocab_size']}")
         self.eos_token_ids = self.slm.eos_token_ids | frozenset(info["eos_token_ids"])
         self.policy = make_policy(method=self.cfg.cell.method, cfg=self.cfg)
         self.prefixes = prefix_cache(self.cfg.runtime)  # prompt prefills of the prompts this actor meets again

@@ -176,7 +176,7 @@ def main(argv: list[str]) -> int:
     # eq. 3 under Rayleigh fading, one h per upload as in the paper: the sample mean of the upload time grows with
     # the number of draws (on a process in time an upload averages many fades, and its mean is finite)
     cfg = load_config(overrides=[*base, *CHANNELS["shannon (eq. 3)"], "channel.process=per_round"])
-    bits = full_payload_bits(vocab_size=pair.vocab_size, cfg=cfg.payload)
+    bits = full_payload_bits(vocab_size=pair.vocab_size, cfg=cfg.payload, support=pair.slm.draft_support)
     rng = np.random.default_rng(0)
     snr = mean_snr(cfg.channel)
     print(f"\nEq. 3, one full upload ({bits / 1e6:.2f} Mbit) at {10 * np.log10(snr):.2f} dB, one fading gain per "

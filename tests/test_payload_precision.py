@@ -72,6 +72,19 @@ def test_bits_stay_as_charged():
     assert full_payload_bits(vocab_size=v, cfg=PayloadConfig()) == v * 32 + 18
 
 
+def test_a_trimmed_head_sends_its_support_densely():
+    v, support = 151_936, 32_790  # model.slm_head_vocab=32768 and the Qwen2.5 special tokens
+    cfg = PayloadConfig()
+    assert full_payload_bits(vocab_size=v, cfg=cfg, support=support) == support * 32 + 18
+    assert truncated_payload_bits(kept=64, vocab_size=v, cfg=cfg, support=support) == 64 * (18 + 32) + 18
+    # past support * 32 / (18 + 32) kept tokens the dense codec over the support wins
+    assert truncated_payload_bits(kept=30_000, vocab_size=v, cfg=cfg, support=support) == support * 32 + 18
+    with pytest.raises(ConfigError, match=r"support=151937 is outside the allowed range \[1, 151936\]"):
+        full_payload_bits(vocab_size=v, cfg=cfg, support=v + 1)
+    with pytest.raises(ConfigError, match=r"kept tokens=32791 is outside the allowed range \[1, 32790\]"):
+        truncated_payload_bits(kept=support + 1, vocab_size=v, cfg=cfg, support=support)
+
+
 def test_quantise_by_hand():
     x = torch.tensor([0.5, 0.3, 0.2 - 2e-8, 2e-8])  # float32
     same = quantise(probs=x, dtype="float32")

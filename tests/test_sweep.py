@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from tests.ports import free_port
-from uhlm_ray.experiments.sweep import load_space, pareto_front
+from uhlm_ray.experiments.sweep import load_space, load_space_and_configs, pareto_front
 from uhlm_ray.validation import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,6 +52,22 @@ def test_space_files_are_checked(tmp_path):
     bad.write_text(SPACE.replace("mode: max}", "mode: up}", 1))
     with pytest.raises(ConfigError, match=r"objectives\[0\].mode"):
         load_space(bad)
+
+
+def test_a_null_grid_value_reaches_the_trial_as_none():
+    """YAML's null in a grid (the whole head in head_vocab.yaml) is None in the trial's config, not the string."""
+    _, configs = load_space_and_configs(ROOT / "tune_spaces" / "head_vocab.yaml")
+    assert [c.model.slm_head_vocab for c in configs] == [None, 65536, 32768, 16384, 8192]
+
+
+def test_the_trial_table_orders_numbers_by_value_and_null_first():
+    from uhlm_ray.experiments.sweep_report import trial_table
+
+    space = load_space(ROOT / "tune_spaces" / "head_vocab.yaml")
+    trials = [{"params": {"model.slm_head_vocab": n}, "trial_started": 0.0, "trial_ended": 1.0}
+              for n in (16384, None, 8192, 65536)]
+    rows = trial_table(trials=trials, space=space).splitlines()[2:]
+    assert [row.split(" | ")[0].lstrip("| ") for row in rows] == ["None", "8192", "16384", "65536"]
 
 
 def _sweep_command(space: Path, tiny_pair_dirs, tmp_path: Path) -> tuple[list[str], dict[str, str]]:

@@ -114,3 +114,25 @@ def test_a_head_vocabulary_outside_the_vocabulary_is_refused(tiny_pair_dirs):
         load_pair(ModelConfig(pair="custom", slm=slm, llm=llm, dtype="float32", slm_head_vocab=19))
     with pytest.raises(ConfigError, match=r"model\.slm_head_vocab"):
         load_config(overrides=["model.slm_head_vocab=0"])
+
+
+@pytest.mark.parametrize("method", ["hlm", "block_hlm"])
+def test_a_trimmed_slm_uploads_one_probability_per_kept_id(trimmed_pair, tiny_pair, method):
+    """A dense upload carries the SLM's support: KEEP probabilities, not |V| (the verifier puts 0 on the rest)."""
+    assert trimmed_pair.slm.draft_support == KEEP and tiny_pair.slm.draft_support == tiny_pair.vocab_size == 18
+    cfg = load_config(overrides=["model.pair=custom", "decode.max_new_tokens=6", "channel.fading=none",
+                                 "block.payload=full", "block.stop=fixed", "block.fixed_drafts=2",
+                                 "payload.sync_token_ids=false"])
+    id_bits = 5  # ceil(log2 18): indices still name ids of the whole vocabulary
+    for pair, dense in ((trimmed_pair, KEEP), (tiny_pair, 18)):
+        job = DeviceJob(session_id=method, key=SessionKey(seed=0, device=0, prompt=0), prompt_ids=PROMPT,
+                        method=method, policy=None if method == "block_hlm" else make_policy(method=method, cfg=cfg),
+                        mean_snr=1.0)
+        outcome, = decode_lockstep(slm=pair.slm, verifier=Verifier(model=pair.llm, max_sessions=1), jobs=[job],
+                                   cfg=cfg, eos_token_ids=frozenset())
+        sent = [r for r in outcome.records if r.sent]
+        assert sent
+        for r in sent:
+            drafts = len(r.drafts) if method == "block_hlm" else 1
+            assert r.kept_tokens == dense * drafts
+            assert r.payload_bits == drafts * (dense * 32 + id_bits)

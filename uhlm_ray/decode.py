@@ -167,6 +167,7 @@ def decode_lockstep(
         return DeviceDecoder(
             key=job.key, method=job.method, cfg=cfg, policy=job.policy, mean_snr=job.mean_snr,
             vocab_size=slm.vocab_size, eos_token_ids=eos_token_ids, evaluate=evaluates(method=job.method, cfg=cfg),
+            support=slm.draft_support,
         )
 
     sessions, decoders, paraphrased, prefill_s = _open_jobs(slm=slm, verifier=verifier, jobs=jobs, prefixes=prefixes,
@@ -216,7 +217,7 @@ def decode_blocks_lockstep(
             key=job.key, cfg=cfg, mean_snr=job.mean_snr,
             rule=make_stop_rule(cfg=cfg, vocab_size=slm.vocab_size, fixed_drafts=job.fixed_drafts),
             vocab_size=slm.vocab_size, eos_token_ids=eos_token_ids, evaluate=evaluates(method=job.method, cfg=cfg),
-            prompt_last_token=job.prompt_ids[-1])
+            prompt_last_token=job.prompt_ids[-1], support=slm.draft_support)
 
     sessions, decoders, paraphrased, prefill_s = _open_jobs(slm=slm, verifier=verifier, jobs=jobs, prefixes=prefixes,
                                                             decoder=decoder)

@@ -66,9 +66,11 @@ class BlockDecoder:
         eos_token_ids: frozenset[int],
         evaluate: bool,
         prompt_last_token: int,
+        support: int | None = None,
     ) -> None:
         self.key, self.cfg, self.rule = key, cfg, rule
         self.mean_snr, self.vocab_size, self.eos_token_ids = mean_snr, vocab_size, eos_token_ids
+        self.support = vocab_size if support is None else support  # ids the SLM can draft: a dense upload's length
         self.evaluate = evaluate and cfg.block.skip_u_th is not None  # lossless blocks leave nothing to score
         # the uncertainty measure each draft runs ("" when neither the stop rule nor a skip threshold needs u)
         self.measure = cfg.uncertainty.measure if rule.needs_uncertainty or cfg.block.skip_u_th is not None else ""
@@ -128,7 +130,8 @@ class BlockDecoder:
         kept = [d.kept for d in self.block][:drafts]
         kept += [round(sum(kept) / len(kept)) if kept else 1] * (drafts - len(kept))
         return block_payload_bits(payload=self.cfg.block.payload, kept=kept, verified=[True] * drafts,
-                                  vocab_size=self.vocab_size, cfg=self.cfg.payload) + self._sync_bits()
+                                  vocab_size=self.vocab_size, cfg=self.cfg.payload, support=self.support) \
+            + self._sync_bits()
 
     def _sync_bits(self) -> int:
         skipped = len(self.tokens) - self.llm_seen - (1 if self.uploaded else 0)
@@ -147,7 +150,7 @@ class BlockDecoder:
                 truncate(probs=x, truncation=block.truncation, top_k=block.top_k, top_p=block.top_p).probs
             upload_values = quantise(probs=q, dtype=self.cfg.payload.dtype)
             probs, drawn_from = upload_values.sent, upload_values.probs
-            kept = self.vocab_size if block.payload == "full" else int(torch.count_nonzero(probs))
+            kept = self.support if block.payload == "full" else int(torch.count_nonzero(probs))
         if block.greedy:
             token = int(torch.argmax(x))
         elif self.coupled:  # the race on the noise the verifier shares, at this draft's response position
@@ -183,7 +186,7 @@ class BlockDecoder:
         self._sync = self._sync_bits()
         self._payload = block_payload_bits(payload=self.cfg.block.payload, kept=[d.kept for d in self.block],
                                            verified=[d.verified for d in self.block], vocab_size=self.vocab_size,
-                                           cfg=self.cfg.payload) + self._sync
+                                           cfg=self.cfg.payload, support=self.support) + self._sync
         self._upload = upload(bits=self._payload, channel=self.cfg.channel, mean_snr=self.mean_snr,
                               rng=self._uplink_rng(), process=self.process, start_s=self._start_s)
         return self._upload.delivered

@@ -139,16 +139,18 @@ class DeviceDecoder:
         vocab_size: int,
         eos_token_ids: frozenset[int],
         evaluate: bool,
+        support: int | None = None,
     ) -> None:
         self.key, self.method, self.cfg, self.policy = key, method, cfg, policy
         self.mean_snr = mean_snr
         self.eos_token_ids = eos_token_ids
         self.evaluate = evaluate
         self.vocab_size = vocab_size
+        self.support = vocab_size if support is None else support  # ids the SLM can draft: a dense upload's length
         self.measure = method_measure(method=method, cfg=cfg)
         self.coupled = cfg.decode.sampling == "coupled"
         self.truncation = cfg.cu_hlm if method == "cu_hlm" and cfg.cu_hlm.truncation != "none" else None
-        self.full_bits = full_payload_bits(vocab_size=vocab_size, cfg=cfg.payload)
+        self.full_bits = full_payload_bits(vocab_size=vocab_size, cfg=cfg.payload, support=self.support)
         self.tokens: list[int] = []
         self.records: list[RoundRecord] = []
         self.llm_seen = 0  # response tokens the verifier has processed (or been sent)
@@ -200,7 +202,8 @@ class DeviceDecoder:
         elif truncated is None:
             dist_bits = self.full_bits
         else:
-            dist_bits = truncated_payload_bits(kept=truncated.kept, vocab_size=self.vocab_size, cfg=self.cfg.payload)
+            dist_bits = truncated_payload_bits(kept=truncated.kept, vocab_size=self.vocab_size, cfg=self.cfg.payload,
+                                               support=self.support)
         # the LLM chose the response token of the last sent round itself; every later token was a skipped draft
         skipped = len(self.tokens) - self.llm_seen - (1 if self.uploaded else 0)
         sync = sync_bits(skipped_tokens=skipped, vocab_size=self.vocab_size) if self.cfg.payload.sync_token_ids else 0
@@ -223,7 +226,7 @@ class DeviceDecoder:
         return Draft(round_index=t, draft=draft, probs=draft_probs, uncertainty=u, sent=sent and up.delivered,
                      fading_gain=up.gain, snr=self.mean_snr * up.gain, tau_slm_s=tau_slm_s, tau_uncertainty_s=tau_u,
                      eval_s=eval_s, distribution_bits=dist_bits, sync_bits=sync,
-                     kept_tokens=truncated.kept if truncated is not None else self.vocab_size, upload_s=up.seconds,
+                     kept_tokens=truncated.kept if truncated is not None else self.support, upload_s=up.seconds,
                      upload_attempts=up.attempts, deadline_fallback=sent and not up.delivered,
                      upload_air_s=up.air_s, sent_probs=upload_values.sent, upload_start_s=start_s)
 

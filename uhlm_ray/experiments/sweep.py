@@ -225,7 +225,8 @@ def trial_config(*, base_overrides: list[str], space: SearchSpace, params: dict[
 
 
 def _dot(value: object) -> str:
-    return json.dumps(value) if isinstance(value, list | dict) else str(value)
+    """A value as a dotlist override reads it (YAML's null is "null": str(None) would be the string "None")."""
+    return json.dumps(value) if isinstance(value, list | dict) or value is None else str(value)
 
 
 # --- shared work -----------------------------------------------------------------------------------------------
@@ -241,6 +242,8 @@ def method_key(*, cfg: EvaluateConfig, method: str, send_prob: float | None) -> 
                                    "scored": method in cfg.decode.evaluation_methods}
     if cfg.decode.sampling != "independent":  # (left out when independent, so that older stores keep their keys)
         relevant["sampling"] = cfg.decode.sampling
+    if cfg.model.slm_head_vocab is not None:  # a trimmed head's full uploads are priced over its kept ids (session 19)
+        relevant["dense_payload"] = "support"
     if method != "llm":  # u is recorded for every hybrid method (Fig. 3 needs it), so its settings matter
         relevant["uncertainty"] = section("uncertainty")
     if method == "u_hlm":

@@ -50,12 +50,21 @@ def _short(value: object) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
+def _order(value: object) -> tuple[int, float, str]:
+    """A parameter value's place in the trial table: null first, numbers by value (8192 before 16384), then text."""
+    if value is None:
+        return 0, 0.0, ""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return 1, float(value), ""
+    return 2, 0.0, str(value)
+
+
 def trial_table(*, trials: list[dict], space: SearchSpace) -> str:
     """The console's last table: one row per trial, its swept parameters, its objectives and its time."""
     keys = list(space.params)
     header = [*keys, *(o.metric for o in space.objectives), "trial s"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(keys) + "---:|" * (len(header) - len(keys))]
-    for t in sorted(trials, key=lambda t: [str(t["params"].get(k)) for k in keys]):
+    for t in sorted(trials, key=lambda t: [_order(t["params"].get(k)) for k in keys]):
         cells = [_short(t["params"].get(k)) for k in keys]
         cells += [format_value(t.get(o.metric), "{:.4g}") for o in space.objectives]
         cells.append(f"{t.get('trial_ended', math.nan) - t.get('trial_started', math.nan):.0f}")

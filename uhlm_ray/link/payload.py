@@ -12,6 +12,11 @@ mass reaches p (the most probable first, which is the smallest set of that mass)
 renormalised distribution x~ it sends, so verification stays exact with respect to its draft distribution.
 A payload is never larger than the full one: past |V| b_prob / (ceil(log2 |V|) + b_prob) tokens the dense codec wins.
 
+A device whose SLM head covers a sub-vocabulary (`model.slm_head_vocab`, uhlm_ray/models/trimmed_head.py) puts
+probability 0 on every other id, so its dense payload is one probability per id of that support, in the order both
+ends know (the kept ids are part of the model the two sides agree on), and the verifier puts 0 elsewhere: `support`
+ids instead of |V|. Indices still name ids of the whole vocabulary.
+
 A block of the block method uploads, per draft, its id alone (`ids`), or with its truncated or full distribution
 (`block_payload_bits`).
 
@@ -39,19 +44,21 @@ def index_bits(*, vocab_size: int) -> int:
     return max(1, math.ceil(math.log2(vocab_size)))
 
 
-def full_payload_bits(*, vocab_size: int, cfg: PayloadConfig) -> int:
-    """B = |V| * b_prob (+ the draft index)."""
+def full_payload_bits(*, vocab_size: int, cfg: PayloadConfig, support: int | None = None) -> int:
+    """B = |V| * b_prob (+ the draft index); a trimmed SLM head sends its `support` ids' probabilities, not |V|."""
     check_range(vocab_size, field="vocab_size", low=1)
-    bits = vocab_size * cfg.bits
+    if support is not None:
+        check_range(support, field="support", low=1, high=vocab_size)
+    bits = (vocab_size if support is None else support) * cfg.bits
     return bits + index_bits(vocab_size=vocab_size) if cfg.include_draft_index else bits
 
 
-def truncated_payload_bits(*, kept: int, vocab_size: int, cfg: PayloadConfig) -> int:
-    """B = k (ceil(log2 |V|) + b_prob) (+ the draft index), or the full payload if that is smaller."""
-    check_range(kept, field="kept tokens", low=1, high=vocab_size)
+def truncated_payload_bits(*, kept: int, vocab_size: int, cfg: PayloadConfig, support: int | None = None) -> int:
+    """B = k (ceil(log2 |V|) + b_prob) (+ the draft index), or the full payload (over `support`) if that is smaller."""
+    check_range(kept, field="kept tokens", low=1, high=vocab_size if support is None else support)
     bits = kept * (index_bits(vocab_size=vocab_size) + cfg.bits)
     bits += index_bits(vocab_size=vocab_size) if cfg.include_draft_index else 0
-    return min(bits, full_payload_bits(vocab_size=vocab_size, cfg=cfg))
+    return min(bits, full_payload_bits(vocab_size=vocab_size, cfg=cfg, support=support))
 
 
 def sync_bits(*, skipped_tokens: int, vocab_size: int) -> int:
@@ -60,22 +67,23 @@ def sync_bits(*, skipped_tokens: int, vocab_size: int) -> int:
 
 
 def block_payload_bits(*, payload: str, kept: list[int], verified: list[bool], vocab_size: int,
-                       cfg: PayloadConfig) -> int:
+                       cfg: PayloadConfig, support: int | None = None) -> int:
     """The bits of an uploaded block of n drafts (sync ids not included).
 
     Each verified draft costs, by `payload`: "ids" its id, ceil(log2 |V|) bits (the verifier treats it as a point
-    mass); "full" the full payload |V| b_prob (+ its id); "truncated" its kept tokens k_i (ceil(log2 |V|) + b_prob)
-    (+ its id). A draft committed unverified rides as its id only, and a block with such drafts carries one flag
-    bit per draft so the verifier knows which to test. Message framing (lengths) is left to the transport.
+    mass); "full" the full payload |V| b_prob (+ its id; `support` ids for a trimmed head); "truncated" its kept
+    tokens k_i (ceil(log2 |V|) + b_prob) (+ its id). A draft committed unverified rides as its id only, and a block
+    with such drafts carries one flag bit per draft so the verifier knows which to test. Message framing (lengths)
+    is left to the transport.
     """
     bits = 0
     for k, check in zip(kept, verified, strict=True):
         if not check or payload == "ids":
             bits += index_bits(vocab_size=vocab_size)
         elif payload == "full":
-            bits += full_payload_bits(vocab_size=vocab_size, cfg=cfg)
+            bits += full_payload_bits(vocab_size=vocab_size, cfg=cfg, support=support)
         else:
-            bits += truncated_payload_bits(kept=k, vocab_size=vocab_size, cfg=cfg)
+            bits += truncated_payload_bits(kept=k, vocab_size=vocab_size, cfg=cfg, support=support)
     return bits + (len(verified) if not all(verified) else 0)
 
 

@@ -13,7 +13,7 @@ from uhlm_ray.models.batch_invariance import batch_invariant_of, install_batch_i
 from uhlm_ray.models.embedded import cache_root, convert_gguf, ensure_embedded
 from uhlm_ray.models.linear_backend import install_linear_backend, resolve_linear_backend
 from uhlm_ray.models.presets import resolve_pair
-from uhlm_ray.models.trimmed_head import trim_output_head
+from uhlm_ray.models.trimmed_head import TrimmedHead, trim_output_head
 from uhlm_ray.validation import ConfigError
 
 EMBEDDED_PREFIX = "embedded:"
@@ -33,6 +33,13 @@ class LoadedModel:
         """Its passes give a sequence the same bits alone or batched now (models.batch_invariance; read off the
         model, since `single_stream` turns it off for a while)."""
         return batch_invariant_of(self.model)
+
+    @property
+    def draft_support(self) -> int:
+        """How many ids its distributions can give probability: the kept ids under a trimmed head
+        (`model.slm_head_vocab`), |V| otherwise. A dense upload carries one probability per id of it."""
+        head = self.model.get_output_embeddings()
+        return int(head.kept.numel()) if isinstance(head, TrimmedHead) else self.vocab_size
 
 
 @dataclass
@@ -174,18 +181,23 @@ def check_same_vocabulary(*, slm: LoadedModel, llm: LoadedModel) -> None:
         raise ConfigError(f"vocabularies differ: {difference}")
 
 
+def load_slm(cfg: ModelConfig, *, device: str | None = None) -> LoadedModel:
+    """The pair's SLM on `device` (None: `model.device`), its head trimmed to `model.slm_head_vocab` where set."""
+    on = cfg.device if device is None else device
+    slm = load_model(resolve_pair(cfg)[0], dtype=resolve_dtype(cfg.dtype, device=on), device=on,
+                     linear_backend=cfg.linear_backend, batch_invariant=cfg.batch_invariant)
+    if cfg.slm_head_vocab is not None:  # the trim keeps |V| rows of output, so vocab_size stays the whole head's
+        trim_output_head(slm, keep=cfg.slm_head_vocab)
+    return slm
+
+
 def load_pair(cfg: ModelConfig) -> ModelPair:
-    slm_source, llm_source = resolve_pair(cfg)
     if cfg.num_threads is not None:
         torch.set_num_threads(cfg.num_threads)
-    dtype = resolve_dtype(cfg.dtype, device=cfg.device)
     pair = ModelPair(
-        slm=load_model(slm_source, dtype=dtype, device=cfg.device, linear_backend=cfg.linear_backend,
-                       batch_invariant=cfg.batch_invariant),
-        llm=load_model(llm_source, dtype=dtype, device=cfg.device, linear_backend=cfg.linear_backend,
-                       batch_invariant=cfg.batch_invariant),
+        slm=load_slm(cfg),
+        llm=load_model(resolve_pair(cfg)[1], dtype=resolve_dtype(cfg.dtype, device=cfg.device), device=cfg.device,
+                       linear_backend=cfg.linear_backend, batch_invariant=cfg.batch_invariant),
     )
     check_same_vocabulary(slm=pair.slm, llm=pair.llm)
-    if cfg.slm_head_vocab is not None:
-        trim_output_head(pair.slm, keep=cfg.slm_head_vocab)
     return pair

@@ -13,6 +13,7 @@ from pathlib import Path
 from uhlm_ray.config import ModelConfig
 from uhlm_ray.models.loading import hub_reference, resolve_source, vocabulary_difference
 from uhlm_ray.models.presets import resolve_pair
+from uhlm_ray.models.trimmed_head import check_head_vocab
 from uhlm_ray.validation import ConfigError
 
 
@@ -68,9 +69,8 @@ def check_model_sources(cfg: ModelConfig) -> tuple[str, str]:
     if len(rows) == 2 and None not in rows.values() and rows["slm"] != rows["llm"]:
         raise ConfigError(f"model.slm={slm!r} has {rows['slm']} output rows but model.llm={llm!r} has "
                           f"{rows['llm']} (config.json vocab_size): the pair must share its vocabulary")
-    if cfg.slm_head_vocab is not None and rows.get("slm") is not None and cfg.slm_head_vocab > rows["slm"]:
-        raise ConfigError(f"model.slm_head_vocab={cfg.slm_head_vocab} is outside 1..{rows['slm']} (the SLM's output "
-                          "rows, config.json vocab_size)")
+    if cfg.slm_head_vocab is not None and rows.get("slm") is not None:
+        check_head_vocab(keep=cfg.slm_head_vocab, rows=rows["slm"])
     return slm, llm
 
 

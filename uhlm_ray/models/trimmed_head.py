@@ -54,10 +54,16 @@ class TrimmedHead(torch.nn.Module):
         return out.index_copy_(-1, self.kept, sub)
 
 
+def check_head_vocab(*, keep: int, rows: int) -> None:
+    """Refuse a head vocabulary outside 1..rows, the SLM's output rows (read from config.json before any weights
+    load, by the preflight, or from the loaded head)."""
+    if not 1 <= keep <= rows:
+        raise ConfigError(f"model.slm_head_vocab={keep} is outside 1..{rows} (the SLM's output rows)")
+
+
 def kept_ids(*, tokenizer, vocab_size: int, keep: int) -> torch.Tensor:
     """The first `keep` ids (BPE merge order) and every special or added token's id below `vocab_size`, sorted."""
-    if not 1 <= keep <= vocab_size:
-        raise ConfigError(f"model.slm_head_vocab={keep} is outside 1..{vocab_size} (the SLM's output rows)")
+    check_head_vocab(keep=keep, rows=vocab_size)
     special = set(getattr(tokenizer, "all_special_ids", [])) | set(getattr(tokenizer, "added_tokens_decoder", {}))
     ids = set(range(keep)) | {i for i in special if 0 <= i < vocab_size}
     return torch.tensor(sorted(ids), dtype=torch.long)

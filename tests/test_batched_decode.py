@@ -11,12 +11,16 @@ import math
 
 import pytest
 
+from uhlm_ray.base_station.verifier import Verifier
 from uhlm_ray.config import load_config
+from uhlm_ray.decode import Slots, decode_batch, device_job, make_policy
 from uhlm_ray.experiments import calibration as calibration_module
 from uhlm_ray.experiments.calibration import calibrate
 from uhlm_ray.experiments.datasets import Example
 from uhlm_ray.experiments.evaluate import ResultStore, evaluate_methods, run_clock, run_method, summarize_methods
-from uhlm_ray.records import drawn_outcome
+from uhlm_ray.models.chat import chat_prompt_ids
+from uhlm_ray.protocol import SessionError
+from uhlm_ray.records import drawn_outcome, record_outcome
 from uhlm_ray.validation import ConfigError
 
 EXAMPLES = [Example(id=f"e{i}", prompt=p, reference="ref") for i, p in enumerate(
@@ -40,9 +44,44 @@ def test_lockstep_batches_decode_what_batch_one_decodes(pair64, method):
     batched = run_method(pair=pair64, examples=EXAMPLES, method=method, cfg=_cfg("runtime.batch_size=4"),
                          encoder=None, store=None)
     assert [r.batch_size for r in solo] == [1] * 6
-    assert [r.batch_size for r in batched] == [4] * 4 + [2] * 2  # a full batch, then the rest
+    assert [r.batch_size for r in batched] == [4] * 6  # 4 at a time: prompts 4 and 5 take finished prompts' places
     assert sum(len(r.tokens) for r in solo) > 6 * 3  # the prompts really generated
     assert drawn_outcome(batched) == drawn_outcome(solo)
+
+
+def test_slots_give_a_finished_jobs_place_to_the_next_one():
+    opened = []
+    slots = Slots(count=6, width=4, open_job=opened.append)
+    assert slots.active == [0, 1, 2, 3] and opened == [0, 1, 2, 3]
+    assert slots.retire(lambda i: i == 1) == [0, 2, 3, 4] and opened == [0, 1, 2, 3, 4]
+    assert slots.retire(lambda i: i in (0, 2)) == [3, 4, 5]
+    assert slots.retire(lambda i: True) == [] and opened == list(range(6))
+    assert Slots(count=3, width=None, open_job=lambda i: None).active == [0, 1, 2]
+    with pytest.raises(ConfigError, match=r"width=0 is outside \[1, inf\]"):
+        Slots(count=3, width=0, open_job=lambda i: None)
+
+
+@pytest.mark.parametrize("method", ["hlm", "block_hlm"])
+def test_a_lockstep_holds_at_most_its_width_and_decodes_what_all_at_once_decodes(pair64, method):
+    """Through a verifier that refuses a fifth session: width 4 decodes all six prompts (the first to finish make
+    room), and the tokens and records are those of all six at once; all six at once are refused (power check)."""
+    cfg = _cfg()
+    policy = make_policy(method=method, cfg=cfg)
+
+    def jobs():
+        return [device_job(prompt_ids=chat_prompt_ids(tokenizer=pair64.tokenizer, prompt=e.prompt), prompt_index=i,
+                           method=method, cfg=cfg, policy=policy) for i, e in enumerate(EXAMPLES)]
+
+    finished = []
+    narrow = decode_batch(pair=pair64, jobs=jobs(), cfg=cfg, verifier=Verifier(model=pair64.llm, max_sessions=4),
+                          width=4, on_done=lambda i, _: finished.append(i))
+    wide = decode_batch(pair=pair64, jobs=jobs(), cfg=cfg, verifier=Verifier(model=pair64.llm, max_sessions=6))
+    assert [(o.tokens, o.stop_reason, record_outcome(o.records)) for o in narrow] == \
+        [(o.tokens, o.stop_reason, record_outcome(o.records)) for o in wide]
+    assert len({len(o.tokens) for o in wide}) > 1  # prompts end at different rounds, so places do free up
+    assert sorted(finished) == list(range(6))
+    with pytest.raises(SessionError, match="max_sessions=4"):
+        decode_batch(pair=pair64, jobs=jobs(), cfg=cfg, verifier=Verifier(model=pair64.llm, max_sessions=4))
 
 
 def test_batched_results_are_stored_as_they_finish_and_resume(pair64, tmp_path):

@@ -155,14 +155,16 @@ def decode_lockstep(
     eos_token_ids: frozenset[int],
     prefixes: PrefixCache | None = None,
     on_done: OnDone | None = None,
+    width: int | None = None,
 ) -> list[DeviceOutcome]:
     """Decode every job to the end, a round at a time for all of them together; `on_done` hears of each job as
-    soon as it has finished, so that its result can be stored before the others end."""
+    soon as it has finished, so that its result can be stored before the others end. At most `width` jobs decode
+    at once (None: all), and a finished job's place goes to the next job at once (`Slots`)."""
     if any(job.method == "block_hlm" for job in jobs):
         if any(job.method != "block_hlm" for job in jobs):
             raise ConfigError("decode_lockstep: block_hlm jobs cannot share a lockstep with one-draft methods")
         return decode_blocks_lockstep(slm=slm, verifier=verifier, jobs=jobs, cfg=cfg, eos_token_ids=eos_token_ids,
-                                      prefixes=prefixes, on_done=on_done)
+                                      prefixes=prefixes, on_done=on_done, width=width)
     def decoder(job: DeviceJob) -> DeviceDecoder:
         return DeviceDecoder(
             key=job.key, method=job.method, cfg=cfg, policy=job.policy, mean_snr=job.mean_snr,
@@ -170,10 +172,11 @@ def decode_lockstep(
             support=slm.draft_support,
         )
 
-    sessions, decoders, paraphrased, prefill_s = _open_jobs(slm=slm, verifier=verifier, jobs=jobs, prefixes=prefixes,
-                                                            decoder=decoder)
+    devices = Devices(slm=slm, verifier=verifier, jobs=jobs, prefixes=prefixes, decoder=decoder, width=width)
+    sessions, decoders, paraphrased, prefill_s = devices.sessions, devices.decoders, devices.paraphrased, \
+        devices.prefill_s
     reopen = reopener(verifier=verifier, jobs=jobs, decoders=decoders)
-    active = list(range(len(jobs)))
+    active = devices.slots.active
     while active:
         start = time.perf_counter()
         forward_sessions([sessions[i] for i in active])  # Step 1's SLM forward, batched over devices
@@ -197,7 +200,7 @@ def decode_lockstep(
                 session.append(record.token)
         _finish_done(verifier=verifier, jobs=jobs, decoders=decoders, active=active, reopen=reopen,
                      prefill_s=prefill_s, on_done=on_done)
-        active = [i for i in active if not decoders[i].done]
+        active = devices.slots.retire(lambda i: decoders[i].done)
     return [_outcome(decoder=d, prefill_s=p) for d, p in zip(decoders, prefill_s, strict=True)]
 
 
@@ -210,8 +213,10 @@ def decode_blocks_lockstep(
     eos_token_ids: frozenset[int],
     prefixes: PrefixCache | None = None,
     on_done: OnDone | None = None,
+    width: int | None = None,
 ) -> list[DeviceOutcome]:
-    """The block method for every job, a block round at a time for all of them together."""
+    """The block method for every job, a block round at a time for all of them together (`width`: as in
+    `decode_lockstep`)."""
     def decoder(job: DeviceJob) -> BlockDecoder:
         return BlockDecoder(
             key=job.key, cfg=cfg, mean_snr=job.mean_snr,
@@ -219,10 +224,11 @@ def decode_blocks_lockstep(
             vocab_size=slm.vocab_size, eos_token_ids=eos_token_ids, evaluate=evaluates(method=job.method, cfg=cfg),
             prompt_last_token=job.prompt_ids[-1], support=slm.draft_support)
 
-    sessions, decoders, paraphrased, prefill_s = _open_jobs(slm=slm, verifier=verifier, jobs=jobs, prefixes=prefixes,
-                                                            decoder=decoder)
+    devices = Devices(slm=slm, verifier=verifier, jobs=jobs, prefixes=prefixes, decoder=decoder, width=width)
+    sessions, decoders, paraphrased, prefill_s = devices.sessions, devices.decoders, devices.paraphrased, \
+        devices.prefill_s
     reopen = reopener(verifier=verifier, jobs=jobs, decoders=decoders)
-    active = list(range(len(jobs)))
+    active = devices.slots.active
     while active:
         start = time.perf_counter()
         replayed = dict.fromkeys(active, 0.0)  # SLM passes replayed from the prefix cache count as computed
@@ -261,23 +267,58 @@ def decode_blocks_lockstep(
                     session.append(token)
         _finish_done(verifier=verifier, jobs=jobs, decoders=decoders, active=active, reopen=reopen,
                      prefill_s=prefill_s, on_done=on_done)
-        active = [i for i in active if not decoders[i].done]
+        active = devices.slots.retire(lambda i: decoders[i].done)
     return [_outcome(decoder=d, prefill_s=p) for d, p in zip(decoders, prefill_s, strict=True)]
 
 
-def _open_jobs(*, slm: LoadedModel, verifier: VerifierClient, jobs: list[DeviceJob], prefixes: PrefixCache | None,
-               decoder: Callable[[DeviceJob], DeviceDecoder | BlockDecoder]) -> tuple[list, list, list, list]:
+class Slots:
+    """Which of `count` jobs decode now (continuous batching): at most `width` at once (None: all), in job order,
+    and the moment jobs finish, the next waiting ones take their places (`open_job(i)` opens job i), so a long
+    response does not leave its lockstep batch half empty while it ends. No token depends on it: every draw is
+    keyed by its job and position, not by the batch."""
+
+    def __init__(self, *, count: int, width: int | None, open_job: Callable[[int], None]) -> None:
+        if width is not None and width < 1:
+            raise ConfigError(f"lockstep width={width} is outside [1, inf]")
+        self.width = count if width is None else width
+        self.active: list[int] = []  # the jobs decoding now, in the order they were opened
+        self._waiting = iter(range(count))
+        self._open_job = open_job
+        self._refill()
+
+    def _refill(self) -> None:
+        while len(self.active) < self.width and (i := next(self._waiting, None)) is not None:
+            self._open_job(i)
+            self.active.append(i)
+
+    def retire(self, done: Callable[[int], bool]) -> list[int]:
+        """Drop the finished jobs, open waiting ones in their places; the jobs decoding now."""
+        self.active = [i for i in self.active if not done(i)]
+        self._refill()
+        return self.active
+
+
+class Devices:
     """Each job's SLM session, its LLM session on the verifier, its decoder (`decoder`) and the paraphrase sessions
-    the decoder's uncertainty measure needs: (sessions, decoders, paraphrased, prefill_s)."""
-    sessions, decoders, paraphrased, prefill_s = [], [], [], []
-    for job in jobs:
-        session = CausalSession(model=slm, prompt_ids=job.prompt_ids, prefixes=prefixes)
-        llm_prefill = verifier.open(session_id=job.session_id, prompt_ids=job.prompt_ids, key=job.key)
-        sessions.append(session)
-        decoders.append(decoder(job))
-        paraphrased.append(_paraphrase_sessions(slm=slm, job=job, measure=decoders[-1].measure))
-        prefill_s.append(session.prefill_s + llm_prefill + sum(p.prefill_s for p in paraphrased[-1]))
-    return sessions, decoders, paraphrased, prefill_s
+    the decoder's uncertainty measure needs, indexed by job and opened as `Slots` admits the job."""
+
+    def __init__(self, *, slm: LoadedModel, verifier: VerifierClient, jobs: list[DeviceJob],
+                 prefixes: PrefixCache | None, decoder: Callable[[DeviceJob], DeviceDecoder | BlockDecoder],
+                 width: int | None) -> None:
+        self.slm, self.verifier, self.jobs, self.prefixes, self.decoder = slm, verifier, jobs, prefixes, decoder
+        self.sessions: list[CausalSession | None] = [None] * len(jobs)
+        self.decoders: list = [None] * len(jobs)
+        self.paraphrased: list[list[CausalSession]] = [[] for _ in jobs]
+        self.prefill_s = [0.0] * len(jobs)
+        self.slots = Slots(count=len(jobs), width=width, open_job=self._open)
+
+    def _open(self, i: int) -> None:
+        job = self.jobs[i]
+        session = CausalSession(model=self.slm, prompt_ids=job.prompt_ids, prefixes=self.prefixes)
+        llm_prefill = self.verifier.open(session_id=job.session_id, prompt_ids=job.prompt_ids, key=job.key)
+        self.sessions[i], self.decoders[i] = session, self.decoder(job)
+        self.paraphrased[i] = _paraphrase_sessions(slm=self.slm, job=job, measure=self.decoders[i].measure)
+        self.prefill_s[i] = session.prefill_s + llm_prefill + sum(p.prefill_s for p in self.paraphrased[i])
 
 
 def _outcome(*, decoder: DeviceDecoder | BlockDecoder, prefill_s: float) -> DeviceOutcome:
@@ -363,16 +404,18 @@ def device_job(*, prompt_ids: list[int], prompt_index: int, method: str, cfg: Ev
 
 
 def decode_batch(*, pair: ModelPair, jobs: list[DeviceJob], cfg: EvaluateConfig, prefixes: PrefixCache | None = None,
-                 verifier: Verifier | None = None, on_done: OnDone | None = None) -> list[DeviceOutcome]:
-    """Several prompts of one method in lockstep, in-process: the LLM alone, or the devices and one verifier."""
+                 verifier: Verifier | None = None, on_done: OnDone | None = None,
+                 width: int | None = None) -> list[DeviceOutcome]:
+    """Several prompts of one method in lockstep, in-process: the LLM alone, or the devices and one verifier; at
+    most `width` at once, a finished prompt's place going to the next (`Slots`)."""
     if {job.method for job in jobs} == {"llm"}:
         return decode_llm_lockstep(llm=pair.llm, jobs=jobs, cfg=cfg, eos_token_ids=pair.eos_token_ids,
-                                   prefixes=prefixes, on_done=on_done)
+                                   prefixes=prefixes, on_done=on_done, width=width)
     if any(job.method == "llm" for job in jobs):
         raise ConfigError("decode_batch: the LLM alone cannot share a lockstep with hybrid methods")
     verifier = verifier or Verifier(model=pair.llm, prefixes=prefixes, fuse_prefill=cfg.runtime.fuse_llm_prefill)
     return decode_lockstep(slm=pair.slm, verifier=verifier, jobs=jobs, cfg=cfg, eos_token_ids=pair.eos_token_ids,
-                           prefixes=prefixes, on_done=on_done)
+                           prefixes=prefixes, on_done=on_done, width=width)
 
 
 def decode_llm_lockstep(
@@ -383,20 +426,27 @@ def decode_llm_lockstep(
     eos_token_ids: frozenset[int],
     prefixes: PrefixCache | None = None,
     on_done: OnDone | None = None,
+    width: int | None = None,
 ) -> list[DeviceOutcome]:
     """The reference for every job together: the LLM samples r(t) ~ y every round, one batched forward a round.
-    Each draw is keyed by (seed, device, prompt, round), so a prompt's tokens do not depend on its batch."""
-    sessions = [CausalSession(model=llm, prompt_ids=job.prompt_ids, prefixes=prefixes) for job in jobs]
+    Each draw is keyed by (seed, device, prompt, round), so a prompt's tokens do not depend on its batch (`width`:
+    as in `decode_lockstep`)."""
+    sessions: list[CausalSession | None] = [None] * len(jobs)
     tokens: list[list[int]] = [[] for _ in jobs]
     records: list[list[RoundRecord]] = [[] for _ in jobs]
     stop_reasons = ["max_new_tokens"] * len(jobs)
     outcomes: list[DeviceOutcome | None] = [None] * len(jobs)
-    active = list(range(len(jobs)))
-    for t in range(1, cfg.decode.max_new_tokens + 1):
+
+    def open_job(i: int) -> None:
+        sessions[i] = CausalSession(model=llm, prompt_ids=jobs[i].prompt_ids, prefixes=prefixes)
+
+    slots = Slots(count=len(jobs), width=width, open_job=open_job)
+    active = slots.active
+    while active:
         start = time.perf_counter()
         forward_sessions([sessions[i] for i in active])
         for i in active:
-            llm_session, key = sessions[i], jobs[i].key
+            llm_session, key, t = sessions[i], jobs[i].key, len(tokens[i]) + 1  # t: this prompt's round
             y = torch.softmax(llm_session.next_logits(), dim=-1)  # [V] float32
             if cfg.decode.sampling == "coupled":  # the race every coupled method's verifier runs at position t
                 token = race_winner(probs=y, key=key, position=t)
@@ -417,12 +467,10 @@ def decode_llm_lockstep(
         wall = time.perf_counter() - start  # the round of every prompt in lockstep ends together
         for i in active:
             records[i][-1].wall_s += wall
-            if stop_reasons[i] == "eos" or t == cfg.decode.max_new_tokens:
+            if stop_reasons[i] == "eos" or len(tokens[i]) == cfg.decode.max_new_tokens:
                 outcomes[i] = DeviceOutcome(tokens=tokens[i], records=records[i], stop_reason=stop_reasons[i],
                                             prefill_s=sessions[i].prefill_s)
                 if on_done is not None:
                     on_done(i, outcomes[i])
-        active = [i for i in active if outcomes[i] is None]
-        if not active:
-            break
+        active = slots.retire(lambda i: outcomes[i] is not None)
     return [o for o in outcomes if o is not None]

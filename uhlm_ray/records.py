@@ -131,7 +131,7 @@ class PromptResult:
     records: list[RoundRecord] | list[BlockRecord] = field(default_factory=list)
     similarity: float = NAN
     device_index: int = 0  # the simulated device in a cell; 0 in single-device runs
-    batch_size: int = 1  # prompts decoded in lockstep with this one (its tokens do not depend on it)
+    batch_size: int = 1  # the lockstep's width: prompts decoding at once (its tokens do not depend on it)
     # this prompt's part of its batch's decoding time, prefill and scoring included: each stretch between two
     # finishes is split equally among the prompts still decoding, so the parts add up to the batch's wall time;
     # NaN in stores written before it

@@ -118,8 +118,9 @@ def run_method(
     on_stored: Callable[[PromptResult], None] | None = None,
 ) -> list[PromptResult]:
     """Decode every example with one method, skipping those the store already holds (`stored`: the caller's
-    `store.load(method)`, when it has read it already). The rest are decoded in lockstep batches of `batch_size`,
-    and each result is stored the moment its prompt finishes. Without an encoder the responses are not scored.
+    `store.load(method)`, when it has read it already). The rest are decoded in lockstep, `batch_size` at a time,
+    a finished prompt's place going to the next at once, and each result is stored the moment its prompt finishes.
+    Without an encoder the responses are not scored.
     `on_prompt` hears of every result; `on_stored`, when given, hears of the stored ones instead (so that a progress
     bar's rate counts only what is decoded now)."""
     if stored is None:
@@ -132,43 +133,44 @@ def run_method(
         for i in sorted(results):
             report_stored(results[i])
     size = batch_size(cfg=cfg, pair=pair)
-    for first in range(0, len(pending), size):
-        chunk = pending[first:first + size]
-        jobs = [device_job(
-            prompt_ids=chat_prompt_ids(tokenizer=pair.tokenizer, prompt=examples[i].prompt), prompt_index=i,
-            method=method, cfg=cfg, policy=policy,
-            paraphrase_ids=paraphrase_prompt_ids(tokenizer=pair.tokenizer, prompt=examples[i].prompt, cfg=cfg,
-                                                 prompt_index=i) if method != "llm" else None,  # LLM: no u
-        ) for i in chunk]
-        last_finish = time.perf_counter()
-        # processor sharing: the time between two finishes is split equally among the prompts still decoding, so a
-        # prompt's share is its own cost (not whatever happened since the previous finish) and the shares still add
-        # up to the batch's wall time; a bootstrap over prompts then resamples costs, not the batch's finish order
-        share, active = 0.0, len(chunk)
+    jobs = [device_job(
+        prompt_ids=chat_prompt_ids(tokenizer=pair.tokenizer, prompt=examples[i].prompt), prompt_index=i,
+        method=method, cfg=cfg, policy=policy,
+        paraphrase_ids=paraphrase_prompt_ids(tokenizer=pair.tokenizer, prompt=examples[i].prompt, cfg=cfg,
+                                             prompt_index=i) if method != "llm" else None,  # LLM: no u
+    ) for i in pending]
+    # processor sharing: the time between two finishes is split equally among the prompts decoding then, so a
+    # prompt's share is its own cost (not whatever happened since the previous finish) and the shares still add up
+    # to the wall time; a bootstrap over prompts then resamples costs, not the batch's finish order. Prompts decode
+    # `size` at a time, each finished one's place going to the next (decode.Slots), so job j starts at finish
+    # j - size + 1: shared[k] is the time each decoding prompt had been given by the k-th finish.
+    shared, last_finish = [0.0], time.perf_counter()
 
-        def finished(j: int, outcome: DeviceOutcome, *, chunk: list[int] = chunk, jobs: list = jobs) -> None:
-            nonlocal last_finish, share, active
-            index, example = chunk[j], examples[chunk[j]]
-            response = pair.tokenizer.decode(outcome.tokens, skip_special_tokens=True)
-            similarity = float(response_similarity(encoder=encoder, responses=[response],
-                                                   references=[example.reference])[0]) if encoder else math.nan
-            now = time.perf_counter()
-            share += (now - last_finish) / active
-            active -= 1
-            result = PromptResult(
-                method=method, prompt_index=index, example_id=example.id, reference=example.reference,
-                response=response, tokens=outcome.tokens, stop_reason=outcome.stop_reason,
-                prompt_tokens=len(jobs[j].prompt_ids), prefill_s=outcome.prefill_s, records=outcome.records,
-                similarity=similarity, batch_size=len(chunk), decode_s=share,
-            )
-            last_finish = now
-            if store is not None:
-                store.append(result)
-            results[index] = result
-            if on_prompt is not None:
-                on_prompt(result)
+    def finished(j: int, outcome: DeviceOutcome) -> None:
+        nonlocal last_finish
+        index, example = pending[j], examples[pending[j]]
+        response = pair.tokenizer.decode(outcome.tokens, skip_special_tokens=True)
+        similarity = float(response_similarity(encoder=encoder, responses=[response],
+                                               references=[example.reference])[0]) if encoder else math.nan
+        now = time.perf_counter()
+        decoding = min(size, len(pending) - (len(shared) - 1))  # prompts decoding since the previous finish
+        shared.append(shared[-1] + (now - last_finish) / decoding)
+        last_finish = now
+        result = PromptResult(
+            method=method, prompt_index=index, example_id=example.id, reference=example.reference,
+            response=response, tokens=outcome.tokens, stop_reason=outcome.stop_reason,
+            prompt_tokens=len(jobs[j].prompt_ids), prefill_s=outcome.prefill_s, records=outcome.records,
+            similarity=similarity, batch_size=min(size, len(pending)),
+            decode_s=shared[-1] - shared[max(j - size + 1, 0)],
+        )
+        if store is not None:
+            store.append(result)
+        results[index] = result
+        if on_prompt is not None:
+            on_prompt(result)
 
-        decode_batch(pair=pair, jobs=jobs, cfg=cfg, prefixes=prefixes, on_done=finished)
+    if jobs:
+        decode_batch(pair=pair, jobs=jobs, cfg=cfg, prefixes=prefixes, on_done=finished, width=size)
     return [results[i] for i in range(len(examples))]
 
 

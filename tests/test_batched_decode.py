@@ -17,7 +17,14 @@ from uhlm_ray.decode import Slots, decode_batch, device_job, make_policy
 from uhlm_ray.experiments import calibration as calibration_module
 from uhlm_ray.experiments.calibration import calibrate
 from uhlm_ray.experiments.datasets import Example
-from uhlm_ray.experiments.evaluate import ResultStore, evaluate_methods, run_clock, run_method, summarize_methods
+from uhlm_ray.experiments.evaluate import (
+    ResultStore,
+    SharedTime,
+    evaluate_methods,
+    run_clock,
+    run_method,
+    summarize_methods,
+)
 from uhlm_ray.models.chat import chat_prompt_ids
 from uhlm_ray.protocol import SessionError
 from uhlm_ray.records import drawn_outcome, record_outcome
@@ -120,6 +127,17 @@ def test_decode_shares_add_up_to_the_experiment_time(pair64):
     assert summary["throughput_experiment"] == pytest.approx(tokens / sum(r.decode_s for r in results))
     assert math.isnan(summary["throughput_wall"])  # a lockstep round is not one stream's time
     assert summary["max_batch_size"] == 6
+
+
+def test_shared_time_splits_each_interval_among_the_prompts_decoding_then():
+    """Six prompts four at a time, finishing one a second in the order 3, 0, 1, 2, 4, 5: prompts 4 and 5 start at
+    the first and second finish, and the last intervals are split among fewer than four."""
+    sharing = SharedTime(count=6, width=4, now=0.0)
+    shares = {j: sharing.finish(j, now=t) for t, j in enumerate([3, 0, 1, 2, 4, 5], start=1)}
+    quarter = 0.25
+    assert shares == pytest.approx({3: quarter, 0: 2 * quarter, 1: 3 * quarter, 2: 3 * quarter + 1 / 3,
+                                    4: 2 * quarter + 1 / 3 + 1 / 2, 5: quarter + 1 / 3 + 1 / 2 + 1})
+    assert sum(shares.values()) == pytest.approx(6.0)  # the wall time, shared out
 
 
 def test_modelled_clock_comes_from_the_calibration_not_the_batch(pair64, tmp_path):

@@ -103,6 +103,25 @@ def batch_size(*, cfg: EvaluateConfig, pair: ModelPair) -> int:
     return BATCH_SIZE_DEFAULTS.get(device, BATCH_SIZE_DEFAULTS["cpu"])
 
 
+class SharedTime:
+    """Each prompt's part of a lockstep's wall time, by processor sharing: the time between two finishes is split
+    equally among the prompts decoding then, so a prompt's share is its own cost (not whatever happened since the
+    previous finish) and the shares add up to the wall time; a bootstrap over prompts then resamples costs, not the
+    batch's finish order. `count` prompts decode `width` at a time, each finished one's place going to the next
+    (decode.Slots), so prompt j starts at the (j - width + 1)-th finish."""
+
+    def __init__(self, *, count: int, width: int, now: float) -> None:
+        self.count, self.width, self.last = count, width, now
+        self.given = [0.0]  # given[k]: the time each decoding prompt had been given by the k-th finish
+
+    def finish(self, j: int, *, now: float) -> float:
+        """Prompt j has finished at `now`: its share."""
+        decoding = min(self.width, self.count - (len(self.given) - 1))  # since the previous finish
+        self.given.append(self.given[-1] + (now - self.last) / decoding)
+        self.last = now
+        return self.given[-1] - self.given[max(j - self.width + 1, 0)]
+
+
 def run_method(
     *,
     pair: ModelPair,
@@ -139,29 +158,19 @@ def run_method(
         paraphrase_ids=paraphrase_prompt_ids(tokenizer=pair.tokenizer, prompt=examples[i].prompt, cfg=cfg,
                                              prompt_index=i) if method != "llm" else None,  # LLM: no u
     ) for i in pending]
-    # processor sharing: the time between two finishes is split equally among the prompts decoding then, so a
-    # prompt's share is its own cost (not whatever happened since the previous finish) and the shares still add up
-    # to the wall time; a bootstrap over prompts then resamples costs, not the batch's finish order. Prompts decode
-    # `size` at a time, each finished one's place going to the next (decode.Slots), so job j starts at finish
-    # j - size + 1: shared[k] is the time each decoding prompt had been given by the k-th finish.
-    shared, last_finish = [0.0], time.perf_counter()
+    sharing = SharedTime(count=len(pending), width=size, now=time.perf_counter())
 
     def finished(j: int, outcome: DeviceOutcome) -> None:
-        nonlocal last_finish
         index, example = pending[j], examples[pending[j]]
         response = pair.tokenizer.decode(outcome.tokens, skip_special_tokens=True)
         similarity = float(response_similarity(encoder=encoder, responses=[response],
                                                references=[example.reference])[0]) if encoder else math.nan
-        now = time.perf_counter()
-        decoding = min(size, len(pending) - (len(shared) - 1))  # prompts decoding since the previous finish
-        shared.append(shared[-1] + (now - last_finish) / decoding)
-        last_finish = now
         result = PromptResult(
             method=method, prompt_index=index, example_id=example.id, reference=example.reference,
             response=response, tokens=outcome.tokens, stop_reason=outcome.stop_reason,
             prompt_tokens=len(jobs[j].prompt_ids), prefill_s=outcome.prefill_s, records=outcome.records,
             similarity=similarity, batch_size=min(size, len(pending)),
-            decode_s=shared[-1] - shared[max(j - size + 1, 0)],
+            decode_s=sharing.finish(j, now=time.perf_counter()),
         )
         if store is not None:
             store.append(result)

@@ -28,12 +28,14 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 
 import numpy as np
 import torch
 from transformers import DynamicCache
 
 from uhlm_ray.config import load_config
+from uhlm_ray.draft_control import expected_block_tokens
 from uhlm_ray.experiments.datasets import load_examples
 from uhlm_ray.experiments.evaluate import run_method
 from uhlm_ray.link.payload import full_payload_bits
@@ -50,7 +52,7 @@ def expected_speedup(*, acceptance: float, drafts: int, tau_slm_s: float, tau_ll
     accepted with probability alpha independently, yields (1 - alpha^(n+1)) / (1 - alpha) tokens in
     n tau_SLM + tau_LLM(n + 1) seconds (the LLM's pass holds the last token and the n drafts); the LLM alone makes a
     token in tau_LLM(1)."""
-    tokens = drafts + 1 if acceptance >= 1.0 else (1.0 - acceptance ** (drafts + 1)) / (1.0 - acceptance)
+    tokens = drafts + 1 if acceptance >= 1.0 else float(expected_block_tokens(drafts=drafts, acceptance=acceptance))
     return tokens / (drafts * tau_slm_s + tau_llm_s(drafts + 1)) * tau_llm_s(1)
 
 
@@ -129,12 +131,8 @@ def main(argv: list[str]) -> int:
              for k in range(1, MAX_DRAFTS + 2)}
     slm_s = {}
     for n in sizes:
-        head = None if n == whole else trimmed_head_of(pair.slm, keep=n)
-        if head is None:
+        with nullcontext() if n == whole else swapped_head(pair.slm, head=trimmed_head_of(pair.slm, keep=n)):
             slm_s[n] = step_seconds(pair.slm.model, tokens=1, repeats=args.repeats)
-        else:
-            with swapped_head(pair.slm, head=head):
-                slm_s[n] = step_seconds(pair.slm.model, tokens=1, repeats=args.repeats)
 
     print(f"\n{len(results)} prompts ({cfg.data.name}) x up to {args.tokens} tokens of the LLM alone "
           f"({int(counts.sum())} positions), {dtype}; tau_LLM(1) = {1e3 * llm_s[1]:.1f} ms, tau_LLM(9) = "
@@ -143,24 +141,22 @@ def main(argv: list[str]) -> int:
           "| best n | expected x LLM alone | x whole head's | full upload Mbit (float32) |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     ref = overlap[whole][:, None], counts[:, None]
-    expected = {}
+    expected = {}  # N -> (speed, n) at the best fixed block length n
     for n in sizes:
         alpha = float(overlap[n].sum() / counts.sum())
-        best = max(range(1, MAX_DRAFTS + 1), key=lambda d: expected_speedup(  # noqa: B023 - used at once
-            acceptance=alpha, drafts=d, tau_slm_s=slm_s[n], tau_llm_s=llm_s.__getitem__))  # noqa: B023
-        expected[n] = (best, expected_speedup(acceptance=alpha, drafts=best, tau_slm_s=slm_s[n],
-                                              tau_llm_s=llm_s.__getitem__))
+        expected[n] = max((expected_speedup(acceptance=alpha, drafts=d, tau_slm_s=slm_s[n],
+                                            tau_llm_s=llm_s.__getitem__), d) for d in range(1, MAX_DRAFTS + 1))
     for n in sizes:
         acc, low, high = clustered_ratio(num=overlap[n][:, None], den=counts[:, None])
         vs, vs_low, vs_high = clustered_ratio_vs(num=overlap[n][:, None], den=counts[:, None], ref_num=ref[0],
                                                  ref_den=ref[1])
         out, out_low, out_high = clustered_ratio(num=outside[n][:, None], den=counts[:, None])
         bits = full_payload_bits(vocab_size=whole, cfg=cfg.payload, support=len(keeps[n]))
-        best, speed = expected[n]
+        speed, best = expected[n]
         label = f"{n:,}" if n != whole else f"{n:,} (whole head)"
         print(f"| {label} | {len(keeps[n]):,} | {acc:.3f} [{low:.3f}, {high:.3f}] | {vs:.3f} [{vs_low:.3f}, "
               f"{vs_high:.3f}] | {out:.4f} [{out_low:.4f}, {out_high:.4f}] | {1e3 * slm_s[n]:.1f} | "
-              f"{slm_s[n] / slm_s[whole]:.2f} | {best} | {speed:.2f} | {speed / expected[whole][1]:.2f} | "
+              f"{slm_s[n] / slm_s[whole]:.2f} | {best} | {speed:.2f} | {speed / expected[whole][0]:.2f} | "
               f"{bits / 1e6:.2f} |", flush=True)
     return 0
 

@@ -1,7 +1,7 @@
 """The energy table per method and the accuracy-energy figure, from a finished evaluate run.
 
     .venv/bin/python jobs/evaluate.py                       # writes OUTPUT_DIR/evaluate/RUN_KEY/summary.json
-    .venv/bin/python bench/energy.py OUTPUT_DIR/evaluate/RUN_KEY [--png docs/accuracy_energy.png]
+    .venv/bin/python bench/energy.py OUTPUT_DIR/evaluate/RUN_KEY [--png docs/wireless/accuracy_energy.png]
 
 Reads the run's `summary.json` (summarize_methods' figures, energy included: uhlm_ray/link/energy.py), prints the
 device's J per token with its parts, J per round and the base station's J per verified token, each with its 95%
@@ -23,7 +23,7 @@ from uhlm_ray.experiments.figures import accuracy_energy, energy_table
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", help="an evaluate run's folder (it holds summary.json)")
-    parser.add_argument("--png", default="docs/accuracy_energy.png")
+    parser.add_argument("--png", default="docs/wireless/accuracy_energy.png")
     args = parser.parse_args(argv)
     summary = Path(args.run) / "summary.json"
     if not summary.is_file():

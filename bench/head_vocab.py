@@ -24,7 +24,6 @@ full upload's size, one probability per kept id (`full_payload_bits(support=...)
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -36,6 +35,7 @@ from transformers import DynamicCache
 
 from uhlm_ray.config import load_config
 from uhlm_ray.draft_control import expected_block_tokens
+from uhlm_ray.experiments.calibration import median_seconds
 from uhlm_ray.experiments.datasets import load_examples
 from uhlm_ray.experiments.evaluate import run_method
 from uhlm_ray.link.payload import full_payload_bits
@@ -56,16 +56,6 @@ def expected_speedup(*, acceptance: float, drafts: int, tau_slm_s: float, tau_ll
     return tokens / (drafts * tau_slm_s + tau_llm_s(drafts + 1)) * tau_llm_s(1)
 
 
-def _median_s(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm: the first call packs weights and picks kernels
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 @torch.inference_mode()
 def step_seconds(model: torch.nn.Module, *, tokens: int, repeats: int) -> float:
     """One pass over `tokens` new tokens on a 100-token cache (cropped back after each pass)."""
@@ -78,7 +68,7 @@ def step_seconds(model: torch.nn.Module, *, tokens: int, repeats: int) -> float:
         model(input_ids=context[:, 100:], cache=cache, use_cache=True)
         cache.crop(-tokens)
 
-    return _median_s(one_pass, repeats)
+    return median_seconds(one_pass, repeats=repeats)
 
 
 @torch.inference_mode()

@@ -13,26 +13,15 @@ with bf16 units), with the tokens per second of each batch size against the smal
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 
 import torch
 
+from uhlm_ray.experiments.calibration import median_seconds
 from uhlm_ray.models.linear_backend import install_linear_backend
 
 SHAPES = {"attention 1536 -> 1536": (1536, 1536), "MLP up 1536 -> 8960": (1536, 8960),
           "MLP down 8960 -> 1536": (8960, 1536), "output head 1536 -> 151936": (1536, 151_936)}
-
-
-def _median_ms(fn, repeats: int) -> float:
-    fn()  # warm: first calls pack weights and pick kernels
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
 
 
 @torch.inference_mode()
@@ -43,9 +32,9 @@ def products(rows: list[int], repeats: int) -> None:
         for r in rows:
             x = torch.randn(r, fan_in)
             install_linear_backend(layer, backend="torch")
-            plain = _median_ms(lambda: layer(x), repeats)  # noqa: B023 - called at once
+            plain = 1e3 * median_seconds(lambda: layer(x), repeats=repeats)  # noqa: B023 - called at once
             install_linear_backend(layer, backend="onednn")
-            onednn = _median_ms(lambda: layer(x), repeats)  # noqa: B023
+            onednn = 1e3 * median_seconds(lambda: layer(x), repeats=repeats)  # noqa: B023
             print(f"| {label} | {r} | {plain:.1f} | {onednn:.1f} | {plain / onednn:.2f}x |", flush=True)
 
 
@@ -69,7 +58,7 @@ def model_steps(rows: list[int], repeats: int, overrides: list[str]) -> None:
             llm(input_ids=prompt[:, -1:], cache=cache, use_cache=True)
             cache.crop(-1)  # the same 100-token cache every step
 
-        return _median_ms(one_step, repeats)
+        return 1e3 * median_seconds(one_step, repeats=repeats)
 
     # the prefill of a 45-token prompt (an Alpaca prompt's size) and one step per batch size, per kernel and dtype
     prefill = torch.randint(0, 1000, (1, 45))
@@ -80,7 +69,7 @@ def model_steps(rows: list[int], repeats: int, overrides: list[str]) -> None:
         install_linear_backend(llm, backend=backend)
         llm.to(dtype)
         ms[name] = {b: step_ms(b) for b in rows}
-        ms[name]["prefill"] = _median_ms(lambda: llm(input_ids=prefill), repeats)
+        ms[name]["prefill"] = 1e3 * median_seconds(lambda: llm(input_ids=prefill), repeats=repeats)
     print(f"\n(bf16 units on this CPU: {cpu_has_bf16_units()}; model.dtype=auto picks "
           f"{resolve_dtype('auto', device='cpu')})")
     print("\n| LLM pass (100-token cache) | batch | torch fp32 ms | oneDNN fp32 ms | bf16 ms | torch / oneDNN "

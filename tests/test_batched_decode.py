@@ -178,3 +178,16 @@ def test_measured_timing_refuses_batches():
         load_config(overrides=["clock.timing=measured", "runtime.batch_size=8"])
     with pytest.raises(ConfigError, match="clock.timing"):
         load_config(overrides=["clock.timing=guessed"])
+
+
+def test_median_seconds_drops_the_warmup_and_takes_the_median(monkeypatch):
+    clock = [0.0]
+    steps = iter([5.0, 0.3, 0.1, 0.2])  # the warm-up call is the slow one
+
+    def call() -> None:
+        clock[0] += next(steps)
+
+    monkeypatch.setattr(calibration_module.time, "perf_counter", lambda: clock[0])
+    assert calibration_module.median_seconds(call, repeats=3) == pytest.approx(0.2)
+    with pytest.raises(StopIteration):  # exactly 1 + 3 calls were made
+        call()

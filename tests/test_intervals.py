@@ -59,6 +59,14 @@ def test_every_interval_is_about_the_summary_value(tiny_pair, tmp_path):
             checked += 1
     assert checked >= 40
     assert math.isfinite(summaries["u_hlm"]["accuracy_vs_llm_ci_low"])
+    paired = 0
+    for method, s in summaries.items():  # a paired ratio's interval is about that ratio too
+        for key in [k.removesuffix("_ci_low") for k in s if k.endswith("_ci_low") and "_vs_" in k]:
+            low, high = s[f"{key}_ci_low"], s[f"{key}_ci_high"]
+            if key in s and math.isfinite(low):
+                assert low <= s[key] + 1e-12 and s[key] <= high + 1e-12, (method, key)
+                paired += key.startswith("energy_device_j_per_token_vs_")
+    assert paired >= 5  # the device's energy against the LLM alone and HLM, for most methods
     assert "[" in format_table(summaries)  # the table shows the intervals
 
 

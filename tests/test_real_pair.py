@@ -11,7 +11,7 @@ from uhlm_ray.experiments.calibration import run_calibration
 from uhlm_ray.experiments.datasets import Example
 from uhlm_ray.experiments.evaluate import evaluate_methods, summarize_methods
 from uhlm_ray.measures.similarity import load_encoder
-from uhlm_ray.models import CausalSession, full_recompute_logits
+from uhlm_ray.models import CausalSession, full_recompute_logits, loading
 from uhlm_ray.models.embedded import EMBEDDED_MODELS, ensure_embedded
 from uhlm_ray.models.linear_backend import install_linear_backend, linear_backend_of, resolve_linear_backend
 from uhlm_ray.models.loading import resolve_dtype
@@ -29,13 +29,15 @@ def test_embedded_pair_loads_in_the_auto_dtype_with_one_vocabulary(real_pair):
         assert (ensure_embedded(name) / "model.safetensors").is_file()
 
 
-@pytest.mark.parametrize(("units", "dtype"), [((False, False), torch.float32), ((True, False), torch.bfloat16),
-                                               ((False, True), torch.bfloat16)])
-def test_auto_dtype_follows_the_cpus_bf16_units(units, dtype, monkeypatch):
-    """The units, not the level torch's own kernels dispatch at: an EPYC with AVX512-BF16 reports "AVX512"."""
-    avx512_bf16, amx = units
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+@pytest.mark.parametrize(("flags", "dtype"), [("fpu avx2 avx512f", torch.float32),
+                                               ("fpu avx512f avx512_bf16", torch.bfloat16),
+                                               ("fpu amx_bf16 amx_tile", torch.bfloat16)])
+def test_auto_dtype_follows_the_cpus_bf16_units(flags, dtype, monkeypatch, tmp_path):
+    """The units the kernel lists, not the level torch's own kernels dispatch at: an EPYC with AVX512-BF16 reports
+    "AVX512"."""
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
+    monkeypatch.setattr(loading, "CPUINFO", cpuinfo)
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
     assert resolve_dtype("auto", device="cpu") == dtype
     assert resolve_dtype("bfloat16", device="cpu") == torch.bfloat16  # an explicit dtype is kept
@@ -45,8 +47,8 @@ def test_auto_dtype_follows_the_cpus_bf16_units(units, dtype, monkeypatch):
 @pytest.mark.parametrize(("capability", "dtype"), [("AVX512", torch.float32), ("AVX2", torch.float32),
                                                     ("AVX512_BF16", torch.bfloat16), ("AMX_BF16", torch.bfloat16),
                                                     ("DEFAULT", torch.float32)])
-def test_auto_dtype_falls_back_on_the_kernel_level_without_the_units_query(capability, dtype, monkeypatch):
-    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)
+def test_auto_dtype_falls_back_on_the_kernel_level_without_cpu_flags(capability, dtype, monkeypatch, tmp_path):
+    monkeypatch.setattr(loading, "CPUINFO", tmp_path / "absent")  # no /proc/cpuinfo (macOS, Windows)
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
     assert resolve_dtype("auto", device="cpu") == dtype
 

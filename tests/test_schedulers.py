@@ -189,7 +189,8 @@ def test_multi_spin_prices_a_few_shares_and_plans_as_the_full_table():
         full = np.array([[s.fixed_s + upload(s, float(w)) for w in grid] for s in senders])
         slot, shares = slot_seconds(full, grid, floor_s=floor)
         table = PlannedTimes(senders=senders, grid=grid, upload_s=upload)
-        lazy_slot, lazy_shares = min_max_slot(least=table.least, n=n, low=max(floor, float(full[:, -1].max())))
+        lazy_slot, lazy_shares = min_max_slot(least=table.least, n=n, whole_band_s=float(full[:, -1].max()),
+                                              floor_s=floor)
         assert lazy_slot == slot and np.array_equal(lazy_shares, shares)
         priced = table.priced
         assert np.array_equal(table.times[priced], full[priced])

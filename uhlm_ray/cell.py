@@ -205,16 +205,17 @@ def slot_seconds(times: np.ndarray, grid: np.ndarray, *, floor_s: float = 0.0,
     """T* = min_w max_i times_i(w_i) with sum_i w_i = 1, and the shares: `times` [n, G] holds each sender's round
     time at the shares of `grid` (ascending). See `min_max_slot`."""
     return min_max_slot(least=lambda t: least_shares(times, grid, t), n=times.shape[0],
-                        low=max(floor_s, float(times[:, -1].max())), iterations=iterations)
+                        whole_band_s=float(times[:, -1].max()), floor_s=floor_s, iterations=iterations)
 
 
-def min_max_slot(*, least: Callable[[float], np.ndarray], n: int, low: float,
+def min_max_slot(*, least: Callable[[float], np.ndarray], n: int, whole_band_s: float, floor_s: float = 0.0,
                  iterations: int = 60) -> tuple[float, np.ndarray]:
     """T* = min_w max_i t_i(w_i) with sum_i w_i = 1, and the shares, by bisection on T: the senders' least shares
-    for T (`least`: [n], inf where a sender cannot finish by T) must fit the band. `low` is a time the slot lasts
-    anyway: the slowest sender on the whole band, or longer (a round without an upload). (inf, equal shares) when
-    no split of the band lets every sender finish."""
+    for T (`least`: [n], inf where a sender cannot finish by T) must fit the band. The slot lasts at least as long
+    as its slowest sender on the whole band (`whole_band_s`) and as `floor_s` (a round without an upload). (inf,
+    equal shares) when no split of the band lets every sender finish."""
     even = np.full(n, 1.0 / n)
+    low = max(floor_s, whole_band_s)
     high = low
     if not math.isfinite(low):
         return math.inf, even
@@ -294,7 +295,7 @@ def multi_spin_shares(senders: list[Sender], *, upload_s: Callable[[Sender, floa
     equal = equal_shares(senders)
     table = PlannedTimes(senders=senders, grid=np.array(MULTI_SPIN_GRID)[::-1], upload_s=upload_s)  # ascending
     whole_band = max(table.at(i, len(MULTI_SPIN_GRID) - 1) for i in range(len(senders)))
-    slot, shares = min_max_slot(least=table.least, n=len(senders), low=max(floor_s, whole_band))
+    slot, shares = min_max_slot(least=table.least, n=len(senders), whole_band_s=whole_band, floor_s=floor_s)
     if not math.isfinite(slot):
         return equal
     plan = {s.device: float(w) for s, w in zip(senders, shares, strict=True)}

@@ -16,6 +16,7 @@ import json
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -95,6 +96,19 @@ def calibration_key(*, pair: ModelPair, cfg: EvaluateConfig) -> tuple[str, str]:
     if cfg.model.slm_head_vocab is not None:  # a trimmed head is a cheaper SLM step (absent: the keys made before)
         parts["slm_head_vocab"] = cfg.model.slm_head_vocab
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16], machine
+
+
+def median_seconds(fn: Callable[[], object], *, repeats: int, warmup: int = 1) -> float:
+    """Median wall seconds of `repeats` calls of `fn`, after `warmup` calls (the first ones pack weights and pick
+    kernels); what the benches time a product or a pass with."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def _median_forward(session: CausalSession, *, tokens: list[int], repeats: int) -> float:

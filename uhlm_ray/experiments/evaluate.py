@@ -284,8 +284,9 @@ def summarize_methods(*, results: dict[str, list[PromptResult]], cfg: EvaluateCo
             reference = summaries[base]
             for method, s in summaries.items():
                 for key in (["accuracy"] if base == "llm" else []) + ["throughput_modelled", "throughput_wall",
-                                                                      "throughput_experiment"]:
-                    s[f"{key}_vs_{base}"] = ratio(s[key], reference[key])
+                                                                      "throughput_experiment",
+                                                                      "energy_device_j_per_token"]:
+                    s[f"{key}_vs_{base}"] = ratio(s.get(key, math.nan), reference.get(key, math.nan))
                 if method != base:  # paired on the same prompts
                     s.update(paired_intervals(results=results[method], reference=results[base], clock=clock,
                                               name=base, seed=cfg.decode.seed))

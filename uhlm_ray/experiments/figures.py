@@ -222,12 +222,16 @@ ENERGY_PARTS = ("compute", "measure", "tx", "wait", "rx", "tail", "promotion")  
 
 
 def energy_table(summaries: dict[str, dict[str, float]]) -> str:
-    """Per method: the device's J/token with its parts (which add up to it), J/round and the base station's J per
-    verified token, each with its 95% bootstrap interval over prompts."""
-    header = ["method", "J/token (device)", *ENERGY_PARTS, "J/round", "BS J/verified token", "accuracy"]
+    """Per method: the device's J/token, over the LLM alone's and HLM's (paired on the same prompts), its parts
+    (which add up to it), J/round and the base station's J per verified token, each with its 95% bootstrap interval
+    over prompts."""
+    header = ["method", "J/token (device)", "x LLM", "x HLM", *ENERGY_PARTS, "J/round", "BS J/verified token",
+              "accuracy"]
     lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
     for method, s in summaries.items():
         cells = [format_with_interval(s, key="energy_device_j_per_token", fmt="{:.3f}"),
+                 *(format_with_interval(s, key=f"energy_device_j_per_token_vs_{base}", fmt="{:.3f}")
+                   for base in ("llm", "hlm")),  # paired on the same prompts
                  *(format_with_interval(s, key=f"energy_{p}_j_per_token", fmt="{:.3f}") for p in ENERGY_PARTS),
                  format_with_interval(s, key="energy_device_j_per_round", fmt="{:.3f}"),
                  format_with_interval(s, key="energy_bs_j_per_verified_token", fmt="{:.2f}"),
@@ -238,7 +242,9 @@ def energy_table(summaries: dict[str, dict[str, float]]) -> str:
 
 def accuracy_energy(*, summaries: dict[str, dict[str, float]], path: Path) -> None:
     """Accuracy against the device's energy per token, each method with its 95% intervals, the frontier (lower
-    energy, higher accuracy) dashed (left); the device's J/token split into its parts (right)."""
+    energy, higher accuracy) dashed, on a log axis where the methods' energies span more than 20x (full uploads
+    cost about 100x an SLM step) (left); each method's J/token split into the shares of its parts, its total above
+    the bar (right)."""
     plt = _plt()
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     points = []
@@ -256,18 +262,25 @@ def accuracy_energy(*, summaries: dict[str, dict[str, float]], path: Path) -> No
     front = sorted(p for p in points if not any(q[0] <= p[0] and q[1] >= p[1] and q != p for q in points))
     if front:
         left.plot([p[0] for p in front], [p[1] for p in front], "k--", lw=1, label="frontier")
+    energies = [p[0] for p in points if p[0] > 0]
+    if energies and max(energies) > 20 * min(energies):
+        left.set_xscale("log")
     left.set_xlabel("device energy (J/token, modelled)")
     left.set_ylabel("accuracy (cosine similarity)")
     left.legend(fontsize=8)
-    methods = [m for m in summaries if math.isfinite(summaries[m].get("energy_device_j_per_token", math.nan))]
+    methods = [m for m in summaries if summaries[m].get("energy_device_j_per_token", math.nan) > 0]
+    totals = np.array([summaries[m]["energy_device_j_per_token"] for m in methods])
     bottom = np.zeros(len(methods))
     for part in ENERGY_PARTS:
-        values = np.array([summaries[m].get(f"energy_{part}_j_per_token", 0.0) for m in methods])
-        right.bar(np.arange(len(methods)), values, bottom=bottom, label=part)
+        values = np.array([summaries[m].get(f"energy_{part}_j_per_token", 0.0) for m in methods]) / totals
+        right.bar(np.arange(len(methods)), 100 * values, bottom=100 * bottom, label=part)
         bottom += values
+    for i, total in enumerate(totals):
+        right.text(i, 101, f"{total:.3g} J", ha="center", va="bottom", fontsize=7)
     right.set_xticks(np.arange(len(methods)), [METHOD_LABELS.get(m, m) for m in methods], fontsize=8)
-    right.set_ylabel("device energy (J/token)")
-    right.legend(fontsize=7)
+    right.set_ylim(0, 112)
+    right.set_ylabel("share of the device's J/token (%)")
+    right.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))  # beside the bars, not on them
     fig.suptitle("Accuracy against device energy (left) and where the energy goes (right)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -136,7 +136,10 @@ def method_intervals(*, results: list[PromptResult], clock: ModelledClock, seed:
     return out
 
 
-PAIRED_METRICS = ("accuracy", "throughput_modelled", "throughput_experiment", "throughput_wall")
+# paired with the LLM alone and HLM on the same prompts: the device's energy too, since the literature's energy
+# savings (GELATO, 2508.12590) are stated against a reference method
+PAIRED_METRICS = ("accuracy", "throughput_modelled", "throughput_experiment", "throughput_wall",
+                  "energy_device_j_per_token")
 
 
 def paired_intervals(*, results: list[PromptResult], reference: list[PromptResult], clock: ModelledClock,

@@ -77,13 +77,20 @@ def resolve_dtype(name: str, *, device: str) -> torch.dtype:
     return torch.bfloat16 if cpu_has_bf16_units() else torch.float32
 
 
+CPUINFO = Path("/proc/cpuinfo")  # where Linux lists the CPU's flags
+
+
 def cpu_has_bf16_units() -> bool:
-    """Whether this CPU computes in bf16 (AVX512-BF16 or AMX tiles), from torch's cpuinfo where this torch has the
-    query, else from the level of torch's own kernels."""
-    bf16 = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
-    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    if bf16 is not None and amx is not None:
-        return bool(bf16() or amx())
+    """Whether this CPU computes in bf16 (AVX512-BF16 or AMX tiles): from the kernel's CPU flags where the OS lists
+    them (Linux), else from the level of torch's own kernels, which names AVX512_BF16 or AMX only on some builds
+    (this EPYC has avx512_bf16, yet torch 2.13 reports "AVX512")."""
+    try:
+        flags = {f for line in CPUINFO.read_text().splitlines() if line.startswith("flags")
+                 for f in line.split(":", 1)[1].split()}
+    except OSError:
+        flags = None
+    if flags:
+        return "avx512_bf16" in flags or "amx_bf16" in flags
     capability = torch.backends.cpu.get_cpu_capability()
     return capability == "AVX512_BF16" or "AMX" in capability
 

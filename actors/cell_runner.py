@@ -1,9 +1,13 @@
-"""The driver of a cell experiment: device actors in waves, results stored the moment a wave returns.
+"""The driver of a cell experiment: each device actor streams its prompts' results, stored the moment each ends.
 
 Prompt p = k * N + i is device i's k-th prompt (example p modulo the set size), so a one-device cell decodes
-examples 0, 1, 2, ... exactly as the core loop does. Each actor has at most one wave in flight; a wave is retried by
-the restarted actor if the actor dies, and the store (keyed by device and prompt) keeps each prompt once, so an
-interrupted or crashed run resumes without losing or double-counting a prompt.
+examples 0, 1, 2, ... exactly as the core loop does. Each actor gets all its devices' prompts in one call, k-th
+prompts first, and decodes as many at once as it has devices, a finished prompt's place going to the next
+(`Slots`): no prompt waits for the longest of a wave. Which prompts share a batch changes no draw (each is keyed
+by device, prompt and round), and a device's rounds are laid on its own timeline afterwards (uhlm_ray/cell.py), so
+a device's next prompt may start before its last one ends. If an actor dies, the restarted actor is handed the
+prompts not yet stored, and the store (keyed by device and prompt) keeps each prompt once, so an interrupted or
+crashed run resumes without losing or double-counting a prompt.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import ray
+from ray.exceptions import RayActorError
 
 from actors.device_actor import Assignment, DeviceActor
 from uhlm_ray.cell import device_distances
@@ -58,48 +63,62 @@ def run_cell(
     encoder: Encoder,
     run: str,
     on_result: Callable[[PromptResult], None] | None = None,
-    on_wave: Callable[[int, list], None] | None = None,
+    on_stored: Callable[[int, list], None] | None = None,
     drafts: dict[int, int] | None = None,
 ) -> list[PromptResult]:
     """Decode every device's prompts; returns all results (stored ones included) in (device, prompt) order.
-    `drafts`: each device's block length (a Multi-SPIN plan, uhlm_ray/draft_control.py)."""
+    `drafts`: each device's block length (a Multi-SPIN plan, uhlm_ray/draft_control.py). `on_stored(group,
+    actors)` hears of each prompt an actor group finished, once it is stored."""
     method = cfg.cell.method
     done = store.load(method) if cfg.resume else {}
     per_device = cell_assignments(cfg=cfg, examples=examples, drafts=drafts)
     size = cfg.cell.devices_per_actor
-    # waves per actor group: wave k holds each device's k-th prompt that is not stored yet
-    waves: dict[int, list[list[Assignment]]] = {}
+    # per actor group: its devices' prompts not stored yet, every device's k-th before any (k+1)-th
+    todo: dict[int, list[Assignment]] = {}
+    width: dict[int, int] = {}
     for g, first in enumerate(range(0, cfg.cell.n_devices, size)):
         devices = range(first, min(first + size, cfg.cell.n_devices))
-        todo = {d: [a for a in per_device[d] if (d, a.prompt_index) not in done] for d in devices}
-        depth = max((len(v) for v in todo.values()), default=0)
-        waves[g] = [[todo[d][k] for d in devices if k < len(todo[d])] for k in range(depth)]
+        depth = max(len(per_device[d]) for d in devices)
+        todo[g] = [per_device[d][k] for k in range(depth) for d in devices
+                   if k < len(per_device[d]) and (d, per_device[d][k].prompt_index) not in done]
+        width[g] = len(devices)
 
-    if any(waves.values()):
+    if any(todo.values()):
         actors = start_device_actors(cfg=cfg, run=run)
-        in_flight = {}
-        for g, queue in waves.items():
-            if queue:
-                in_flight[actors[g].run_wave.remote(queue.pop(0))] = g
-        while in_flight:
-            ready, _ = ray.wait(list(in_flight), num_returns=1)
-            g = in_flight.pop(ready[0])
-            wave_results: list[PromptResult] = ray.get(ready[0])
-            scores = response_similarity(encoder=encoder, responses=[r.response for r in wave_results],
-                                         references=[r.reference for r in wave_results])
-            for result, score in zip(wave_results, scores, strict=True):
-                key = (result.device_index, result.prompt_index)
-                if key in done:
-                    continue  # a retried wave can only repeat what is stored: keep the first
-                result.similarity = float(score)
-                store.append(result)
-                done[key] = result
-                if on_result is not None:
-                    on_result(result)
-            if waves[g]:
-                in_flight[actors[g].run_wave.remote(waves[g].pop(0))] = g
-            if on_wave is not None:
-                on_wave(g, actors)
+        restarts = dict.fromkeys(todo, 0)
+
+        def stream(g: int):  # the group's prompts not stored yet, to its actor (restarted or not)
+            pending = [a for a in todo[g] if (a.device_index, a.prompt_index) not in done]
+            return actors[g].run_prompts.remote(pending, width[g]) if pending else None
+
+        streams = {s: g for g in todo if (s := stream(g)) is not None}
+        while streams:
+            ready, _ = ray.wait(list(streams), num_returns=1)
+            g = streams[ready[0]]
+            try:
+                result: PromptResult = ray.get(next(ready[0]))
+            except StopIteration:
+                del streams[ready[0]]
+                continue
+            except RayActorError:
+                del streams[ready[0]]
+                restarts[g] += 1
+                if 0 <= cfg.runtime.actor_max_restarts < restarts[g]:
+                    raise
+                if (s := stream(g)) is not None:
+                    streams[s] = g
+                continue
+            key = (result.device_index, result.prompt_index)
+            if key in done:
+                continue  # a prompt decoded again after a crash repeats what is stored: keep the first
+            result.similarity = float(response_similarity(encoder=encoder, responses=[result.response],
+                                                          references=[result.reference])[0])
+            store.append(result)
+            done[key] = result
+            if on_result is not None:
+                on_result(result)
+            if on_stored is not None:
+                on_stored(g, actors)
         for actor in actors:
             ray.kill(actor)
     wanted = [(d, a.prompt_index) for d, assignments in per_device.items() for a in assignments]

@@ -1,14 +1,20 @@
 """A Ray actor holding one SLM copy for several simulated devices, decoding their prompts in lockstep.
 
-Each call decodes one "wave": at most one prompt per device of the actor, with one batched SLM forward per round and
-every sent draft of the round in flight to the Serve verifier at once. The actor is restartable (`max_restarts`,
-`max_task_retries`): a wave interrupted by a crash is decoded again from the start by the restarted actor, with the
-same keyed draws, so its results are the same and the driver stores each prompt exactly once.
+One call (`run_prompts`) decodes every prompt the driver hands the actor, at most `width` at once (as many as
+the actor has devices), with one batched SLM forward per round and every sent draft of the round in flight to the
+Serve verifier at once. A finished prompt's place goes to the next prompt at once (continuous batching,
+`decode.Slots`), and the call streams each result back the moment its prompt ends (a Ray generator), so the
+driver stores it before the others finish. The actor is restartable (`max_restarts`); after a crash the driver
+hands the restarted actor the prompts it has not stored, which decode again from the start with the same keyed
+draws, so their results are the same and each prompt is stored exactly once.
 """
 
 from __future__ import annotations
 
 import os
+import queue
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import ray
@@ -30,7 +36,7 @@ from uhlm_ray.validation import ConfigError
 
 @dataclass
 class Assignment:
-    """One prompt for one device in a wave."""
+    """One prompt for one device."""
 
     device_index: int
     prompt_index: int
@@ -42,7 +48,8 @@ class Assignment:
 
 
 def session_id(*, run: str, device_index: int, prompt_index: int) -> str:
-    """Deterministic, so a retried wave reopens (and so replaces) the sessions its crashed attempt left."""
+    """Deterministic, so a prompt decoded again after a crash reopens (and so replaces) the session its crashed
+    attempt left."""
     return f"{run}:d{device_index}:p{prompt_index}"
 
 
@@ -66,7 +73,9 @@ class DeviceActor:
     def pid(self) -> int:
         return os.getpid()
 
-    def run_wave(self, assignments: list[Assignment]) -> list[PromptResult]:
+    @ray.method(max_task_retries=0)  # a crashed stream is handed again by the driver, without the stored prompts
+    def run_prompts(self, assignments: list[Assignment], width: int) -> Iterator[PromptResult]:
+        """Decode `assignments` (in order, at most `width` at once) and yield each result as its prompt ends."""
         cfg = self.cfg
         prompt_ids = [chat_prompt_ids(tokenizer=self.slm.tokenizer, prompt=a.prompt) for a in assignments]
         jobs = [
@@ -81,14 +90,28 @@ class DeviceActor:
             )
             for a, ids in zip(assignments, prompt_ids, strict=True)
         ]
-        outcomes = decode_lockstep(slm=self.slm, verifier=self.client, jobs=jobs, cfg=cfg,
-                                   eos_token_ids=self.eos_token_ids, prefixes=self.prefixes)
-        return [
-            PromptResult(
+        finished: queue.Queue = queue.Queue()  # (index, outcome), then None at the end, or the decode's exception
+
+        def decode() -> None:  # the lockstep calls back from inside its loop; a generator must yield from outside
+            try:
+                decode_lockstep(slm=self.slm, verifier=self.client, jobs=jobs, cfg=cfg,
+                                eos_token_ids=self.eos_token_ids, prefixes=self.prefixes, width=width,
+                                on_done=lambda i, outcome: finished.put((i, outcome)))
+                finished.put(None)
+            except BaseException as err:  # noqa: BLE001 - re-raised in the actor's thread below
+                finished.put(err)
+
+        worker = threading.Thread(target=decode, name="lockstep", daemon=True)
+        worker.start()
+        while (item := finished.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            i, outcome = item
+            a = assignments[i]
+            yield PromptResult(
                 method=cfg.cell.method, prompt_index=a.prompt_index, example_id=a.example_id,
-                reference=a.reference, response=self.slm.tokenizer.decode(o.tokens, skip_special_tokens=True),
-                tokens=o.tokens, stop_reason=o.stop_reason, prompt_tokens=len(ids), prefill_s=o.prefill_s,
-                records=o.records, device_index=a.device_index,
+                reference=a.reference, response=self.slm.tokenizer.decode(outcome.tokens, skip_special_tokens=True),
+                tokens=outcome.tokens, stop_reason=outcome.stop_reason, prompt_tokens=len(prompt_ids[i]),
+                prefill_s=outcome.prefill_s, records=outcome.records, device_index=a.device_index,
             )
-            for a, o, ids in zip(assignments, outcomes, prompt_ids, strict=True)
-        ]
+        worker.join()

@@ -8,8 +8,8 @@
     ray job submit --address http://127.0.0.1:8265 --runtime-env runtime_env.yaml -- python jobs/cell.py
     ray job submit ... -- python jobs/cell.py --config jobs/configs/cluster.yaml   # on `ray up cluster.yaml`
 
-Every setting is an omegaconf override (sections `cell` and `runtime` for this job). Per-prompt results are written
-as waves finish (an interrupted run resumes); the run is logged to MLflow with a per-device table
+Every setting is an omegaconf override (sections `cell` and `runtime` for this job). Each prompt's result is written
+the moment it ends (an interrupted run resumes); the run is logged to MLflow with a per-device table
 (`cell_devices.json`, one row per device) and the cell's goodput, per-device throughput and Jain's index as metrics.
 The scheduler and the verifier's deadline batching only price the stored rounds (uhlm_ray/cell.py): a rerun with
 another `cell.scheduler`, `cell.pf_window`, `cell.verify_deadline_ms` or `cell.verify_max_batch` decodes nothing

@@ -131,11 +131,11 @@ def test_killed_device_actor_restarts_and_no_prompt_is_lost_or_doubled(verifier,
         if group != 0:
             return
         pids.append(ray.get(actors[0].pid.remote()))
-        if len(pids) == 1:  # its second wave is in flight now: kill the process under it
+        if len(pids) == 1:  # its other prompts are in flight now: kill the process under them
             ray.kill(actors[0], no_restart=False)
 
     results = run_cell(cfg=cfg, examples=EXAMPLES, store=ResultStore(tmp_path), encoder=encoder, run="kill",
-                       on_wave=kill_first_actor_once)
+                       on_stored=kill_first_actor_once)
     assert len(pids) >= 2 and pids[-1] != pids[0], "the actor was restarted in a new process"
     keys = [(r.device_index, r.prompt_index) for r in results]
     assert len(keys) == len(set(keys)) == 12

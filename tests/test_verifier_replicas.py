@@ -111,12 +111,12 @@ def test_a_replica_killed_mid_run_loses_nothing_and_changes_no_token(two_replica
             time.sleep(0.005)
 
     def kill_one_replica_soon(group: int, actors: list) -> None:
-        if not started:  # called after each wave: the first call is as the second wave starts
+        if not started:  # called after each stored prompt: the first is as the first second-wave prompt starts
             started.append(threading.Thread(target=kill_when_serving))
             started[0].start()
 
     results = run_cell(cfg=cfg, examples=EXAMPLES, store=ResultStore(tmp_path), encoder=timing_only_encoder,
-                       run="kill-replica", on_wave=kill_one_replica_soon)
+                       run="kill-replica", on_stored=kill_one_replica_soon)
     assert killed, "a replica was killed"
     moved = [res for res in results if len({r.verify_replica for r in res.records if r.sent}) == 2]
     assert moved, "some sessions lost their replica mid-prompt and were rebuilt on the other"

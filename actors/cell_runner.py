@@ -12,6 +12,7 @@ crashed run resumes without losing or double-counting a prompt.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 
 import ray
@@ -85,41 +86,54 @@ def run_cell(
 
     if any(todo.values()):
         actors = start_device_actors(cfg=cfg, run=run)
-        restarts = dict.fromkeys(todo, 0)
+        try:
+            restarts = dict.fromkeys(todo, 0)
 
-        def stream(g: int):  # the group's prompts not stored yet, to its actor (restarted or not)
-            pending = [a for a in todo[g] if (a.device_index, a.prompt_index) not in done]
-            return actors[g].run_prompts.remote(pending, width[g]) if pending else None
+            def stream(g: int):  # the group's prompts not stored yet, to its actor (restarted or not)
+                pending = [a for a in todo[g] if (a.device_index, a.prompt_index) not in done]
+                return actors[g].run_prompts.remote(pending, width[g]) if pending else None
 
-        streams = {s: g for g in todo if (s := stream(g)) is not None}
-        while streams:
-            ready, _ = ray.wait(list(streams), num_returns=1)
-            g = streams[ready[0]]
-            try:
-                result: PromptResult = ray.get(next(ready[0]))
-            except StopIteration:
-                del streams[ready[0]]
-                continue
-            except RayActorError:
-                del streams[ready[0]]
-                restarts[g] += 1
-                if 0 <= cfg.runtime.actor_max_restarts < restarts[g]:
-                    raise
-                if (s := stream(g)) is not None:
-                    streams[s] = g
-                continue
-            key = (result.device_index, result.prompt_index)
-            if key in done:
-                continue  # a prompt decoded again after a crash repeats what is stored: keep the first
-            result.similarity = float(response_similarity(encoder=encoder, responses=[result.response],
-                                                          references=[result.reference])[0])
-            store.append(result)
-            done[key] = result
-            if on_result is not None:
-                on_result(result)
-            if on_stored is not None:
-                on_stored(g, actors)
-        for actor in actors:
-            ray.kill(actor)
+            streams = {s: g for g in todo if (s := stream(g)) is not None}
+            while streams:
+                ready, _ = ray.wait(list(streams), num_returns=1)
+                g = streams[ready[0]]
+                try:
+                    result: PromptResult = ray.get(next(ready[0]))
+                except StopIteration:
+                    del streams[ready[0]]
+                    continue
+                except RayActorError as err:
+                    del streams[ready[0]]
+                    restarts[g] += 1
+                    if err.actor_init_failed or 0 <= cfg.runtime.actor_max_restarts < restarts[g]:
+                        raise
+                    try:  # waits while Ray restarts the actor; fails at once if it is gone for good
+                        ray.get(actors[g].pid.remote())
+                    except RayActorError:
+                        raise err from None
+                    pending = sum((a.device_index, a.prompt_index) not in done for a in todo[g])
+                    print(f"[cell] device actor {g} died ({type(err).__name__}); its {pending} prompts not stored yet "
+                          f"go to the restarted actor (restart {restarts[g]})", file=sys.stderr, flush=True)
+                    if (s := stream(g)) is not None:
+                        streams[s] = g
+                    continue
+                key = (result.device_index, result.prompt_index)
+                if key in done:
+                    continue  # a prompt decoded again after a crash repeats what is stored: keep the first
+                result.similarity = float(response_similarity(encoder=encoder, responses=[result.response],
+                                                              references=[result.reference])[0])
+                store.append(result)
+                done[key] = result
+                if on_result is not None:
+                    on_result(result)
+                if on_stored is not None:
+                    on_stored(g, actors)
+        finally:  # an actor's error ends the run: the others stop too
+            for actor in actors:
+                ray.kill(actor)
     wanted = [(d, a.prompt_index) for d, assignments in per_device.items() for a in assignments]
+    missing = [k for k in wanted if k not in done]
+    if missing:  # a stream ended without them: never silently
+        raise RuntimeError(f"the device actors ended without {len(missing)} (device, prompt) results, e.g. "
+                           f"{missing[:3]}")
     return [done[k] for k in wanted]

@@ -53,7 +53,8 @@ def session_id(*, run: str, device_index: int, prompt_index: int) -> str:
     return f"{run}:d{device_index}:p{prompt_index}"
 
 
-@ray.remote(max_restarts=3, max_task_retries=3)
+# `pid` answers from its own thread while `run_prompts` streams (the kill test asks it mid-stream)
+@ray.remote(max_restarts=3, max_task_retries=3, concurrency_groups={"control": 1})
 class DeviceActor:
     def __init__(self, config: dict, run: str) -> None:
         self.cfg = config_from_dict(config)
@@ -70,6 +71,7 @@ class DeviceActor:
         self.policy = make_policy(method=self.cfg.cell.method, cfg=self.cfg)
         self.prefixes = prefix_cache(self.cfg.runtime)  # prompt prefills of the prompts this actor meets again
 
+    @ray.method(concurrency_group="control")
     def pid(self) -> int:
         return os.getpid()
 

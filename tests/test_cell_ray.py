@@ -121,10 +121,13 @@ def test_eight_devices_complete_and_match_their_solo_runs(verifier, tiny_pair, t
     assert set(summary["devices"]) == set(range(8))
 
 
-def test_killed_device_actor_restarts_and_no_prompt_is_lost_or_doubled(verifier, tiny_pair_dirs, tmp_path, encoder):
+def test_killed_device_actor_restarts_and_no_prompt_is_lost_or_doubled(verifier, tiny_pair_dirs, tmp_path, encoder,
+                                                                        capsys):
     from actors.cell_runner import run_cell
 
-    cfg = _cfg(tiny_pair_dirs, n_devices=4, prompts_per_device=3, devices_per_actor=2, method="u_hlm")
+    # 12 prompts per actor of up to 32 tokens: the stream is far from its end when the kill lands
+    cfg = _cfg(tiny_pair_dirs, n_devices=4, prompts_per_device=6, devices_per_actor=2, method="u_hlm")
+    cfg.decode.max_new_tokens = 32
     pids: list[int] = []
 
     def kill_first_actor_once(group: int, actors: list) -> None:
@@ -137,10 +140,42 @@ def test_killed_device_actor_restarts_and_no_prompt_is_lost_or_doubled(verifier,
     results = run_cell(cfg=cfg, examples=EXAMPLES, store=ResultStore(tmp_path), encoder=encoder, run="kill",
                        on_stored=kill_first_actor_once)
     assert len(pids) >= 2 and pids[-1] != pids[0], "the actor was restarted in a new process"
+    said = capsys.readouterr().err
+    assert "[cell] device actor 0 died" in said, "the stream was cut and its unstored prompts handed on"
     keys = [(r.device_index, r.prompt_index) for r in results]
-    assert len(keys) == len(set(keys)) == 12
+    assert len(keys) == len(set(keys)) == 24
     stored = [json.loads(line) for line in (tmp_path / "u_hlm.jsonl").read_text().splitlines()]
     assert sorted((s["device_index"], s["prompt_index"]) for s in stored) == sorted(keys)
+
+
+def test_an_actor_gone_for_good_ends_the_run_with_its_error(verifier, tiny_pair_dirs, tmp_path, encoder):
+    """Unlimited restarts (-1) must not mean handing prompts to a dead actor forever: killed with no restart, the
+    run stops with the actor's error, and what was stored stays stored."""
+    from ray.exceptions import RayActorError
+
+    from actors.cell_runner import run_cell
+
+    # 40 prompts of up to 32 tokens: the stream is far from its end when the first result has been scored
+    cfg = _cfg(tiny_pair_dirs, n_devices=2, prompts_per_device=20, devices_per_actor=2, method="u_hlm")
+    cfg.decode.max_new_tokens = 32
+    cfg.runtime.actor_max_restarts = -1
+
+    def kill_for_good(group: int, actors: list) -> None:
+        ray.kill(actors[group], no_restart=True)
+
+    with pytest.raises(RayActorError):
+        run_cell(cfg=cfg, examples=EXAMPLES, store=ResultStore(tmp_path), encoder=encoder, run="gone",
+                 on_stored=kill_for_good)
+    assert 1 <= len((tmp_path / "u_hlm.jsonl").read_text().splitlines()) < 40
+    # the dead actor's sessions stay open on the verifier (its next run would reopen them): close them here, so the
+    # module's verifier is as the other tests left it
+    from actors.verifier_deployment import ServeVerifierClient
+
+    handle = ServeVerifierClient().handle
+    left = [sid for sid in handle.sessions.remote().result()["rounds"] if sid.startswith("gone:")]
+    assert left, "the sessions in flight when the actor died"
+    for sid in left:
+        handle.close.remote(sid).result()
 
 
 def _url(cfg, path: str) -> str:

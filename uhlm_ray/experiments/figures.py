@@ -262,13 +262,13 @@ def accuracy_energy(*, summaries: dict[str, dict[str, float]], path: Path) -> No
     front = sorted(p for p in points if not any(q[0] <= p[0] and q[1] >= p[1] and q != p for q in points))
     if front:
         left.plot([p[0] for p in front], [p[1] for p in front], "k--", lw=1, label="frontier")
-    energies = [p[0] for p in points if p[0] > 0]
-    if energies and max(energies) > 20 * min(energies):
+    energies = [p[0] for p in points]
+    if energies and min(energies) > 0 and max(energies) > 20 * min(energies):  # a zero (no radio) keeps it linear
         left.set_xscale("log")
     left.set_xlabel("device energy (J/token, modelled)")
     left.set_ylabel("accuracy (cosine similarity)")
     left.legend(fontsize=8)
-    methods = [m for m in summaries if summaries[m].get("energy_device_j_per_token", math.nan) > 0]
+    methods = [m for m in summaries if 0 < summaries[m].get("energy_device_j_per_token", math.nan) < math.inf]
     totals = np.array([summaries[m]["energy_device_j_per_token"] for m in methods])
     bottom = np.zeros(len(methods))
     for part in ENERGY_PARTS:

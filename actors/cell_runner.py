@@ -89,9 +89,11 @@ def run_cell(
         try:
             restarts = dict.fromkeys(todo, 0)
 
-            def stream(g: int):  # the group's prompts not stored yet, to its actor (restarted or not)
-                pending = [a for a in todo[g] if (a.device_index, a.prompt_index) not in done]
-                return actors[g].run_prompts.remote(pending, width[g]) if pending else None
+            def pending(g: int) -> list[Assignment]:  # the group's prompts not stored yet
+                return [a for a in todo[g] if (a.device_index, a.prompt_index) not in done]
+
+            def stream(g: int):  # those prompts, to the group's actor (restarted or not)
+                return actors[g].run_prompts.remote(left, width[g]) if (left := pending(g)) else None
 
             streams = {s: g for g in todo if (s := stream(g)) is not None}
             while streams:
@@ -111,9 +113,8 @@ def run_cell(
                         ray.get(actors[g].pid.remote())
                     except RayActorError:
                         raise err from None
-                    pending = sum((a.device_index, a.prompt_index) not in done for a in todo[g])
-                    print(f"[cell] device actor {g} died ({type(err).__name__}); its {pending} prompts not stored yet "
-                          f"go to the restarted actor (restart {restarts[g]})", file=sys.stderr, flush=True)
+                    print(f"[cell] device actor {g} died ({type(err).__name__}); its {len(pending(g))} prompts not "
+                          f"stored yet go to the restarted actor (restart {restarts[g]})", file=sys.stderr, flush=True)
                     if (s := stream(g)) is not None:
                         streams[s] = g
                     continue

@@ -52,7 +52,7 @@ def expected_speedup(*, acceptance: float, drafts: int, tau_slm_s: float, tau_ll
     accepted with probability alpha independently, yields (1 - alpha^(n+1)) / (1 - alpha) tokens in
     n tau_SLM + tau_LLM(n + 1) seconds (the LLM's pass holds the last token and the n drafts); the LLM alone makes a
     token in tau_LLM(1)."""
-    tokens = drafts + 1 if acceptance >= 1.0 else float(expected_block_tokens(drafts=drafts, acceptance=acceptance))
+    tokens = float(expected_block_tokens(drafts=drafts, acceptance=acceptance))
     return tokens / (drafts * tau_slm_s + tau_llm_s(drafts + 1)) * tau_llm_s(1)
 
 

@@ -44,6 +44,10 @@ def test_block_tokens_follow_the_iid_acceptance_law():
         z = (tokens.mean() - expected_block_tokens(drafts=drafts, acceptance=acceptance)) / \
             (tokens.std(ddof=1) / math.sqrt(tokens.size))
         assert 2 * stats.norm.sf(abs(z)) > ALPHA, (acceptance, drafts, tokens.mean())
+    # every draft accepted: the limit L + 1, which the formula's alpha -> 1 approaches
+    lengths = np.arange(1, 5)
+    assert np.array_equal(expected_block_tokens(drafts=lengths, acceptance=1.0), lengths + 1)
+    assert np.allclose(expected_block_tokens(drafts=lengths, acceptance=1 - 1e-9), lengths + 1)
 
 
 def _eq3_channel():

@@ -57,7 +57,9 @@ class DraftPlan:
 def expected_block_tokens(*, drafts: int | np.ndarray, acceptance: float) -> float | np.ndarray:
     """Tokens a verified block of L drafts yields when each draft is accepted with probability alpha, independently:
     (1 - alpha^(L+1)) / (1 - alpha), the accepted drafts plus the recovered or bonus token (Leviathan et al. 2023,
-    eq. 1)."""
+    eq. 1); its limit L + 1 at alpha = 1, where every draft is accepted."""
+    if acceptance >= 1.0:
+        return np.asarray(drafts) + 1.0
     return (1.0 - acceptance ** (np.asarray(drafts) + 1)) / (1.0 - acceptance)
 
 

@@ -13,7 +13,7 @@ crashed run resumes without losing or double-counting a prompt.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import ray
 from ray.exceptions import RayActorError
@@ -56,6 +56,63 @@ def start_device_actors(*, cfg: EvaluateConfig, run: str) -> list[ray.actor.Acto
     ]
 
 
+def group_prompts(*, cfg: EvaluateConfig, per_device: dict[int, list[Assignment]],
+                  done: dict[tuple[int, int], PromptResult]) -> tuple[dict[int, list[Assignment]], dict[int, int]]:
+    """Per actor group: its devices' prompts not stored yet, every device's k-th before any (k+1)-th, and how many
+    devices it holds (the width of its lockstep batch)."""
+    size = cfg.cell.devices_per_actor
+    todo: dict[int, list[Assignment]] = {}
+    width: dict[int, int] = {}
+    for g, first in enumerate(range(0, cfg.cell.n_devices, size)):
+        devices = range(first, min(first + size, cfg.cell.n_devices))
+        depth = max(len(per_device[d]) for d in devices)
+        todo[g] = [per_device[d][k] for k in range(depth) for d in devices
+                   if k < len(per_device[d]) and (d, per_device[d][k].prompt_index) not in done]
+        width[g] = len(devices)
+    return todo, width
+
+
+def stream_results(*, cfg: EvaluateConfig, actors: list[ray.actor.ActorHandle], todo: dict[int, list[Assignment]],
+                   width: dict[int, int], done: dict[tuple[int, int], PromptResult]
+                   ) -> Iterator[tuple[int, PromptResult]]:
+    """(group, result) for each prompt an actor group finishes, as it finishes. The caller stores each result in
+    `done` before asking for the next: a group whose actor died is handed, once Ray has restarted it, the prompts
+    `done` does not hold yet. An actor that cannot come back (its __init__ failed, its restarts are spent, or it is
+    gone for good) raises its RayActorError."""
+    restarts = dict.fromkeys(todo, 0)
+
+    def pending(g: int) -> list[Assignment]:  # the group's prompts not stored yet
+        return [a for a in todo[g] if (a.device_index, a.prompt_index) not in done]
+
+    def stream(g: int):  # those prompts, to the group's actor (restarted or not)
+        return actors[g].run_prompts.remote(left, width[g]) if (left := pending(g)) else None
+
+    streams = {s: g for g in todo if (s := stream(g)) is not None}
+    while streams:
+        ready, _ = ray.wait(list(streams), num_returns=1)
+        g = streams[ready[0]]
+        try:
+            result: PromptResult = ray.get(next(ready[0]))
+        except StopIteration:
+            del streams[ready[0]]
+            continue
+        except RayActorError as err:
+            del streams[ready[0]]
+            restarts[g] += 1
+            if err.actor_init_failed or 0 <= cfg.runtime.actor_max_restarts < restarts[g]:
+                raise
+            try:  # waits while Ray restarts the actor; fails at once if it is gone for good
+                ray.get(actors[g].pid.remote())
+            except RayActorError:
+                raise err from None
+            print(f"[cell] device actor {g} died ({type(err).__name__}); its {len(pending(g))} prompts not "
+                  f"stored yet go to the restarted actor (restart {restarts[g]})", file=sys.stderr, flush=True)
+            if (s := stream(g)) is not None:
+                streams[s] = g
+            continue
+        yield g, result
+
+
 def run_cell(
     *,
     cfg: EvaluateConfig,
@@ -73,51 +130,11 @@ def run_cell(
     method = cfg.cell.method
     done = store.load(method) if cfg.resume else {}
     per_device = cell_assignments(cfg=cfg, examples=examples, drafts=drafts)
-    size = cfg.cell.devices_per_actor
-    # per actor group: its devices' prompts not stored yet, every device's k-th before any (k+1)-th
-    todo: dict[int, list[Assignment]] = {}
-    width: dict[int, int] = {}
-    for g, first in enumerate(range(0, cfg.cell.n_devices, size)):
-        devices = range(first, min(first + size, cfg.cell.n_devices))
-        depth = max(len(per_device[d]) for d in devices)
-        todo[g] = [per_device[d][k] for k in range(depth) for d in devices
-                   if k < len(per_device[d]) and (d, per_device[d][k].prompt_index) not in done]
-        width[g] = len(devices)
-
+    todo, width = group_prompts(cfg=cfg, per_device=per_device, done=done)
     if any(todo.values()):
         actors = start_device_actors(cfg=cfg, run=run)
         try:
-            restarts = dict.fromkeys(todo, 0)
-
-            def pending(g: int) -> list[Assignment]:  # the group's prompts not stored yet
-                return [a for a in todo[g] if (a.device_index, a.prompt_index) not in done]
-
-            def stream(g: int):  # those prompts, to the group's actor (restarted or not)
-                return actors[g].run_prompts.remote(left, width[g]) if (left := pending(g)) else None
-
-            streams = {s: g for g in todo if (s := stream(g)) is not None}
-            while streams:
-                ready, _ = ray.wait(list(streams), num_returns=1)
-                g = streams[ready[0]]
-                try:
-                    result: PromptResult = ray.get(next(ready[0]))
-                except StopIteration:
-                    del streams[ready[0]]
-                    continue
-                except RayActorError as err:
-                    del streams[ready[0]]
-                    restarts[g] += 1
-                    if err.actor_init_failed or 0 <= cfg.runtime.actor_max_restarts < restarts[g]:
-                        raise
-                    try:  # waits while Ray restarts the actor; fails at once if it is gone for good
-                        ray.get(actors[g].pid.remote())
-                    except RayActorError:
-                        raise err from None
-                    print(f"[cell] device actor {g} died ({type(err).__name__}); its {len(pending(g))} prompts not "
-                          f"stored yet go to the restarted actor (restart {restarts[g]})", file=sys.stderr, flush=True)
-                    if (s := stream(g)) is not None:
-                        streams[s] = g
-                    continue
+            for g, result in stream_results(cfg=cfg, actors=actors, todo=todo, width=width, done=done):
                 key = (result.device_index, result.prompt_index)
                 if key in done:
                     continue  # a prompt decoded again after a crash repeats what is stored: keep the first

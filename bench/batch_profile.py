@@ -8,6 +8,9 @@ cache) and replayed inside it, so the table is the decoding rounds. Printed: sec
 with tokens per second of the profiled run (cProfile adds its own overhead to Python calls, not to the torch kernels
 that dominate). A batch that is compute-bound spends nearly all its time in `linear`: then a larger batch cannot
 help much, only fewer rows (tokens the models process per generated token) can.
+Then the forward passes each model ran in the profiled run: how many, alone or batched, the token rows they held
+and the rows they computed once padded to the pass's longest catch-up, their seconds and rows per generated token
+(a lossy method's senders carry catch-ups of unequal length, so its batched LLM passes compute padding, or split).
 """
 
 from __future__ import annotations
@@ -17,10 +20,12 @@ import cProfile
 import pstats
 import sys
 import time
+from collections import Counter, defaultdict
 
 from uhlm_ray.config import load_config
 from uhlm_ray.experiments.datasets import load_examples
 from uhlm_ray.experiments.evaluate import run_method
+from uhlm_ray.models import session as session_module
 from uhlm_ray.models.loading import load_pair
 from uhlm_ray.models.prefix_cache import prefix_cache
 
@@ -51,6 +56,26 @@ def _part_seconds(stats: pstats.Stats) -> dict[str, float]:
     return out
 
 
+def count_passes(names: dict[int, str]) -> dict[tuple[str, str], Counter]:
+    """Wraps the step API's one forward pass so that each pass is counted: (model, "alone", "batched" or
+    "replayed", a prefill taken from the prefix cache) ->
+    passes, rows (new tokens), padded rows (sessions x the longest), seconds. `names`: id(model) -> its name."""
+    tally: dict[tuple[str, str], Counter] = defaultdict(Counter)
+    forward = session_module._forward_batch
+
+    def counted(todo, *, score):
+        lengths = [s.pending for s in todo]
+        start = time.perf_counter()
+        forward(todo, score=score)
+        kind = "batched" if len(todo) > 1 else "replayed" if todo[0].timing.replayed_s > 0 else "alone"
+        entry = tally[(names[id(todo[0]._model)], kind)]
+        entry.update(passes=1, rows=sum(lengths), padded=len(todo) * max(lengths))
+        entry["seconds"] += time.perf_counter() - start
+
+    session_module._forward_batch = counted
+    return tally
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--method", default="u_hlm")
@@ -68,6 +93,7 @@ def main(argv: list[str]) -> int:
     for warm in ("slm", "llm"):  # both models' prompt prefills into the prefix cache, outside the profile
         run_method(pair=pair, examples=examples, method=warm, cfg=one_token, encoder=None, store=None,
                    prefixes=prefixes)
+    tally = count_passes({id(pair.slm.model): "SLM", id(pair.llm.model): "LLM"})
     profile = cProfile.Profile()
     start = time.perf_counter()
     profile.enable()
@@ -84,6 +110,11 @@ def main(argv: list[str]) -> int:
     print("| part | seconds | share |\n|---|---:|---:|")
     for part, seconds in parts.items():
         print(f"| {part} | {seconds:.1f} | {seconds / total:.1%} |")
+    print("\n| model | passes | count | rows | padded rows | seconds | ms a pass | rows a token |\n"
+          "|---|---|---:|---:|---:|---:|---:|---:|")
+    for (model, kind), c in sorted(tally.items()):
+        print(f"| {model} | {kind} | {c['passes']} | {c['rows']} | {c['padded']} | {c['seconds']:.1f} | "
+              f"{1000 * c['seconds'] / c['passes']:.0f} | {c['rows'] / tokens:.2f} |")
     return 0
 
 

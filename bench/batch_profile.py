@@ -57,9 +57,9 @@ def _part_seconds(stats: pstats.Stats) -> dict[str, float]:
 
 
 def count_passes(names: dict[int, str]) -> dict[tuple[str, str], Counter]:
-    """Wraps the step API's one forward pass so that each pass is counted: (model, "alone", "batched" or
-    "replayed", a prefill taken from the prefix cache) ->
-    passes, rows (new tokens), padded rows (sessions x the longest), seconds. `names`: id(model) -> its name."""
+    """Wraps the step API's one forward pass so that each pass is counted. Returns (model name, kind) -> passes,
+    rows (new tokens), padded rows (sessions x the longest) and seconds, where kind is "alone", "batched" or
+    "replayed" (a prefill taken from the prefix cache). `names`: id(model) -> its name."""
     tally: dict[tuple[str, str], Counter] = defaultdict(Counter)
     forward = session_module._forward_batch
 
